@@ -1,0 +1,82 @@
+/**
+ * Structured JSON logging. Components take a `Logger` (pino's shape) and make a child per connection;
+ * nothing logs through a global. Quiet by default (`info`), `WEFT_LOG_LEVEL` or config raises it.
+ * Never log key material, PEM bodies, tokens or the whole environment.
+ */
+import { type DestinationStream, pino } from "pino";
+
+export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+
+export interface Logger {
+  child(bindings: Record<string, unknown>): Logger;
+  error(fields: Record<string, unknown>, msg: string): void;
+  warn(fields: Record<string, unknown>, msg: string): void;
+  info(fields: Record<string, unknown>, msg: string): void;
+  debug(fields: Record<string, unknown>, msg: string): void;
+  isLevelEnabled?(level: string): boolean;
+}
+
+export function createLogger(
+  options: { level?: LogLevel; name?: string; destination?: DestinationStream } = {},
+): Logger {
+  const base = options.name ? { name: options.name } : {};
+  return pino(
+    {
+      level: options.level ?? "info",
+      base,
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+      redact: {
+        paths: ["key", "privateKey", "token", "*.key", "*.privateKey", "*.token"],
+        censor: "[redacted]",
+      },
+    },
+    options.destination ?? pino.destination({ dest: 2, sync: true }),
+  ) as unknown as Logger;
+}
+
+/** A logger that drops everything. */
+export const silentLogger: Logger = {
+  child: () => silentLogger,
+  error: () => {},
+  warn: () => {},
+  info: () => {},
+  debug: () => {},
+};
+
+export interface LogRecord extends Record<string, unknown> {
+  level: string;
+  msg: string;
+}
+
+/** A logger that keeps records in memory, for tests that assert on what was logged. */
+export class MemoryLogger implements Logger {
+  constructor(
+    readonly records: LogRecord[] = [],
+    private readonly bindings: Record<string, unknown> = {},
+  ) {}
+
+  child(bindings: Record<string, unknown>): Logger {
+    return new MemoryLogger(this.records, { ...this.bindings, ...bindings });
+  }
+
+  private push(level: string, fields: Record<string, unknown>, msg: string): void {
+    this.records.push({ ...this.bindings, ...fields, level, msg });
+  }
+
+  error(fields: Record<string, unknown>, msg: string): void {
+    this.push("error", fields, msg);
+  }
+  warn(fields: Record<string, unknown>, msg: string): void {
+    this.push("warn", fields, msg);
+  }
+  info(fields: Record<string, unknown>, msg: string): void {
+    this.push("info", fields, msg);
+  }
+  debug(fields: Record<string, unknown>, msg: string): void {
+    this.push("debug", fields, msg);
+  }
+  isLevelEnabled(): boolean {
+    return true;
+  }
+}

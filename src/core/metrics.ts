@@ -1,0 +1,214 @@
+/**
+ * Every metric Weft exports, declared once: names, help, label sets. One `WeftMetrics` per process
+ * (its own prom-client Registry, never the global one). Hot counters (bytes) are plain numbers that the
+ * data path adds to, published at scrape time through `collect()`, because a labelled `inc()` per chunk
+ * costs too much. Labels are bounded: direction, service, peer identity, endpoint, reason; never a
+ * connection or a client port.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+
+export type Direction = "outbound" | "inbound" | "explicit" | "passthrough" | "inbound_plaintext";
+
+interface ByteCell {
+  labels: { direction: string; service: string; peer_identity: string };
+  sent: number;
+  received: number;
+}
+
+export class WeftMetrics {
+  readonly registry = new Registry();
+  private readonly byteCells = new Map<string, ByteCell>();
+
+  readonly connectionsOpened = new Counter({
+    name: "weft_tcp_connections_opened_total",
+    help: "TCP connections accepted by a Weft listener.",
+    labelNames: ["direction", "service"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsClosed = new Counter({
+    name: "weft_tcp_connections_closed_total",
+    help: "Connections finished, by the reason they ended (closed = normal end).",
+    labelNames: ["direction", "service", "peer_identity", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsActive = new Gauge({
+    name: "weft_tcp_connections_active",
+    help: "Connections open now.",
+    labelNames: ["direction", "service"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionDuration = new Histogram({
+    name: "weft_tcp_connection_duration_seconds",
+    help: "Lifetime of finished connections.",
+    labelNames: ["direction", "service"] as const,
+    buckets: [0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 3600],
+    registers: [this.registry],
+  });
+  readonly sentBytes: Counter<"direction" | "service" | "peer_identity">;
+  readonly receivedBytes: Counter<"direction" | "service" | "peer_identity">;
+  readonly tlsHandshakeDuration = new Histogram({
+    name: "weft_tls_handshake_duration_seconds",
+    help: "Duration of completed mTLS handshakes.",
+    labelNames: ["direction"] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5],
+    registers: [this.registry],
+  });
+  readonly tlsHandshakeFailures = new Counter({
+    name: "weft_tls_handshake_failures_total",
+    help: "mTLS handshakes or peer verifications that failed, by reason.",
+    labelNames: ["direction", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamConnectFailures = new Counter({
+    name: "weft_upstream_connect_failures_total",
+    help: "Failed connection attempts to an endpoint (connect, handshake or identity), by reason.",
+    labelNames: ["service", "endpoint", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamConnectRetries = new Counter({
+    name: "weft_upstream_connect_retries_total",
+    help: "Connection attempts retried on another endpoint after a failure.",
+    labelNames: ["service"] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamConnectDuration = new Histogram({
+    name: "weft_upstream_connect_duration_seconds",
+    help: "Time to connect (and complete mTLS) to an endpoint.",
+    labelNames: ["service"] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5],
+    registers: [this.registry],
+  });
+  readonly endpointActive = new Gauge({
+    name: "weft_endpoint_active_connections",
+    help: "Connections open now to each endpoint.",
+    labelNames: ["service", "endpoint"] as const,
+    registers: [this.registry],
+  });
+  readonly outlierEjections = new Counter({
+    name: "weft_outlier_ejections_total",
+    help: "Endpoints ejected by outlier detection.",
+    labelNames: ["service", "endpoint"] as const,
+    registers: [this.registry],
+  });
+  readonly endpointEjected = new Gauge({
+    name: "weft_endpoint_ejected",
+    help: "1 while an endpoint is ejected by outlier detection or failing health checks.",
+    labelNames: ["service", "endpoint"] as const,
+    registers: [this.registry],
+  });
+  readonly healthCheckFailures = new Counter({
+    name: "weft_health_check_failures_total",
+    help: "Active TCP health checks that failed.",
+    labelNames: ["service", "endpoint"] as const,
+    registers: [this.registry],
+  });
+  readonly policyDenied = new Counter({
+    name: "weft_policy_denied_total",
+    help: "Connections refused by authorization policy.",
+    labelNames: ["peer_identity", "port"] as const,
+    registers: [this.registry],
+  });
+  readonly inboundPlaintext = new Counter({
+    name: "weft_inbound_plaintext_total",
+    help: "Plaintext connections captured on the inbound port, by mode and decision.",
+    labelNames: ["mode", "decision"] as const,
+    registers: [this.registry],
+  });
+  readonly certExpiry = new Gauge({
+    name: "weft_cert_expiry_timestamp_seconds",
+    help: "Expiry (notAfter) of the workload certificate in use, as a Unix timestamp.",
+    labelNames: ["identity"] as const,
+    registers: [this.registry],
+  });
+  readonly certRenewalFailures = new Counter({
+    name: "weft_cert_renewal_failures_total",
+    help: "Failed attempts to obtain or renew the workload certificate.",
+    registers: [this.registry],
+  });
+  readonly discoveryUpdates = new Counter({
+    name: "weft_discovery_updates_total",
+    help: "Service table updates applied, by source.",
+    labelNames: ["source"] as const,
+    registers: [this.registry],
+  });
+  readonly discoveryErrors = new Counter({
+    name: "weft_discovery_errors_total",
+    help: "Discovery failures (file refused, DNS lookup failed); the last good endpoints stay.",
+    labelNames: ["source", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly ready = new Gauge({
+    name: "weft_ready",
+    help: "1 when the sidecar has a certificate and its listeners are up and not draining.",
+    registers: [this.registry],
+  });
+
+  constructor(options: { processMetrics?: boolean } = {}) {
+    const cells = this.byteCells;
+    this.sentBytes = new Counter({
+      name: "weft_tcp_sent_bytes_total",
+      help: "Bytes sent to the downstream client (towards whoever opened the connection).",
+      labelNames: ["direction", "service", "peer_identity"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const c of cells.values()) this.inc(c.labels, c.sent);
+      },
+    });
+    this.receivedBytes = new Counter({
+      name: "weft_tcp_received_bytes_total",
+      help: "Bytes received from the downstream client.",
+      labelNames: ["direction", "service", "peer_identity"] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const c of cells.values()) this.inc(c.labels, c.received);
+      },
+    });
+    if (options.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: "weft_process_" });
+  }
+
+  /** A plain-number byte cell for one label set; the data path adds to `sent`/`received` directly. */
+  bytes(direction: string, service: string, peerIdentity: string): ByteCell {
+    const key = `${direction}\u0000${service}\u0000${peerIdentity}`;
+    let cell = this.byteCells.get(key);
+    if (!cell) {
+      cell = { labels: { direction, service, peer_identity: peerIdentity }, sent: 0, received: 0 };
+      this.byteCells.set(key, cell);
+    }
+    return cell;
+  }
+
+  /** Drop the series of an endpoint that discovery no longer lists. */
+  forgetEndpoint(service: string, endpoint: string): void {
+    const labels = { service, endpoint };
+    for (const m of [
+      this.endpointActive,
+      this.endpointEjected,
+      this.outlierEjections,
+      this.healthCheckFailures,
+    ]) {
+      m.remove(labels);
+    }
+  }
+
+  async render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** The sum of the series matching `labels` (all when empty), for tests and `/endpoints`; undefined when none. */
+  async value(name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
+    const metric = this.registry.getSingleMetric(name);
+    if (!metric) return undefined;
+    const data = await metric.get();
+    const matches = data.values.filter(
+      (v) =>
+        !(v as { metricName?: string }).metricName?.endsWith("_bucket") &&
+        Object.entries(labels).every(
+          ([k, want]) => String((v.labels as Record<string, unknown>)[k]) === want,
+        ),
+    );
+    if (matches.length === 0) return undefined;
+    return matches.reduce((sum, v) => sum + v.value, 0);
+  }
+}

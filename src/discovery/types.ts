@@ -1,0 +1,96 @@
+/**
+ * The vocabulary shared by discovery and the data plane: typed addresses, services, endpoints, and the
+ * narrow `RouteTable` interface through which the proxy asks "who owns this destination" and "which
+ * endpoint gets this connection". Discovery implements it; the proxy only depends on it.
+ */
+
+/** An IP address (v4 dotted or v6 without brackets, never IPv4-mapped) and a port. */
+export interface SocketAddr {
+  readonly address: string;
+  readonly port: number;
+}
+
+export type BalancerKind = "round-robin" | "least-connections" | "peak-ewma" | "random" | "source-hash";
+
+/** One ip:port of a service, as discovery last saw it. */
+export interface Endpoint {
+  /** Stable key `address:port` (IPv6 in brackets): used for metrics labels and outlier state. */
+  readonly key: string;
+  readonly address: string;
+  /** The application port on the endpoint's host (what the PROXY header names as destination). */
+  readonly port: number;
+  /** Where the endpoint's sidecar accepts mesh tunnels (default 15008); unused when `sidecar` is false. */
+  readonly tunnelPort: number;
+  readonly weight: number;
+  /** The SPIFFE ID its sidecar must present (the service's identity unless overridden). */
+  readonly identity: string;
+  /** False: the endpoint runs no sidecar and is reached in plaintext (for migrations). */
+  readonly sidecar: boolean;
+}
+
+export interface ServicePort {
+  readonly port: number;
+  /** The port on the endpoints, when it differs from the service port (default: the same). */
+  readonly targetPort: number;
+  readonly name?: string;
+}
+
+export interface Service {
+  readonly name: string;
+  readonly namespace: string;
+  readonly identity: string;
+  readonly ports: readonly ServicePort[];
+  readonly vips: readonly string[];
+  readonly balancer: BalancerKind;
+  readonly endpoints: readonly Endpoint[];
+}
+
+/** What the outbound path resolved an original destination to. */
+export interface RouteTarget {
+  readonly service: Service;
+  /** The service port the client asked for. */
+  readonly servicePort: number;
+  /** The port to name on the endpoint (target port). */
+  readonly targetPort: number;
+}
+
+/**
+ * One endpoint handed to one connection attempt. The lease counts the connection as active on the
+ * endpoint until `release()`; the outcome of the attempt feeds outlier detection and peak-EWMA.
+ */
+export interface EndpointLease {
+  readonly endpoint: Endpoint;
+  /** Connect (and handshake) succeeded after `connectMs`. */
+  reportSuccess(connectMs: number): void;
+  /** A local-origin failure: connect refused/timed out, TLS handshake failed, wrong peer identity. */
+  reportFailure(reason: string): void;
+  /** The connection that used this endpoint is over (idempotent). */
+  release(): void;
+}
+
+export interface PickContext {
+  /** The downstream client's address, for source-hash affinity. */
+  readonly clientAddress: string;
+  /** Endpoint keys already tried by this connection: pick another one if any is left. */
+  readonly exclude: ReadonlySet<string>;
+}
+
+/** What the data plane needs from discovery. */
+export interface RouteTable {
+  /** The service that owns a destination (a VIP:port or an endpoint's own address:port), if any. */
+  resolve(dst: SocketAddr): RouteTarget | undefined;
+  /** The service by name (explicit listeners name their service). */
+  service(name: string): Service | undefined;
+  /** Choose an endpoint for a new connection, skipping ejected ones (panic mode when all are). */
+  pick(serviceName: string, ctx: PickContext): EndpointLease | undefined;
+}
+
+/** `address:port`, with IPv6 in brackets. */
+export function formatAddr(address: string, port: number): string {
+  return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/** Strips the IPv4-mapped prefix a dual-stack socket reports for IPv4 peers. */
+export function normalizeAddress(address: string): string {
+  return address.startsWith("::ffff:") && address.includes(".") ? address.slice(7) : address;
+}
