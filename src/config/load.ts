@@ -1,0 +1,75 @@
+/**
+ * Turns weft.yaml text (plus the environment, the only place it is read) into a validated, deep-frozen
+ * `Config`, or every error at once, each naming its key: `timeouts.idle: "1x" is not a duration`.
+ */
+import { parse as parseYaml, YAMLParseError } from "yaml";
+import type { z } from "zod";
+import { WeftError } from "../core/errors.ts";
+import { type Config, configSchema } from "./schema.ts";
+
+export interface ConfigIssue {
+  key: string;
+  message: string;
+}
+
+export class ConfigError extends WeftError {
+  constructor(readonly issues: ConfigIssue[]) {
+    super("E_CONFIG", issues.map((i) => `${i.key}: ${i.message}`).join("; "), { reason: "invalid" });
+  }
+}
+
+/** `a.b[2].c` from a zod issue path. */
+export function formatKey(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const p of path) out += typeof p === "number" ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out || "(top level)";
+}
+
+export function issuesFromZod(error: z.ZodError): ConfigIssue[] {
+  return error.issues.map((i) => ({ key: formatKey(i.path), message: i.message }));
+}
+
+/** Parse YAML (or JSON, which is YAML) text into a plain value; syntax errors name line and column. */
+export function parseYamlText(text: string, source: string): unknown {
+  try {
+    return parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (err) {
+    const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : "";
+    throw new ConfigError([
+      { key: source, message: `not valid YAML${where}: ${(err as Error).message.split("\n")[0]}` },
+    ]);
+  }
+}
+
+export function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object" && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+/**
+ * Parse and validate. Environment overrides: `WEFT_LOG_LEVEL`, `WEFT_TRUST_DOMAIN`, `WEFT_CA_TOKEN`
+ * (the join token, so it need not sit in a file). Throws `ConfigError` listing every problem.
+ */
+export function parseConfig(
+  text: string,
+  env: Readonly<Record<string, string | undefined>> = {},
+  source = "weft.yaml",
+): Config {
+  const raw = parseYamlText(text, source) ?? {};
+  if (typeof raw !== "object" || Array.isArray(raw)) {
+    throw new ConfigError([
+      { key: source, message: "must be a mapping of keys (trustDomain, identity, ...)" },
+    ]);
+  }
+  const input = structuredClone(raw) as Record<string, unknown>;
+  if (env.WEFT_TRUST_DOMAIN) input.trustDomain = env.WEFT_TRUST_DOMAIN;
+  if (env.WEFT_LOG_LEVEL) input.log = { ...(input.log as object), level: env.WEFT_LOG_LEVEL };
+  const identity = input.identity as { ca?: Record<string, unknown> } | undefined;
+  if (env.WEFT_CA_TOKEN && identity?.ca) identity.ca.token = env.WEFT_CA_TOKEN;
+  const result = configSchema.safeParse(input);
+  if (!result.success) throw new ConfigError(issuesFromZod(result.error));
+  return deepFreeze(result.data);
+}

@@ -1,0 +1,181 @@
+/**
+ * The schema of weft.yaml, the sidecar's one config file: every key, its default and its unit. Durations
+ * are written `10s`/`1h` (or milliseconds) and are milliseconds in the parsed `Config`; sizes are written
+ * `64KiB` (or bytes) and are bytes. Unknown keys are errors, so a typo never silently does nothing.
+ */
+import { z } from "zod";
+import {
+  duration,
+  healthCheckSchema,
+  ipAddress,
+  outlierDetectionSchema,
+  port,
+  retrySchema,
+  servicesSchema,
+  spiffeIdString,
+} from "./services-schema.ts";
+import { parseSize } from "./units.ts";
+
+const size = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  try {
+    return parseSize(v);
+  } catch (err) {
+    ctx.addIssue({ code: "custom", message: (err as Error).message.replace(/^E_CONFIG: /, "") });
+    return z.NEVER;
+  }
+});
+
+/** `host:port` with IPv6 in brackets, e.g. `127.0.0.1:9001` or `[::1]:9001`. */
+const hostPort = z.string().transform((v, ctx) => {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+|localhost)):(\d{1,5})$/.exec(v);
+  const p = m ? Number(m[3]) : 0;
+  if (!m || p < 1 || p > 65535) {
+    ctx.addIssue({ code: "custom", message: `"${v}" is not host:port (e.g. 127.0.0.1:9001 or [::1]:9001)` });
+    return z.NEVER;
+  }
+  const host = m[1] ?? (m[2] === "localhost" ? "127.0.0.1" : m[2]!);
+  return { address: host, port: p };
+});
+
+const listener = (defaultPort: number, defaultAddress: string) =>
+  z.strictObject({
+    enabled: z.boolean().default(true),
+    address: ipAddress.default(defaultAddress),
+    port: port.default(defaultPort),
+    /** Concurrent connections on this listener; further accepts are closed at once and counted. */
+    maxConnections: z.number().int().min(1).default(10_000),
+  });
+
+const fileIdentity = z.strictObject({
+  /** PEM chain: the workload leaf first, then intermediates. Watched and reloaded when it changes. */
+  cert: z.string().min(1),
+  key: z.string().min(1),
+  /** PEM trust bundle: one or more roots. */
+  bundle: z.string().min(1),
+});
+
+const caIdentity = z
+  .strictObject({
+    /** The CA server, e.g. https://ca.weft.local:15443. */
+    url: z.string().url(),
+    /** The trust bundle (from `meshca bundle`) that the CA server's certificate must chain to. */
+    bundle: z.string().min(1),
+    /** The SPIFFE ID to request. */
+    id: spiffeIdString,
+    token: z.string().min(1).optional(),
+    /** A file holding the join token (preferred over `token`, which shows in process listings of configs). */
+    tokenFile: z.string().min(1).optional(),
+    keyAlgorithm: z.enum(["ecdsa-p256", "rsa-2048", "rsa-3072", "ed25519"]).default("ecdsa-p256"),
+    /** Where to keep the issued key and chain so a restart can renew instead of needing a new token. */
+    stateDir: z.string().min(1).optional(),
+  })
+  .refine((c) => c.token !== undefined || c.tokenFile !== undefined || c.stateDir !== undefined, {
+    message: "give token, tokenFile, or a stateDir that already holds a certificate",
+  });
+
+const policyRule = z.strictObject({
+  /** Local app ports this rule covers; omitted = every port. */
+  ports: z.array(port).optional(),
+  /** SPIFFE IDs or patterns (`*` matches within one path segment) allowed to connect. */
+  allow: z.array(spiffeIdString).min(1),
+});
+
+const inboundPort = z.strictObject({
+  port,
+  /** Send the app a PROXY header naming the real client: none, v1 or v2. */
+  proxyProtocol: z.enum(["none", "v1", "v2"]).default("none"),
+});
+
+export const configSchema = z.strictObject({
+  /** The trust domain of this mesh, e.g. weft.local. */
+  trustDomain: z.string().regex(/^[a-z0-9._-]+$/, { message: "must be a trust domain like weft.local" }),
+  identity: z
+    .strictObject({ files: fileIdentity.optional(), ca: caIdentity.optional() })
+    .refine((i) => (i.files === undefined) !== (i.ca === undefined), {
+      message: "give exactly one of files or ca",
+    }),
+  listeners: z
+    .strictObject({
+      outbound: listener(15001, "0.0.0.0").prefault({}),
+      inbound: listener(15006, "0.0.0.0").prefault({}),
+      tunnel: listener(15008, "0.0.0.0").prefault({}),
+      admin: z
+        .strictObject({ address: ipAddress.default("127.0.0.1"), port: port.default(15000) })
+        .prefault({}),
+      /** Explicit listeners: `listen` → `service` (and port), for non-root, non-Linux and benchmark use. */
+      explicit: z
+        .array(
+          z.strictObject({
+            listen: hostPort,
+            service: z.string().min(1),
+            /** Which of the service's ports; default its first. */
+            port: port.optional(),
+          }),
+        )
+        .default([]),
+    })
+    .prefault({}),
+  /** Unknown outbound destinations: pass through in plaintext (allow-any) or refuse (registry-only). */
+  outboundPolicy: z.enum(["allow-any", "registry-only"]).default("allow-any"),
+  inbound: z
+    .strictObject({
+      /** Plaintext reaching app ports from outside the mesh: refuse (strict) or pass to the app (permissive). */
+      mode: z.enum(["strict", "permissive"]).default("strict"),
+      /** Where the local app listens. */
+      appAddress: ipAddress.default("127.0.0.1"),
+      ports: z.array(inboundPort).default([]),
+    })
+    .prefault({}),
+  policy: z
+    .strictObject({
+      /** With no rule matching the port: allow any identity of the trust domain, or deny. */
+      default: z.enum(["allow-trust-domain", "deny"]).default("allow-trust-domain"),
+      rules: z.array(policyRule).default([]),
+    })
+    .prefault({}),
+  timeouts: z
+    .strictObject({
+      handshake: duration.default(10_000),
+      connect: duration.default(5_000),
+      proxyHeader: duration.default(5_000),
+      idle: duration.default(3_600_000),
+      /** After one side half-closes, how long the other may keep sending before both are closed. */
+      halfClose: duration.default(300_000),
+      drain: duration.default(20_000),
+    })
+    .prefault({}),
+  limits: z
+    .strictObject({
+      /** Client bytes held while the upstream connection is being made (and retried). */
+      earlyDataBytes: size.default(65_536),
+    })
+    .prefault({}),
+  retries: retrySchema.prefault({}),
+  outlierDetection: outlierDetectionSchema.prefault({}),
+  healthCheck: healthCheckSchema.optional(),
+  discovery: z
+    .strictObject({
+      /** A services file (YAML or JSON), watched and hot-reloaded. */
+      file: z.string().min(1).optional(),
+      dns: z
+        .strictObject({
+          /** DNS servers as host or host:port; default the system's resolvers. */
+          servers: z.array(z.string().min(1)).optional(),
+          minTtl: duration.default(5_000),
+          maxTtl: duration.default(300_000),
+          timeout: duration.default(2_000),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  services: servicesSchema.default([]),
+  log: z
+    .strictObject({
+      level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+      accessLog: z.boolean().default(true),
+    })
+    .prefault({}),
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
