@@ -43,6 +43,8 @@ export interface Service {
   readonly vips: readonly string[];
   readonly balancer: BalancerKind;
   readonly endpoints: readonly Endpoint[];
+  /** Connect attempts in all (first included) and the deadline for all of them together. */
+  readonly retries: { readonly attempts: number; readonly deadlineMs: number };
 }
 
 /** What the outbound path resolved an original destination to. */
@@ -83,6 +85,39 @@ export interface RouteTable {
   service(name: string): Service | undefined;
   /** Choose an endpoint for a new connection, skipping ejected ones (panic mode when all are). */
   pick(serviceName: string, ctx: PickContext): EndpointLease | undefined;
+}
+
+/** One endpoint's state as `/endpoints` on the admin port shows it. */
+export interface EndpointStatus {
+  readonly key: string;
+  readonly address: string;
+  readonly port: number;
+  readonly weight: number;
+  readonly identity: string;
+  /** healthy | ejected | probation | unhealthy (failing active health checks) */
+  readonly state: string;
+  readonly ejectedUntil?: string;
+  readonly timesEjected: number;
+  readonly consecutiveFailures: number;
+  readonly activeConnections: number;
+  readonly ewmaConnectMs?: number;
+}
+
+export interface ServiceStatus {
+  readonly name: string;
+  readonly identity: string;
+  readonly balancer: BalancerKind;
+  readonly vips: readonly string[];
+  readonly ports: readonly ServicePort[];
+  readonly source: string;
+  readonly endpoints: readonly EndpointStatus[];
+}
+
+/** Discovery as the sidecar runs it: a route table with a life cycle and a status view. */
+export interface Discovery extends RouteTable {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  describe(): ServiceStatus[];
 }
 
 /** `address:port`, with IPv6 in brackets. */
