@@ -1,0 +1,291 @@
+/**
+ * The record of one proxied connection: who (source, peer identity), where (service, endpoint,
+ * destination), how far it got (phase) and how it ended (one reason from a closed list). The record is
+ * finished exactly once, and finishing it is the only place that writes the connection's metrics and its
+ * one access-log line. `ConnectionTracker` keeps the live records of a sidecar for drain and shutdown.
+ */
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/log.ts";
+import type { Direction, WeftMetrics } from "../core/metrics.ts";
+import { formatAddr, type SocketAddr } from "../discovery/types.ts";
+import type { ByteSink, SpliceEnd } from "./splice.ts";
+
+/**
+ * Every reason a connection can end with; also the `reason` label of `weft_tcp_connections_closed_total`.
+ * `closed` is the normal end. Identity-verification failures carry the SVID verifier's own bounded reason
+ * prefixed `svid_` (e.g. `svid_expired`), see docs/proxy.md.
+ */
+export const CLOSE_REASONS = [
+  "closed",
+  "idle_timeout",
+  "half_close_timeout",
+  "downstream_reset",
+  "upstream_reset",
+  "downstream_error",
+  "upstream_error",
+  "drained",
+  "shutdown",
+  "connection_limit",
+  // routing
+  "no_route",
+  "unknown_service",
+  "no_endpoint",
+  "loop",
+  "original_dst_failed",
+  // upstream connection
+  "upstream_connect_failed",
+  "upstream_timeout",
+  "upstream_handshake_failed",
+  "upstream_identity_mismatch",
+  "upstream_untrusted",
+  // tunnel (inbound mTLS)
+  "handshake_timeout",
+  "handshake_failed",
+  "not_tls",
+  "no_client_cert",
+  "bad_alpn",
+  "client_closed",
+  "proxy_header_timeout",
+  "proxy_header_truncated",
+  "proxy_header_malformed",
+  "policy_denied",
+  "forbidden_port",
+  "app_connect_failed",
+  // inbound capture
+  "plaintext_refused",
+] as const;
+
+export type CloseReason = (typeof CLOSE_REASONS)[number] | `svid_${string}`;
+
+/** How far a connection got: useful in the access log of failed connections. */
+export type Phase =
+  | "accepted"
+  | "routing"
+  | "connecting"
+  | "handshake"
+  | "proxy_header"
+  | "authorizing"
+  | "streaming"
+  | "done";
+
+export interface ConnectionDeps {
+  readonly metrics: WeftMetrics;
+  readonly logger: Logger;
+  readonly clock: Clock;
+  readonly accessLog: boolean;
+  readonly tracker: ConnectionTracker;
+}
+
+interface Cell {
+  sent: number;
+  received: number;
+}
+
+const SPLICE_REASON: Record<SpliceEnd, CloseReason> = {
+  closed: "closed",
+  idle_timeout: "idle_timeout",
+  half_close_timeout: "half_close_timeout",
+  downstream_reset: "downstream_reset",
+  upstream_reset: "upstream_reset",
+  downstream_error: "downstream_error",
+  upstream_error: "upstream_error",
+  aborted: "shutdown",
+};
+
+/** The close reason for how a splice ended. */
+export function spliceReason(end: SpliceEnd): CloseReason {
+  return SPLICE_REASON[end];
+}
+
+/** One connection's record; see the module comment. */
+export class ConnectionRecord implements ByteSink {
+  phase: Phase = "accepted";
+  src: SocketAddr | undefined;
+  dst: SocketAddr | undefined;
+  service = "unknown";
+  peer = "none";
+  endpoint = "";
+  bytesReceived = 0;
+  bytesSent = 0;
+  handshakeMs: number | undefined;
+  connectMs: number | undefined;
+  /** Set by the owner of the sockets; `abort(reason)` calls it (drain deadline, shutdown). */
+  closer: ((reason: CloseReason) => void) | undefined;
+  /** Set by the owner once bytes flow, so tests and debug views can read buffered bytes. */
+  buffered: (() => number) | undefined;
+  private readonly startedMono: number;
+  private readonly startedAt: number;
+  private opened = false;
+  private finished = false;
+  private cell: Cell | undefined;
+  private reason: CloseReason | undefined;
+
+  constructor(
+    private readonly deps: ConnectionDeps,
+    readonly id: string,
+    readonly direction: Direction,
+  ) {
+    this.startedMono = deps.clock.monotonic();
+    this.startedAt = deps.clock.now();
+    deps.tracker.add(this);
+  }
+
+  /**
+   * The service (and peer identity, when known) this connection belongs to: counts it as opened and
+   * active under those labels. Called once the route or the peer is known; `finish` calls it otherwise.
+   */
+  open(service: string, peer?: string): void {
+    if (this.opened || this.finished) return;
+    this.opened = true;
+    this.service = service;
+    if (peer !== undefined) this.peer = peer;
+    this.cell = undefined;
+    const labels = { direction: this.direction, service: this.service };
+    this.deps.metrics.connectionsOpened.inc(labels);
+    this.deps.metrics.connectionsActive.inc(labels);
+  }
+
+  /** The peer identity is known (after the handshake); byte counts from now on go to its metrics cell. */
+  setPeer(peer: string): void {
+    this.peer = peer;
+    this.cell = undefined;
+  }
+
+  addReceived(n: number): void {
+    this.bytesReceived += n;
+    if (this.cell) this.cell.received += n;
+    else this.bindCell().received += n;
+  }
+
+  addSent(n: number): void {
+    this.bytesSent += n;
+    if (this.cell) this.cell.sent += n;
+    else this.bindCell().sent += n;
+  }
+
+  private bindCell(): Cell {
+    this.cell = this.deps.metrics.bytes(this.direction, this.service, this.peer);
+    return this.cell;
+  }
+
+  /** Milliseconds since the connection was accepted. */
+  elapsedMs(): number {
+    return this.deps.clock.monotonic() - this.startedMono;
+  }
+
+  get isFinished(): boolean {
+    return this.finished;
+  }
+
+  /** The reason it finished with, once finished. */
+  get closeReason(): CloseReason | undefined {
+    return this.reason;
+  }
+
+  /** Ask the owner to close the connection now (drain deadline, shutdown). */
+  abort(reason: CloseReason): void {
+    if (this.finished) return;
+    if (this.closer) this.closer(reason);
+    else this.finish(reason);
+  }
+
+  /**
+   * The connection is over: metrics and one access-log line, exactly once (later calls are ignored).
+   * `err` is logged (routine socket errors are not errors for a proxy; only their reason counts).
+   */
+  finish(reason: CloseReason, err?: unknown): void {
+    if (this.finished) return;
+    if (!this.opened) this.open(this.service);
+    this.finished = true;
+    this.reason = reason;
+    this.phase = "done";
+    this.closer = undefined;
+    this.buffered = undefined;
+    const m = this.deps.metrics;
+    const durationS = this.elapsedMs() / 1000;
+    m.connectionsActive.dec({ direction: this.direction, service: this.service });
+    m.connectionsClosed.inc({
+      direction: this.direction,
+      service: this.service,
+      peer_identity: this.peer,
+      reason,
+    });
+    m.connectionDuration.observe({ direction: this.direction, service: this.service }, durationS);
+    this.deps.tracker.delete(this);
+    if (!this.deps.accessLog) return;
+    const fields: Record<string, unknown> = {
+      conn_id: this.id,
+      direction: this.direction,
+      src: this.src ? formatAddr(this.src.address, this.src.port) : undefined,
+      dst: this.dst ? formatAddr(this.dst.address, this.dst.port) : undefined,
+      service: this.service,
+      peer_identity: this.peer,
+      endpoint: this.endpoint || undefined,
+      bytes_received: this.bytesReceived,
+      bytes_sent: this.bytesSent,
+      duration_ms: Math.round(durationS * 1000 * 10) / 10,
+      started_at: new Date(this.startedAt).toISOString(),
+      reason,
+    };
+    if (this.handshakeMs !== undefined) fields.handshake_ms = Math.round(this.handshakeMs * 10) / 10;
+    if (this.connectMs !== undefined) fields.connect_ms = Math.round(this.connectMs * 10) / 10;
+    if (err !== undefined) fields.err = err instanceof Error ? err.message : String(err);
+    this.deps.logger.info(fields, "connection closed");
+  }
+}
+
+/** The live connections of one sidecar: for drain (wait until none) and shutdown (abort the rest). */
+export class ConnectionTracker {
+  private readonly live = new Set<ConnectionRecord>();
+  private waiters: Array<() => void> = [];
+  private seq = 0;
+
+  /** A short unique connection id for logs (process-local sequence). */
+  nextId(): string {
+    this.seq++;
+    return this.seq.toString(36);
+  }
+
+  add(rec: ConnectionRecord): void {
+    this.live.add(rec);
+  }
+
+  delete(rec: ConnectionRecord): void {
+    this.live.delete(rec);
+    if (this.live.size === 0 && this.waiters.length > 0) {
+      const w = this.waiters;
+      this.waiters = [];
+      for (const fn of w) fn();
+    }
+  }
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  /** Live records (a copy). */
+  list(): ConnectionRecord[] {
+    return [...this.live];
+  }
+
+  /** Resolves true once no connection is live, or false when `deadlineMs` passes first. */
+  waitIdle(clock: Clock, deadlineMs: number): Promise<boolean> {
+    if (this.live.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = clock.setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== done);
+        resolve(false);
+      }, deadlineMs);
+      const done = (): void => {
+        timer.cancel();
+        resolve(true);
+      };
+      this.waiters.push(done);
+    });
+  }
+
+  /** Abort every live connection with `reason`. */
+  abortAll(reason: CloseReason): void {
+    for (const rec of [...this.live]) rec.abort(reason);
+  }
+}

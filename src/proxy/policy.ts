@@ -1,0 +1,57 @@
+/**
+ * Authorization policy for the tunnel: may the peer with SPIFFE ID X reach local port P? Pure: no I/O,
+ * no clock. Rules name ports (or all ports) and the identities allowed, where `*` matches within one
+ * path segment (`spiffe://weft.local/ns/*\/sa/frontend`). For a port that some rule covers, only the
+ * identities those rules allow get in; for a port no rule covers, `default` decides: any identity of
+ * this trust domain (`allow-trust-domain`) or nobody (`deny`).
+ */
+
+export interface PolicyRule {
+  /** Local ports this rule covers; omitted = every port. */
+  readonly ports?: readonly number[];
+  /** SPIFFE IDs or patterns allowed to connect. */
+  readonly allow: readonly string[];
+}
+
+export interface PolicyConfig {
+  readonly default: "allow-trust-domain" | "deny";
+  readonly rules: readonly PolicyRule[];
+}
+
+/** Why a peer was denied (the `rule` field of the log line). */
+export type PolicyDenial = "not_in_rules" | "default_deny" | "other_trust_domain";
+
+export type PolicyDecision =
+  | { readonly allowed: true }
+  | { readonly allowed: false; readonly why: PolicyDenial };
+
+/** Does `id` match `pattern` (exact, or with `*` standing for any run of characters within one segment)? */
+export function matchesIdPattern(pattern: string, id: string): boolean {
+  if (!pattern.includes("*")) return pattern === id;
+  const parts = pattern.split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
+  return new RegExp(`^${parts.join("[^/]*")}$`).test(id);
+}
+
+/** The trust domain of a SPIFFE ID string (`spiffe://<td>/...`), or undefined when it is not one. */
+export function trustDomainOf(id: string): string | undefined {
+  const m = /^spiffe:\/\/([^/]+)(\/|$)/.exec(id);
+  return m?.[1];
+}
+
+/** May `peer` reach local `port`? See the module comment for the rules. */
+export function mayReach(
+  policy: PolicyConfig,
+  trustDomain: string,
+  peer: string,
+  port: number,
+): PolicyDecision {
+  const covering = policy.rules.filter((r) => r.ports === undefined || r.ports.includes(port));
+  if (covering.length > 0) {
+    const ok = covering.some((r) => r.allow.some((p) => matchesIdPattern(p, peer)));
+    return ok ? { allowed: true } : { allowed: false, why: "not_in_rules" };
+  }
+  if (policy.default === "deny") return { allowed: false, why: "default_deny" };
+  return trustDomainOf(peer) === trustDomain
+    ? { allowed: true }
+    : { allowed: false, why: "other_trust_domain" };
+}

@@ -1,0 +1,47 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { matchesIdPattern, mayReach, trustDomainOf } from "../../src/proxy/policy.ts";
+
+test("SPIFFE ID patterns: * stays within one segment, everything else is literal", () => {
+  const cases: Array<[string, string, boolean]> = [
+    ["spiffe://weft.local/ns/default/sa/web", "spiffe://weft.local/ns/default/sa/web", true],
+    ["spiffe://weft.local/ns/default/sa/web", "spiffe://weft.local/ns/default/sa/web2", false],
+    ["spiffe://weft.local/ns/*/sa/web", "spiffe://weft.local/ns/shop/sa/web", true],
+    ["spiffe://weft.local/ns/*/sa/web", "spiffe://weft.local/ns/a/b/sa/web", false],
+    ["spiffe://weft.local/ns/default/sa/web-*", "spiffe://weft.local/ns/default/sa/web-1", true],
+    ["spiffe://weft.local/ns/default/sa/*", "spiffe://weft.local/ns/default/sa/x/y", false],
+    ["spiffe://weft.local/ns/default/sa/a.b", "spiffe://weft.local/ns/default/sa/aXb", false],
+    ["spiffe://weft.local/*", "spiffe://weft.localhost/x", false],
+  ];
+  for (const [pattern, id, want] of cases)
+    assert.equal(matchesIdPattern(pattern, id), want, `${pattern} ~ ${id}`);
+});
+
+test("trust domain of an ID", () => {
+  assert.equal(trustDomainOf("spiffe://weft.local/ns/a/sa/b"), "weft.local");
+  assert.equal(trustDomainOf("spiffe://weft.local"), "weft.local");
+  assert.equal(trustDomainOf("https://weft.local/x"), undefined);
+});
+
+test("rules covering a port replace the default for that port", () => {
+  const policy = {
+    default: "allow-trust-domain" as const,
+    rules: [
+      { ports: [5432], allow: ["spiffe://weft.local/ns/default/sa/api"] },
+      { allow: ["spiffe://other.test/ns/x/sa/y"] },
+    ],
+  };
+  // The port-less rule covers every port: only its identity and, on 5432, api get in.
+  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/api", 5432), {
+    allowed: true,
+  });
+  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://other.test/ns/x/sa/y", 5432), { allowed: true });
+  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/web", 5432), {
+    allowed: false,
+    why: "not_in_rules",
+  });
+  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/api", 80), {
+    allowed: false,
+    why: "not_in_rules",
+  });
+});

@@ -1,0 +1,206 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { decideInbound, decideOutbound, type InboundSettings } from "../../src/proxy/route.ts";
+import { StaticRouteTable } from "../helpers/static-routes.ts";
+
+const table = new StaticRouteTable([
+  {
+    name: "backend",
+    identity: "spiffe://weft.local/ns/default/sa/backend",
+    ports: [8080, { port: 80, targetPort: 8081 }],
+    vips: ["198.18.10.1"],
+    endpoints: [{ address: "198.18.0.5", port: 8080, tunnelPort: 15008 }],
+  },
+]);
+
+test("decideOutbound, as a table", () => {
+  const cases: Array<{
+    name: string;
+    req: Parameters<typeof decideOutbound>[0];
+    policy: "allow-any" | "registry-only";
+    want: string;
+    servicePort?: number;
+    targetPort?: number;
+  }> = [
+    {
+      name: "VIP and service port -> mesh",
+      req: { dst: { address: "198.18.10.1", port: 8080 } },
+      policy: "registry-only",
+      want: "mesh",
+      servicePort: 8080,
+      targetPort: 8080,
+    },
+    {
+      name: "VIP and a port with another target port -> mesh, target port mapped",
+      req: { dst: { address: "198.18.10.1", port: 80 } },
+      policy: "registry-only",
+      want: "mesh",
+      servicePort: 80,
+      targetPort: 8081,
+    },
+    {
+      name: "an endpoint's own address -> mesh",
+      req: { dst: { address: "198.18.0.5", port: 8080 } },
+      policy: "registry-only",
+      want: "mesh",
+      targetPort: 8080,
+    },
+    {
+      name: "unknown destination, allow-any -> passthrough",
+      req: { dst: { address: "198.18.99.9", port: 443 } },
+      policy: "allow-any",
+      want: "passthrough",
+    },
+    {
+      name: "unknown destination, registry-only -> no_route",
+      req: { dst: { address: "198.18.99.9", port: 443 } },
+      policy: "registry-only",
+      want: "deny:no_route",
+    },
+    {
+      name: "a VIP on a port the service does not have -> passthrough under allow-any",
+      req: { dst: { address: "198.18.10.1", port: 9999 } },
+      policy: "allow-any",
+      want: "passthrough",
+    },
+    {
+      name: "loop is refused even under allow-any",
+      req: { dst: { address: "127.0.0.1", port: 15001 }, loop: true },
+      policy: "allow-any",
+      want: "deny:loop",
+    },
+    {
+      name: "no destination at all -> no_route",
+      req: {},
+      policy: "allow-any",
+      want: "deny:no_route",
+    },
+    {
+      name: "explicit service, default port -> its first port",
+      req: { explicit: { service: "backend" } },
+      policy: "registry-only",
+      want: "mesh",
+      servicePort: 8080,
+      targetPort: 8080,
+    },
+    {
+      name: "explicit service and port -> that port's target",
+      req: { explicit: { service: "backend", port: 80 } },
+      policy: "registry-only",
+      want: "mesh",
+      servicePort: 80,
+      targetPort: 8081,
+    },
+    {
+      name: "explicit unknown service",
+      req: { explicit: { service: "nope" } },
+      policy: "allow-any",
+      want: "deny:unknown_service",
+    },
+    {
+      name: "explicit unknown port",
+      req: { explicit: { service: "backend", port: 1 } },
+      policy: "allow-any",
+      want: "deny:unknown_port",
+    },
+  ];
+  for (const c of cases) {
+    const r = decideOutbound(c.req, table, { outboundPolicy: c.policy });
+    const got = r.kind === "deny" ? `deny:${r.reason}` : r.kind;
+    assert.equal(got, c.want, c.name);
+    if (r.kind === "mesh") {
+      assert.equal(r.target.service.name, "backend", c.name);
+      if (c.servicePort !== undefined) assert.equal(r.target.servicePort, c.servicePort, c.name);
+      if (c.targetPort !== undefined) assert.equal(r.target.targetPort, c.targetPort, c.name);
+    }
+    if (r.kind === "passthrough") assert.deepEqual(r.dst, c.req.dst, c.name);
+  }
+});
+
+test("decideInbound, as a table", () => {
+  const base: InboundSettings = {
+    trustDomain: "weft.local",
+    policy: {
+      default: "allow-trust-domain",
+      rules: [
+        { ports: [5432], allow: ["spiffe://weft.local/ns/default/sa/backend"] },
+        { ports: [9000], allow: ["spiffe://weft.local/ns/*/sa/frontend"] },
+      ],
+    },
+    ports: [{ port: 8080, proxyProtocol: "v2" }],
+    reservedPorts: [15000, 15001, 15006, 15008],
+  };
+  const deny: InboundSettings = { ...base, policy: { default: "deny", rules: base.policy.rules } };
+  const cases: Array<{ name: string; peer: string; port: number; s?: InboundSettings; want: string }> = [
+    {
+      name: "same trust domain, uncovered port",
+      peer: "spiffe://weft.local/ns/a/sa/b",
+      port: 8080,
+      want: "allow:v2",
+    },
+    {
+      name: "uncovered port without proxy option",
+      peer: "spiffe://weft.local/ns/a/sa/b",
+      port: 7000,
+      want: "allow:none",
+    },
+    {
+      name: "other trust domain, uncovered port",
+      peer: "spiffe://other.test/ns/a/sa/b",
+      port: 8080,
+      want: "deny:policy_denied:other_trust_domain",
+    },
+    {
+      name: "covered port, allowed id",
+      peer: "spiffe://weft.local/ns/default/sa/backend",
+      port: 5432,
+      want: "allow:none",
+    },
+    {
+      name: "covered port, another id",
+      peer: "spiffe://weft.local/ns/default/sa/frontend",
+      port: 5432,
+      want: "deny:policy_denied:not_in_rules",
+    },
+    {
+      name: "pattern matches within one segment",
+      peer: "spiffe://weft.local/ns/shop/sa/frontend",
+      port: 9000,
+      want: "allow:none",
+    },
+    {
+      name: "pattern does not cross segments",
+      peer: "spiffe://weft.local/ns/a/b/sa/frontend",
+      port: 9000,
+      want: "deny:policy_denied:not_in_rules",
+    },
+    {
+      name: "default deny, uncovered port",
+      peer: "spiffe://weft.local/ns/a/sa/b",
+      port: 8080,
+      s: deny,
+      want: "deny:policy_denied:default_deny",
+    },
+    {
+      name: "default deny, covered port still allowed",
+      peer: "spiffe://weft.local/ns/default/sa/backend",
+      port: 5432,
+      s: deny,
+      want: "allow:none",
+    },
+    {
+      name: "the proxy's own admin port is never reachable",
+      peer: "spiffe://weft.local/ns/a/sa/b",
+      port: 15000,
+      want: "deny:forbidden_port:proxy_port",
+    },
+  ];
+  for (const c of cases) {
+    const d = decideInbound(c.peer, c.port, c.s ?? base);
+    const got = d.kind === "allow" ? `allow:${d.proxyProtocol}` : `deny:${d.reason}:${d.why}`;
+    assert.equal(got, c.want, c.name);
+    if (d.kind === "deny" && d.reason === "policy_denied") {
+      assert.equal(d.detail, `${c.peer} may not reach port ${c.port}`);
+    }
+  }
+});
