@@ -110,3 +110,14 @@ export function decideInbound(peer: string, port: number, settings: InboundSetti
   const p = settings.ports.find((x) => x.port === port);
   return { kind: "allow", port, proxyProtocol: p?.proxyProtocol ?? "none" };
 }
+
+/**
+ * The app port to name on a chosen endpoint (the PROXY header's destination port). An endpoint that
+ * lists its own port overrides the target port of the service's first port (endpoints of one service
+ * may listen on different ports); any other service port maps to its declared target port.
+ */
+export function endpointAppPort(target: RouteTarget, endpoint: { readonly port: number }): number {
+  const first = target.service.ports[0];
+  if (first && target.targetPort === first.targetPort) return endpoint.port;
+  return target.targetPort;
+}

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { decideInbound, decideOutbound, type InboundSettings } from "../../src/proxy/route.ts";
+import {
+  decideInbound,
+  decideOutbound,
+  endpointAppPort,
+  type InboundSettings,
+} from "../../src/proxy/route.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
 
 const table = new StaticRouteTable([
@@ -203,4 +208,13 @@ test("decideInbound, as a table", () => {
       assert.equal(d.detail, `${c.peer} may not reach port ${c.port}`);
     }
   }
+});
+
+test("the app port named on an endpoint: its own port overrides the first port's target only", () => {
+  const service = table.service("backend")!;
+  const first = { service, servicePort: 8080, targetPort: 8080 };
+  const second = { service, servicePort: 80, targetPort: 8081 };
+  assert.equal(endpointAppPort(first, { port: 8080 }), 8080);
+  assert.equal(endpointAppPort(first, { port: 9090 }), 9090);
+  assert.equal(endpointAppPort(second, { port: 9090 }), 8081);
 });

@@ -1,0 +1,124 @@
+/**
+ * The admin port (15000, loopback by default): `/metrics` (Prometheus text from the sidecar's own
+ * registry), `/ready` (200 once the first certificate is loaded and the listeners are up; 503 with the
+ * reason before that and while draining), `/live`, `/config` (the effective config, secrets redacted),
+ * `/certs` (the identity in use: SPIFFE ID, serial, validity, seconds left) and `/endpoints` (discovery's
+ * view of services and endpoints). Read-only: every other method or path is refused.
+ */
+import http from "node:http";
+import type { Logger } from "../core/log.ts";
+import type { WeftMetrics } from "../core/metrics.ts";
+import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
+
+export interface Readiness {
+  readonly ready: boolean;
+  /** Why not ready: `no_certificate`, `listeners_not_up`, `draining`. */
+  readonly reason?: string;
+}
+
+export interface AdminSources {
+  readonly metrics: WeftMetrics;
+  readiness(): Readiness;
+  config(): unknown;
+  certs(): unknown;
+  endpoints(): unknown;
+}
+
+export interface AdminOptions {
+  readonly address: string;
+  readonly port: number;
+  readonly logger: Logger;
+  readonly sources: AdminSources;
+}
+
+const SECRET_KEYS = new Set(["token", "password", "secret", "keyPem", "privateKey"]);
+
+/** A copy of `value` with secret-bearing keys (`token`, ...) replaced by `"[redacted]"`. */
+export function redact(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(redact);
+  if (value && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = SECRET_KEYS.has(k) ? "[redacted]" : redact(v);
+    return out;
+  }
+  return value;
+}
+
+export class AdminServer {
+  private readonly server: http.Server;
+
+  constructor(private readonly options: AdminOptions) {
+    this.server = http.createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        options.logger.error({ err }, "admin request failed");
+        if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
+        res.end("internal error\n");
+      });
+    });
+    this.server.on("clientError", (_err, socket) => socket.destroy());
+    // Admin scrapes are short; do not let a stuck client hold a socket for long.
+    this.server.requestTimeout = 10_000;
+    this.server.headersTimeout = 5_000;
+  }
+
+  listen(): Promise<SocketAddr> {
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen({ host: this.options.address, port: this.options.port }, () => {
+        this.server.removeListener("error", reject);
+        this.server.on("error", (err) => this.options.logger.warn({ err }, "admin server error"));
+        const a = this.server.address() as { address: string; port: number };
+        resolve({ address: normalizeAddress(a.address), port: a.port });
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? "/").split("?")[0];
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      res.writeHead(405, { allow: "GET, HEAD", "content-type": "text/plain" });
+      res.end("method not allowed\n");
+      return;
+    }
+    const s = this.options.sources;
+    switch (path) {
+      case "/metrics": {
+        const body = await s.metrics.render();
+        res.writeHead(200, { "content-type": s.metrics.registry.contentType });
+        res.end(body);
+        return;
+      }
+      case "/ready": {
+        const r = s.readiness();
+        res.writeHead(r.ready ? 200 : 503, { "content-type": "text/plain" });
+        res.end(r.ready ? "ready\n" : `not ready: ${r.reason ?? "unknown"}\n`);
+        return;
+      }
+      case "/live":
+        res.writeHead(200, { "content-type": "text/plain" });
+        res.end("live\n");
+        return;
+      case "/config":
+        return json(res, redact(s.config()));
+      case "/certs":
+        return json(res, s.certs());
+      case "/endpoints":
+        return json(res, s.endpoints());
+      default:
+        res.writeHead(404, { "content-type": "text/plain" });
+        res.end("not found: try /metrics /ready /live /config /certs /endpoints\n");
+    }
+  }
+}
+
+function json(res: http.ServerResponse, value: unknown): void {
+  res.writeHead(200, { "content-type": "application/json" });
+  res.end(`${JSON.stringify(value, null, 2)}\n`);
+}
