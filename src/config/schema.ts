@@ -3,6 +3,7 @@
  * are written `10s`/`1h` (or milliseconds) and are milliseconds in the parsed `Config`; sizes are written
  * `64KiB` (or bytes) and are bytes. Unknown keys are errors, so a typo never silently does nothing.
  */
+import { isIP } from "node:net";
 import { z } from "zod";
 import {
   duration,
@@ -25,11 +26,20 @@ const size = z.union([z.string(), z.number()]).transform((v, ctx) => {
   }
 });
 
-/** `host:port` with IPv6 in brackets, e.g. `127.0.0.1:9001` or `[::1]:9001`. */
+/** A port to listen on; 0 asks the kernel for a free one (tests, or when the bound port is read from logs). */
+const listenPort = z.number().int().min(0).max(65535);
+
+/** `host:port` with IPv6 in brackets, e.g. `127.0.0.1:9001` or `[::1]:9001` (port 0 = any free port). */
 const hostPort = z.string().transform((v, ctx) => {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+|localhost)):(\d{1,5})$/.exec(v);
-  const p = m ? Number(m[3]) : 0;
-  if (!m || p < 1 || p > 65535) {
+  const p = m ? Number(m[3]) : -1;
+  if (
+    !m ||
+    p < 0 ||
+    p > 65535 ||
+    (m[1] !== undefined && isIP(m[1]) !== 6) ||
+    (m[2] !== undefined && m[2] !== "localhost" && isIP(m[2]) !== 4)
+  ) {
     ctx.addIssue({ code: "custom", message: `"${v}" is not host:port (e.g. 127.0.0.1:9001 or [::1]:9001)` });
     return z.NEVER;
   }
@@ -41,7 +51,7 @@ const listener = (defaultPort: number, defaultAddress: string) =>
   z.strictObject({
     enabled: z.boolean().default(true),
     address: ipAddress.default(defaultAddress),
-    port: port.default(defaultPort),
+    port: listenPort.default(defaultPort),
     /** Concurrent connections on this listener; further accepts are closed at once and counted. */
     maxConnections: z.number().int().min(1).default(10_000),
   });
@@ -52,6 +62,8 @@ const fileIdentity = z.strictObject({
   key: z.string().min(1),
   /** PEM trust bundle: one or more roots. */
   bundle: z.string().min(1),
+  /** The files are also re-read this often, in case a change notification was missed (0 = only on change). */
+  reloadInterval: duration.default(5_000),
 });
 
 const caIdentity = z
@@ -100,7 +112,7 @@ export const configSchema = z.strictObject({
       inbound: listener(15006, "0.0.0.0").prefault({}),
       tunnel: listener(15008, "0.0.0.0").prefault({}),
       admin: z
-        .strictObject({ address: ipAddress.default("127.0.0.1"), port: port.default(15000) })
+        .strictObject({ address: ipAddress.default("127.0.0.1"), port: listenPort.default(15000) })
         .prefault({}),
       /** Explicit listeners: `listen` → `service` (and port), for non-root, non-Linux and benchmark use. */
       explicit: z
@@ -110,6 +122,8 @@ export const configSchema = z.strictObject({
             service: z.string().min(1),
             /** Which of the service's ports; default its first. */
             port: port.optional(),
+            /** Concurrent connections on this listener. */
+            maxConnections: z.number().int().min(1).default(10_000),
           }),
         )
         .default([]),
@@ -135,18 +149,27 @@ export const configSchema = z.strictObject({
     .prefault({}),
   timeouts: z
     .strictObject({
+      /** TLS handshake on the tunnel port, from accept to a verified peer (Node's own default is 120 s). */
       handshake: duration.default(10_000),
+      /** One upstream attempt: TCP connect plus mTLS handshake; also the connect to the local app. */
       connect: duration.default(5_000),
+      /** From a verified handshake to a complete PROXY header on the tunnel. */
       proxyHeader: duration.default(5_000),
+      /** No bytes either way for this long closes the connection (0 = never). */
       idle: duration.default(3_600_000),
       /** After one side half-closes, how long the other may keep sending before both are closed. */
       halfClose: duration.default(300_000),
+      /** On SIGTERM: how long live connections may finish before they are closed. */
       drain: duration.default(20_000),
     })
     .prefault({}),
   limits: z
     .strictObject({
-      /** Client bytes held while the upstream connection is being made (and retried). */
+      /**
+       * Client bytes held while the upstream connection is being made (and retried): the read/write
+       * high-water mark of sockets accepted on outbound and explicit listeners. Beyond it TCP flow
+       * control holds the client. Default 64 KiB.
+       */
       earlyDataBytes: size.default(65_536),
     })
     .prefault({}),

@@ -29,6 +29,7 @@ export const CLOSE_REASONS = [
   // routing
   "no_route",
   "unknown_service",
+  "unknown_port",
   "no_endpoint",
   "loop",
   "original_dst_failed",

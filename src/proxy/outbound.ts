@@ -1,0 +1,307 @@
+/**
+ * The outbound life of one connection an app opened, top to bottom: the transparent capture port
+ * (15001, original destination from SO_ORIGINAL_DST) and explicit listeners (`127.0.0.1:9001 ->
+ * backend`) share it after the destination is known.
+ *
+ *   accept -> destination (original dst, or the explicit listener's service) -> route decision
+ *     mesh:        pick an endpoint -> mTLS dial (connect + handshake under one deadline, the server must
+ *                  prove the service's identity) -> on failure report it, exclude that endpoint and try
+ *                  another, within `Service.retries` (attempts and a deadline for all of them)
+ *                  -> PROXY v2 header (client address, endpoint address + app port, service TLV)
+ *                  -> splice
+ *     passthrough: plain TCP to the original destination (unknown destination, `allow-any`) -> splice
+ *     deny:        reset the client (loop, registry-only with no route, unknown service)
+ *
+ * The dial starts at once, before the client sends anything, so server-speaks-first protocols work.
+ * Meanwhile the client's early bytes wait in its own socket buffer: nothing consumes them until the
+ * splice starts, so Node reads at most the socket's high-water mark (`limits.earlyDataBytes`, set on
+ * the listener) and TCP flow control holds the client beyond that. No copy, nothing to release, and
+ * a retry on another endpoint still has every byte.
+ */
+import type { Socket } from "node:net";
+import type { Clock } from "../core/clock.ts";
+import { errorMessage, isWeftError, WeftError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
+import type { WeftMetrics } from "../core/metrics.ts";
+import {
+  type EndpointLease,
+  normalizeAddress,
+  type RouteTable,
+  type RouteTarget,
+  type SocketAddr,
+} from "../discovery/types.ts";
+import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceReason } from "./connection.ts";
+import { type Connector, connectTcp, type Upstream } from "./connector.ts";
+import { isLoop, type OriginalDstResolver } from "./original-dst.ts";
+import { encodeProxyV2, PP2_TYPE_WEFT_SERVICE } from "./proxy-protocol.ts";
+import { decideOutbound, endpointAppPort, type OutboundRoute } from "./route.ts";
+import { resetSide, Splice } from "./splice.ts";
+
+export interface OutboundOptions {
+  /** `outbound` for the transparent capture port, `explicit` for a configured listener. */
+  readonly kind: "outbound" | "explicit";
+  /** Explicit listeners: the service (and port) they lead to. */
+  readonly explicit?: { readonly service: string; readonly port?: number };
+  /** Transparent capture: how to read the original destination. */
+  readonly originalDst?: OriginalDstResolver;
+  /** The proxy's own listening addresses, to refuse connections that would loop into it. */
+  readonly listenerAddrs: () => readonly SocketAddr[];
+  readonly routes: RouteTable;
+  readonly connector: Connector;
+  readonly outboundPolicy: "allow-any" | "registry-only";
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics: WeftMetrics;
+  readonly connection: ConnectionDeps;
+  readonly timeouts: { readonly connect: number; readonly idle: number; readonly halfClose: number };
+}
+
+/** Handles connections accepted on an outbound or explicit listener; `handle` is `onConnection`. */
+export class OutboundHandler {
+  constructor(private readonly options: OutboundOptions) {}
+
+  readonly handle = (client: Socket): void => {
+    const o = this.options;
+    client.on("error", noop);
+    const src = { address: normalizeAddress(client.remoteAddress ?? ""), port: client.remotePort ?? 0 };
+    let route: OutboundRoute;
+    let dst: SocketAddr | undefined;
+    try {
+      if (o.kind === "explicit") {
+        route = decideOutbound({ explicit: o.explicit }, o.routes, o);
+      } else {
+        if (!o.originalDst) throw new WeftError("E_ORIGINAL_DST", "no original-destination resolver");
+        dst = o.originalDst.resolve(client);
+        route = decideOutbound({ dst, loop: isLoop(dst, o.listenerAddrs()) }, o.routes, o);
+      }
+    } catch (err) {
+      const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), o.kind);
+      rec.src = src;
+      resetSide({ stream: client, raw: client });
+      rec.finish("original_dst_failed", err);
+      return;
+    }
+    const direction = route.kind === "passthrough" ? "passthrough" : o.kind;
+    const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), direction);
+    rec.src = src;
+    rec.dst = dst;
+    rec.phase = "routing";
+    if (route.kind === "deny") {
+      o.logger.debug({ conn_id: rec.id, reason: route.reason, detail: route.detail }, "outbound refused");
+      resetSide({ stream: client, raw: client });
+      rec.finish(
+        route.reason,
+        new WeftError(route.reason === "loop" ? "E_LOOP" : "E_NO_ROUTE", route.detail),
+      );
+      return;
+    }
+    const conn = new OutboundConnection(o, rec, client);
+    if (route.kind === "passthrough") void conn.passthrough(route.dst);
+    else void conn.mesh(route.target);
+  };
+}
+
+/** The part of one outbound connection's life that waits on the network. */
+class OutboundConnection {
+  private readonly controller = new AbortController();
+  private splice: Splice | undefined;
+  private forced: CloseReason | undefined;
+  private lease: EndpointLease | undefined;
+
+  constructor(
+    private readonly o: OutboundOptions,
+    private readonly rec: ConnectionRecord,
+    private readonly client: Socket,
+  ) {
+    rec.closer = (reason) => this.abort(reason);
+    // A client that resets while we dial: stop dialling.
+    client.on("error", this.onClientGone);
+    client.once("close", this.onClientGone);
+  }
+
+  private readonly onClientGone = (): void => {
+    if (!this.splice) this.controller.abort(new WeftError("E_CONNECT", "client went away"));
+  };
+
+  private abort(reason: CloseReason): void {
+    if (this.splice) {
+      this.forced = reason;
+      this.splice.abort("aborted");
+      return;
+    }
+    this.forced = reason;
+    this.controller.abort(new WeftError("E_CONNECT", `connection ${reason}`));
+  }
+
+  async passthrough(dst: SocketAddr): Promise<void> {
+    const { o, rec } = this;
+    rec.open("passthrough");
+    rec.endpoint = `${dst.address}:${dst.port}`;
+    rec.phase = "connecting";
+    const timer = o.clock.setTimeout(
+      () => this.controller.abort(new WeftError("E_TIMEOUT", "connect deadline")),
+      o.timeouts.connect,
+    );
+    const t0 = o.clock.monotonic();
+    try {
+      const up = await connectTcp(dst, this.controller.signal);
+      rec.connectMs = o.clock.monotonic() - t0;
+      this.startSplice({
+        side: { stream: up, raw: up },
+        peerIdentity: "none",
+        connectMs: rec.connectMs,
+        handshakeMs: undefined,
+        resumed: false,
+      });
+    } catch (err) {
+      this.failed(err);
+    } finally {
+      timer.cancel();
+    }
+  }
+
+  async mesh(target: RouteTarget): Promise<void> {
+    const { o, rec, client } = this;
+    const service = target.service;
+    rec.open(service.name);
+    rec.phase = "connecting";
+    const overall = o.clock.setTimeout(
+      () => this.controller.abort(new WeftError("E_TIMEOUT", "retry deadline")),
+      service.retries.deadlineMs,
+    );
+    const exclude = new Set<string>();
+    let lastErr: unknown;
+    let upstream: Upstream | undefined;
+    try {
+      for (
+        let attempt = 1;
+        attempt <= service.retries.attempts && !this.controller.signal.aborted;
+        attempt++
+      ) {
+        const lease = o.routes.pick(service.name, { clientAddress: rec.src?.address ?? "", exclude });
+        if (!lease) {
+          if (attempt === 1)
+            lastErr = new WeftError("E_NO_ROUTE", `service ${service.name} has no endpoint`, {
+              reason: "no_endpoint",
+            });
+          break;
+        }
+        const ep = lease.endpoint;
+        if (attempt > 1) o.metrics.upstreamConnectRetries.inc({ service: service.name });
+        const attemptCtl = new AbortController();
+        const onOuter = (): void => attemptCtl.abort(this.controller.signal.reason);
+        this.controller.signal.addEventListener("abort", onOuter, { once: true });
+        const timer = o.clock.setTimeout(
+          () => attemptCtl.abort(new WeftError("E_TIMEOUT", "connect deadline")),
+          o.timeouts.connect,
+        );
+        const t0 = o.clock.monotonic();
+        try {
+          if (ep.sidecar) {
+            upstream = await o.connector.connect(
+              { endpoint: ep, expectedIdentity: ep.identity },
+              attemptCtl.signal,
+            );
+          } else {
+            const port = endpointAppPort(target, ep);
+            const s = await connectTcp({ address: ep.address, port }, attemptCtl.signal);
+            upstream = {
+              side: { stream: s, raw: s },
+              peerIdentity: "none",
+              connectMs: o.clock.monotonic() - t0,
+              handshakeMs: undefined,
+              resumed: false,
+            };
+          }
+          const ms = o.clock.monotonic() - t0;
+          lease.reportSuccess(ms);
+          o.metrics.upstreamConnectDuration.observe({ service: service.name }, ms / 1000);
+          this.lease = lease;
+          rec.endpoint = ep.key;
+          rec.connectMs = upstream.connectMs;
+          rec.handshakeMs = upstream.handshakeMs;
+          break;
+        } catch (err) {
+          lastErr = err;
+          const reason = isWeftError(err) ? err.reason : "connect_failed";
+          if (reason !== "aborted") {
+            lease.reportFailure(reason);
+            o.metrics.upstreamConnectFailures.inc({ service: service.name, endpoint: ep.key, reason });
+            o.logger.debug(
+              { conn_id: rec.id, endpoint: ep.key, attempt, reason, err: errorMessage(err) },
+              "upstream attempt failed",
+            );
+          }
+          lease.release();
+          exclude.add(ep.key);
+        } finally {
+          timer.cancel();
+          this.controller.signal.removeEventListener("abort", onOuter);
+        }
+      }
+    } finally {
+      overall.cancel();
+    }
+    if (!upstream) {
+      this.failed(lastErr ?? this.controller.signal.reason);
+      return;
+    }
+    if (client.destroyed || this.controller.signal.aborted) {
+      resetSide(upstream.side);
+      this.failed(this.controller.signal.reason ?? new WeftError("E_CONNECT", "client went away"));
+      return;
+    }
+    if (upstream.side.stream !== upstream.side.raw) {
+      // Only sidecars get a PROXY header; an endpoint without one gets the app's bytes alone.
+      const ep = this.lease!.endpoint;
+      upstream.side.stream.write(
+        encodeProxyV2({
+          command: "PROXY",
+          source: rec.src ?? { address: "0.0.0.0", port: 0 },
+          destination: { address: ep.address, port: endpointAppPort(target, ep) },
+          tlvs: [{ type: PP2_TYPE_WEFT_SERVICE, value: Buffer.from(service.name, "utf8") }],
+        }),
+      );
+    }
+    this.startSplice(upstream);
+  }
+
+  private startSplice(up: Upstream): void {
+    const { o, rec, client } = this;
+    client.removeListener("error", this.onClientGone);
+    client.removeListener("close", this.onClientGone);
+    rec.setPeer(up.peerIdentity);
+    rec.phase = "streaming";
+    this.splice = new Splice({ stream: client, raw: client }, up.side, {
+      clock: o.clock,
+      idleTimeoutMs: o.timeouts.idle,
+      halfCloseTimeoutMs: o.timeouts.halfClose,
+      bytes: rec,
+      onDone: (end, err) => {
+        this.lease?.release();
+        rec.finish(this.forced ?? spliceReason(end), err);
+      },
+    });
+    rec.buffered = () => this.splice?.buffered() ?? 0;
+  }
+
+  private failed(err: unknown): void {
+    const { rec, client } = this;
+    resetSide({ stream: client, raw: client });
+    rec.finish(this.forced ?? upstreamReason(err, client.destroyed), err);
+  }
+}
+
+function upstreamReason(err: unknown, clientGone: boolean): CloseReason {
+  const reason = isWeftError(err) ? err.reason : "";
+  if (reason === "no_endpoint") return "no_endpoint";
+  if (reason === "aborted" || (clientGone && !isWeftError(err))) return "downstream_reset";
+  if (reason.endsWith("_timeout") || (isWeftError(err) && err.code === "E_TIMEOUT"))
+    return "upstream_timeout";
+  if (reason === "identity_mismatch") return "upstream_identity_mismatch";
+  if (reason.startsWith("svid_")) return "upstream_untrusted";
+  if (reason.startsWith("handshake") || reason === "bad_alpn") return "upstream_handshake_failed";
+  return "upstream_connect_failed";
+}
+
+function noop(): void {}

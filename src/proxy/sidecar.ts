@@ -1,0 +1,431 @@
+/**
+ * The composition root of `weft proxy`: from a validated `Config` to a running sidecar. It builds the
+ * logger, clock, metrics, identity source, TLS state, route table (discovery), the listeners (tunnel,
+ * outbound capture, inbound capture, explicit) and the admin server, and owns the life cycle:
+ *
+ * - `start()`: identity first (the sidecar is not ready until the first certificate exists), then
+ *   discovery, listeners and admin. Resolves with the bound addresses.
+ * - `drain()`: what SIGTERM does. Stop accepting, report not-ready, let live connections finish until
+ *   `timeouts.drain`, then close the rest (reason `drained`).
+ * - `stop()`: close everything now.
+ *
+ * Nothing here is global: two sidecars can run in one process (the integration tests do).
+ */
+import { readFileSync } from "node:fs";
+import type { Config } from "../config/schema.ts";
+import { type Clock, systemClock } from "../core/clock.ts";
+import { errorMessage, WeftError } from "../core/errors.ts";
+import { createLogger, type Logger } from "../core/log.ts";
+import { WeftMetrics } from "../core/metrics.ts";
+import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
+import { AdminServer, type Readiness } from "./admin.ts";
+import { type ConnectionDeps, ConnectionTracker } from "./connection.ts";
+import { type Connector, MtlsConnector } from "./connector.ts";
+import { CaIdentitySource, ExpiryWatch, FileIdentitySource, type IdentitySource } from "./identity.ts";
+import { InboundCaptureHandler } from "./inbound-capture.ts";
+import { Listener } from "./listener.ts";
+import { LinuxOriginalDst, type OriginalDstResolver } from "./original-dst.ts";
+import { OutboundHandler } from "./outbound.ts";
+import { TunnelTls } from "./tls-context.ts";
+import { TunnelHandler } from "./tunnel.ts";
+
+const EXPIRY_CHECK_INTERVAL_MS = 60_000;
+
+/** Everything the sidecar would otherwise build itself; tests inject fakes and in-memory sinks. */
+export interface SidecarDeps {
+  readonly logger?: Logger;
+  readonly clock?: Clock;
+  readonly metrics?: WeftMetrics;
+  /** The route table; a `Discovery` is started and stopped with the sidecar. */
+  readonly routes?: RouteTable | Discovery;
+  /** Builds the route table from config when `routes` is not given (discovery's `createDiscovery`). */
+  readonly createRoutes?: (
+    config: Config,
+    deps: { logger: Logger; clock: Clock; metrics: WeftMetrics },
+  ) => Discovery;
+  readonly originalDst?: OriginalDstResolver;
+  readonly identity?: IdentitySource;
+  readonly connector?: Connector;
+  /** Environment (for `identity.ca.tokenFile` reading paths relative to nothing); defaults to none. */
+  readonly readFile?: (path: string) => string;
+}
+
+/** Where the sidecar's listeners are bound. */
+export interface SidecarAddresses {
+  readonly admin: SocketAddr;
+  readonly tunnel?: SocketAddr;
+  readonly outbound?: SocketAddr;
+  readonly inbound?: SocketAddr;
+  readonly explicit: readonly SocketAddr[];
+}
+
+function isDiscovery(r: RouteTable | Discovery): r is Discovery {
+  return typeof (r as Discovery).start === "function" && typeof (r as Discovery).describe === "function";
+}
+
+export class Sidecar {
+  readonly logger: Logger;
+  readonly clock: Clock;
+  readonly metrics: WeftMetrics;
+  readonly tracker = new ConnectionTracker();
+  readonly tls: TunnelTls;
+  readonly identity: IdentitySource;
+  private routes: RouteTable | Discovery | undefined;
+  private readonly listeners: Listener[] = [];
+  private admin: AdminServer | undefined;
+  private expiry: ExpiryWatch | undefined;
+  private addrs: SidecarAddresses | undefined;
+  private listenersUp = false;
+  private draining = false;
+  private stopped = false;
+
+  constructor(
+    readonly config: Config,
+    private readonly deps: SidecarDeps = {},
+  ) {
+    this.clock = deps.clock ?? systemClock;
+    this.logger = deps.logger ?? createLogger({ level: config.log.level, name: "weft" });
+    this.metrics = deps.metrics ?? new WeftMetrics({ processMetrics: true });
+    this.tls = new TunnelTls({ trustDomain: config.trustDomain, clock: this.clock });
+    this.identity = deps.identity ?? this.buildIdentity();
+    this.identity.onChange((id) => {
+      try {
+        this.tls.update(id);
+        this.logger.info({ spiffe_id: id.id, serial: id.serial }, "tunnel TLS context updated");
+      } catch (err) {
+        this.logger.error({ err: errorMessage(err) }, "cannot build a TLS context from the new identity");
+      }
+      this.expiry?.check();
+      this.publishReady();
+    });
+  }
+
+  private buildIdentity(): IdentitySource {
+    const c = this.config;
+    const read = this.deps.readFile ?? ((p: string) => readFileSync(p, "utf8"));
+    if (c.identity.files) {
+      return new FileIdentitySource({
+        cert: c.identity.files.cert,
+        key: c.identity.files.key,
+        bundle: c.identity.files.bundle,
+        trustDomain: c.trustDomain,
+        clock: this.clock,
+        logger: this.logger.child({ component: "identity" }),
+        pollIntervalMs: c.identity.files.reloadInterval,
+      });
+    }
+    const ca = c.identity.ca!;
+    let token = ca.token;
+    if (token === undefined && ca.tokenFile !== undefined) {
+      try {
+        token = read(ca.tokenFile).trim();
+      } catch (err) {
+        throw new WeftError(
+          "E_IO",
+          `identity.ca.tokenFile ${ca.tokenFile} cannot be read: ${errorMessage(err)}`,
+        );
+      }
+    }
+    let caBundlePem: string;
+    try {
+      caBundlePem = read(ca.bundle);
+    } catch (err) {
+      throw new WeftError("E_IO", `identity.ca.bundle ${ca.bundle} cannot be read: ${errorMessage(err)}`);
+    }
+    return new CaIdentitySource({
+      url: ca.url,
+      caBundlePem,
+      id: ca.id,
+      token,
+      keyAlgorithm: ca.keyAlgorithm,
+      stateDir: ca.stateDir,
+      trustDomain: c.trustDomain,
+      clock: this.clock,
+      logger: this.logger.child({ component: "identity" }),
+      metrics: this.metrics,
+    });
+  }
+
+  /** The route table in use (after `start()`). */
+  get routeTable(): RouteTable {
+    if (!this.routes) throw new WeftError("E_NOT_READY", "the sidecar has not started");
+    return this.routes;
+  }
+
+  /** Bound addresses (after `start()`). */
+  get addresses(): SidecarAddresses {
+    if (!this.addrs) throw new WeftError("E_NOT_READY", "the sidecar has not started");
+    return this.addrs;
+  }
+
+  readiness(): Readiness {
+    if (this.draining) return { ready: false, reason: "draining" };
+    if (!this.tls.ready) return { ready: false, reason: "no_certificate" };
+    if (!this.listenersUp) return { ready: false, reason: "listeners_not_up" };
+    return { ready: true };
+  }
+
+  private publishReady(): void {
+    this.metrics.ready.set(this.readiness().ready ? 1 : 0);
+  }
+
+  async start(): Promise<SidecarAddresses> {
+    const c = this.config;
+    this.publishReady();
+    await this.identity.start();
+    const current = this.identity.current();
+    if (current && !this.tls.ready) this.tls.update(current);
+    this.expiry = new ExpiryWatch({
+      clock: this.clock,
+      logger: this.logger.child({ component: "identity" }),
+      metrics: this.metrics,
+      intervalMs: EXPIRY_CHECK_INTERVAL_MS,
+      current: () => this.identity.current(),
+      onCheck:
+        this.identity instanceof CaIdentitySource
+          ? () => (this.identity as CaIdentitySource).pollFailures()
+          : undefined,
+    });
+    this.expiry.start();
+
+    if (this.deps.routes) this.routes = this.deps.routes;
+    else if (this.deps.createRoutes) {
+      this.routes = this.deps.createRoutes(c, {
+        logger: this.logger,
+        clock: this.clock,
+        metrics: this.metrics,
+      });
+    } else {
+      throw new WeftError("E_USAGE", "the sidecar needs a route table (routes or createRoutes)");
+    }
+    if (isDiscovery(this.routes)) await this.routes.start();
+
+    const connDeps: ConnectionDeps = {
+      metrics: this.metrics,
+      logger: this.logger.child({ component: "access" }),
+      clock: this.clock,
+      accessLog: c.log.accessLog,
+      tracker: this.tracker,
+    };
+    const connector =
+      this.deps.connector ?? new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics });
+    const listenerAddrs = (): SocketAddr[] =>
+      this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined);
+    const timeouts = c.timeouts;
+    const wantsOriginalDst = c.listeners.outbound.enabled || c.listeners.inbound.enabled;
+    let originalDst = this.deps.originalDst;
+    if (!originalDst && wantsOriginalDst) {
+      if (process.platform !== "linux") {
+        throw new WeftError(
+          "E_CONFIG",
+          "listeners.outbound and listeners.inbound need Linux (SO_ORIGINAL_DST); set their enabled: false and use listeners.explicit",
+        );
+      }
+      originalDst = new LinuxOriginalDst();
+    }
+    const reserved: number[] = [];
+    const add = (
+      name: string,
+      opts: { address: string; port: number; maxConnections: number; highWaterMark?: number },
+      onConnection: (s: import("node:net").Socket) => void,
+    ): Listener => {
+      const l = new Listener({
+        name,
+        ...opts,
+        clock: this.clock,
+        logger: this.logger.child({ component: "listener", listener: name }),
+        onConnection,
+        onRefused: () => {
+          this.metrics.connectionsClosed.inc({
+            direction: name === "tunnel" ? "inbound" : name,
+            service: "unknown",
+            peer_identity: "none",
+            reason: "connection_limit",
+          });
+        },
+      });
+      this.listeners.push(l);
+      return l;
+    };
+
+    const tunnel = c.listeners.tunnel.enabled
+      ? add(
+          "tunnel",
+          c.listeners.tunnel,
+          new TunnelHandler({
+            tls: this.tls,
+            clock: this.clock,
+            logger: this.logger.child({ component: "tunnel" }),
+            metrics: this.metrics,
+            connection: connDeps,
+            settings: {
+              trustDomain: c.trustDomain,
+              policy: c.policy,
+              ports: c.inbound.ports,
+              reservedPorts: reserved,
+            },
+            appAddress: c.inbound.appAddress,
+            timeouts,
+          }).handle,
+        )
+      : undefined;
+    const outbound = c.listeners.outbound.enabled
+      ? add(
+          "outbound",
+          { ...c.listeners.outbound, highWaterMark: c.limits.earlyDataBytes },
+          new OutboundHandler({
+            kind: "outbound",
+            originalDst,
+            listenerAddrs,
+            routes: this.routes,
+            connector,
+            outboundPolicy: c.outboundPolicy,
+            clock: this.clock,
+            logger: this.logger.child({ component: "outbound" }),
+            metrics: this.metrics,
+            connection: connDeps,
+            timeouts,
+          }).handle,
+        )
+      : undefined;
+    const inbound = c.listeners.inbound.enabled
+      ? add(
+          "inbound",
+          c.listeners.inbound,
+          new InboundCaptureHandler({
+            mode: c.inbound.mode,
+            originalDst: originalDst!,
+            appAddress: c.inbound.appAddress,
+            listenerAddrs,
+            reservedPorts: reserved,
+            clock: this.clock,
+            logger: this.logger.child({ component: "inbound" }),
+            metrics: this.metrics,
+            connection: connDeps,
+            timeouts,
+          }).handle,
+        )
+      : undefined;
+    const explicit = c.listeners.explicit.map((e) =>
+      add(
+        "explicit",
+        {
+          address: e.listen.address,
+          port: e.listen.port,
+          maxConnections: e.maxConnections,
+          highWaterMark: c.limits.earlyDataBytes,
+        },
+        new OutboundHandler({
+          kind: "explicit",
+          explicit: { service: e.service, port: e.port },
+          listenerAddrs,
+          routes: this.routes!,
+          connector,
+          outboundPolicy: c.outboundPolicy,
+          clock: this.clock,
+          logger: this.logger.child({ component: "outbound", service: e.service }),
+          metrics: this.metrics,
+          connection: connDeps,
+          timeouts,
+        }).handle,
+      ),
+    );
+
+    try {
+      const tunnelAddr = tunnel ? await tunnel.listen() : undefined;
+      const outboundAddr = outbound ? await outbound.listen() : undefined;
+      const inboundAddr = inbound ? await inbound.listen() : undefined;
+      const explicitAddrs: SocketAddr[] = [];
+      for (const l of explicit) explicitAddrs.push(await l.listen());
+      this.admin = new AdminServer({
+        address: c.listeners.admin.address,
+        port: c.listeners.admin.port,
+        logger: this.logger.child({ component: "admin" }),
+        sources: {
+          metrics: this.metrics,
+          readiness: () => this.readiness(),
+          config: () => this.config,
+          certs: () => this.certs(),
+          endpoints: () => (this.routes && isDiscovery(this.routes) ? this.routes.describe() : []),
+        },
+      });
+      const adminAddr = await this.admin.listen();
+      for (const a of [tunnelAddr, outboundAddr, inboundAddr, adminAddr]) if (a) reserved.push(a.port);
+      this.addrs = {
+        admin: adminAddr,
+        tunnel: tunnelAddr,
+        outbound: outboundAddr,
+        inbound: inboundAddr,
+        explicit: explicitAddrs,
+      };
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    this.listenersUp = true;
+    this.publishReady();
+    this.logger.info(
+      {
+        admin: fmt(this.addrs.admin),
+        tunnel: fmt(this.addrs.tunnel),
+        outbound: fmt(this.addrs.outbound),
+        inbound: fmt(this.addrs.inbound),
+        explicit: this.addrs.explicit.map(fmt),
+        ready: this.readiness().ready,
+      },
+      "sidecar listening",
+    );
+    return this.addrs;
+  }
+
+  /** The identity in use, for `/certs`. */
+  certs(): Record<string, unknown> {
+    const id = this.identity.current();
+    const source = this.identity.describe();
+    if (!id) return { ready: false, ...source };
+    return {
+      ready: true,
+      spiffeId: id.id,
+      serial: id.serial,
+      notBefore: new Date(id.notBefore).toISOString(),
+      notAfter: new Date(id.notAfter).toISOString(),
+      secondsLeft: Math.round((id.notAfter - this.clock.now()) / 1000),
+      ...source,
+    };
+  }
+
+  /**
+   * Stop accepting, report not-ready, wait for live connections up to `deadlineMs`, then close the
+   * rest. Resolves with how many had to be closed.
+   */
+  async drain(deadlineMs = this.config.timeouts.drain): Promise<{ forced: number }> {
+    this.draining = true;
+    this.publishReady();
+    this.logger.info({ live: this.tracker.size, deadline_ms: deadlineMs }, "draining");
+    await Promise.all(this.listeners.map((l) => l.close()));
+    const idle = await this.tracker.waitIdle(this.clock, deadlineMs);
+    const forced = idle ? 0 : this.tracker.size;
+    if (!idle) {
+      this.logger.warn({ live: forced }, "drain deadline passed; closing the remaining connections");
+      this.tracker.abortAll("drained");
+    }
+    return { forced };
+  }
+
+  /** Close everything now: listeners, live connections, admin, identity and discovery. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.draining = true;
+    await Promise.all(this.listeners.map((l) => l.close()));
+    this.tracker.abortAll("shutdown");
+    await this.admin?.close();
+    this.expiry?.stop();
+    this.identity.stop();
+    if (this.routes && isDiscovery(this.routes) && !this.deps.routes) await this.routes.stop();
+  }
+}
+
+function fmt(a: SocketAddr | undefined): string | undefined {
+  return a ? (a.address.includes(":") ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`) : undefined;
+}

@@ -1,0 +1,306 @@
+/**
+ * The mesh tunnel listener (15008): the inbound life of one connection from another sidecar, top to
+ * bottom.
+ *
+ *   accept -> TLS 1.3 handshake (client certificate requested, deadline `timeouts.handshake`)
+ *          -> verify the client's X.509-SVID in Weft's code (every refusal counted with its reason)
+ *          -> read the PROXY v2 header inside TLS (deadline `timeouts.proxyHeader`, strict, bounded)
+ *          -> policy: may this identity reach that local port?
+ *          -> plain TCP to the app (`inbound.appAddress`:port, deadline `timeouts.connect`), with an
+ *             optional PROXY v1/v2 header for the app
+ *          -> splice until both sides are done.
+ *
+ * OpenSSL is not asked to verify the client (`rejectUnauthorized: false`): with TLS 1.3 a client thinks
+ * it is connected before the server has checked its certificate, and a server that lets OpenSSL refuse
+ * drops the client without saying why. Checking after the handshake lets every refusal be counted in
+ * `weft_tls_handshake_failures_total{reason}` and logged. Non-TLS bytes, stalled handshakes, resets and
+ * garbage headers all end in a counted reason; nothing a peer sends can throw out of this module.
+ */
+import type { Socket } from "node:net";
+import tls from "node:tls";
+import type { Clock } from "../core/clock.ts";
+import { isWeftError, WeftError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
+import type { WeftMetrics } from "../core/metrics.ts";
+import { normalizeAddress } from "../discovery/types.ts";
+import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceReason } from "./connection.ts";
+import { connectTcp } from "./connector.ts";
+import {
+  encodeProxyV1,
+  encodeProxyV2,
+  PP2_TYPE_WEFT_SERVICE,
+  type ProxyHeader,
+  readProxyHeader,
+} from "./proxy-protocol.ts";
+import { decideInbound, type InboundSettings } from "./route.ts";
+import { resetSide, Splice, type SpliceSide } from "./splice.ts";
+import { ALPN_WEFT, type TunnelTls } from "./tls-context.ts";
+
+export interface TunnelOptions {
+  readonly tls: TunnelTls;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics: WeftMetrics;
+  readonly connection: ConnectionDeps;
+  readonly settings: InboundSettings;
+  readonly appAddress: string;
+  readonly timeouts: {
+    readonly handshake: number;
+    readonly proxyHeader: number;
+    readonly connect: number;
+    readonly idle: number;
+    readonly halfClose: number;
+  };
+}
+
+/** OpenSSL errors that mean the bytes were not TLS at all (plaintext, HTTP, garbage). */
+const NOT_TLS_CODES = new Set([
+  "ERR_SSL_WRONG_VERSION_NUMBER",
+  "ERR_SSL_HTTP_REQUEST",
+  "ERR_SSL_HTTPS_PROXY_REQUEST",
+  "ERR_SSL_PACKET_LENGTH_TOO_LONG",
+  "ERR_SSL_UNKNOWN_PROTOCOL",
+  "ERR_SSL_RECORD_LENGTH_MISMATCH",
+  "ERR_SSL_UNEXPECTED_RECORD",
+  "ERR_SSL_RECORD_LAYER_FAILURE",
+]);
+
+/** A service name taken from the PROXY TLV only if it looks like one (it becomes a metric label). */
+const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** Handles connections accepted on the tunnel port; `handle` is the listener's `onConnection`. */
+export class TunnelHandler {
+  constructor(private readonly options: TunnelOptions) {}
+
+  readonly handle = (raw: Socket): void => {
+    const o = this.options;
+    const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
+    rec.src = { address: normalizeAddress(raw.remoteAddress ?? ""), port: raw.remotePort ?? 0 };
+    raw.on("error", noop);
+    if (!o.tls.ready) {
+      raw.destroy();
+      this.refuseHandshake(rec, "handshake_failed", "not_ready");
+      return;
+    }
+    rec.phase = "handshake";
+    const sock = new tls.TLSSocket(raw, {
+      isServer: true,
+      secureContext: o.tls.context(),
+      requestCert: true,
+      rejectUnauthorized: false,
+      ALPNProtocols: [ALPN_WEFT],
+      allowHalfOpen: true,
+    } as tls.TLSSocketOptions);
+    new TunnelConnection(o, rec, raw, sock).start();
+  };
+
+  private refuseHandshake(rec: ConnectionRecord, reason: CloseReason, label: string): void {
+    this.options.metrics.tlsHandshakeFailures.inc({ direction: "inbound", reason: label });
+    rec.finish(reason);
+  }
+}
+
+/** The inbound life of one tunnel connection (see the module comment). */
+class TunnelConnection {
+  private timer: { cancel(): void } | undefined;
+  private appSocket: Socket | undefined;
+  private splice: Splice | undefined;
+  private forced: CloseReason | undefined;
+  private readonly started: number;
+
+  constructor(
+    private readonly o: TunnelOptions,
+    private readonly rec: ConnectionRecord,
+    private readonly raw: Socket,
+    private readonly sock: tls.TLSSocket,
+  ) {
+    this.started = o.clock.monotonic();
+  }
+
+  start(): void {
+    const { sock, rec, o } = this;
+    rec.closer = (reason) => this.close(reason, "reset");
+    this.timer = o.clock.setTimeout(
+      () => this.refuse("handshake_timeout", "handshake_timeout"),
+      o.timeouts.handshake,
+    );
+    sock.on("error", this.onEarlyError);
+    sock.once("close", this.onEarlyClose);
+    sock.once("secure", () => {
+      this.onSecure().catch((err: unknown) => this.close("handshake_failed", "reset", err));
+    });
+  }
+
+  private readonly onEarlyError = (err: NodeJS.ErrnoException): void => {
+    if (this.rec.isFinished) return;
+    const code = err.code ?? "";
+    if (this.rec.phase === "handshake") {
+      if (NOT_TLS_CODES.has(code)) this.refuse("not_tls", "not_tls", err);
+      else if (code === "ECONNRESET" || code === "EPIPE") this.refuse("client_closed", "client_closed", err);
+      else this.refuse("handshake_failed", "handshake_failed", err);
+      return;
+    }
+    this.close("downstream_reset", "destroy", err);
+  };
+
+  private readonly onEarlyClose = (): void => {
+    if (this.rec.isFinished || this.splice) return;
+    if (this.rec.phase === "handshake") this.refuse("client_closed", "client_closed");
+    else if (this.rec.phase === "proxy_header") this.close("proxy_header_truncated", "destroy");
+    else this.close("downstream_reset", "destroy");
+  };
+
+  /** A refusal before or at the TLS layer: counted as a handshake failure. */
+  private refuse(reason: CloseReason, label: string, err?: unknown): void {
+    if (this.rec.isFinished) return;
+    this.o.metrics.tlsHandshakeFailures.inc({ direction: "inbound", reason: label });
+    this.o.logger.debug(
+      {
+        conn_id: this.rec.id,
+        src: this.rec.src,
+        reason: label,
+        err: err ? String((err as Error).message) : undefined,
+      },
+      "tunnel handshake refused",
+    );
+    this.close(reason, "destroy", err);
+  }
+
+  private close(reason: CloseReason, how: "reset" | "destroy", err?: unknown): void {
+    this.timer?.cancel();
+    if (this.splice) {
+      this.forced = reason;
+      this.splice.abort("aborted");
+      return;
+    }
+    if (how === "reset") resetSide({ stream: this.sock, raw: this.raw });
+    else {
+      this.sock.destroy();
+      this.raw.destroy();
+    }
+    this.appSocket?.destroy();
+    this.rec.finish(reason, err);
+  }
+
+  private async onSecure(): Promise<void> {
+    const { sock, rec, o } = this;
+    if (rec.isFinished) return;
+    this.timer?.cancel();
+    rec.handshakeMs = o.clock.monotonic() - this.started;
+    sock.setNoDelay(true);
+    if (sock.alpnProtocol !== ALPN_WEFT) {
+      this.refuse("bad_alpn", "bad_alpn");
+      return;
+    }
+    let peer: string;
+    try {
+      peer = o.tls.verifyPeer(sock);
+    } catch (err) {
+      const why = isWeftError(err) ? err.reason : "invalid";
+      if (why === "no_peer_certificate") this.refuse("no_client_cert", "no_client_cert", err);
+      else this.refuse(`svid_${why}`, `svid_${why}`, err);
+      return;
+    }
+    o.metrics.tlsHandshakeDuration.observe({ direction: "inbound" }, rec.handshakeMs / 1000);
+    rec.setPeer(peer);
+
+    rec.phase = "proxy_header";
+    let header: ProxyHeader;
+    try {
+      header = await readProxyHeader(sock, {
+        timeoutMs: o.timeouts.proxyHeader,
+        clock: o.clock,
+        allowV1: false,
+      });
+    } catch (err) {
+      if (rec.isFinished) return;
+      this.close(proxyHeaderReason(err), "reset", err);
+      return;
+    }
+    if (rec.isFinished) return;
+    if (!header.source || !header.destination) {
+      this.close(
+        "proxy_header_malformed",
+        "reset",
+        new WeftError("E_PROXY_HEADER", "LOCAL header in the tunnel"),
+      );
+      return;
+    }
+    rec.src = header.source;
+    rec.dst = header.destination;
+    const tlv = header.tlvs.find((t) => t.type === PP2_TYPE_WEFT_SERVICE)?.value.toString("utf8") ?? "";
+    rec.open(SERVICE_NAME.test(tlv) ? tlv : "unknown", peer);
+
+    rec.phase = "authorizing";
+    const port = header.destination.port;
+    const decision = decideInbound(peer, port, o.settings);
+    if (decision.kind === "deny") {
+      if (decision.reason === "policy_denied") {
+        o.metrics.policyDenied.inc({ peer_identity: peer, port: String(port) });
+      }
+      const err = new WeftError("E_POLICY_DENIED", decision.detail, { reason: decision.why });
+      o.logger.warn({ conn_id: rec.id, peer_identity: peer, port, rule: decision.why }, err.message);
+      this.close(decision.reason, "destroy", err);
+      return;
+    }
+
+    rec.phase = "connecting";
+    const controller = new AbortController();
+    const deadline = o.clock.setTimeout(
+      () => controller.abort(new WeftError("E_TIMEOUT", "app connect deadline")),
+      o.timeouts.connect,
+    );
+    this.timer = deadline;
+    // While connecting to the app, a peer that goes away aborts the connect.
+    const abortOnClose = (): void => controller.abort(new WeftError("E_CONNECT", "peer went away"));
+    sock.once("close", abortOnClose);
+    let app: Socket;
+    try {
+      app = await connectTcp({ address: o.appAddress, port }, controller.signal);
+    } catch (err) {
+      deadline.cancel();
+      if (rec.isFinished) return;
+      // The app refused: the peer gets a reset, as a client connecting to a closed port would.
+      this.close("app_connect_failed", "reset", err);
+      return;
+    } finally {
+      sock.removeListener("close", abortOnClose);
+    }
+    deadline.cancel();
+    this.appSocket = app;
+    if (rec.isFinished || sock.destroyed) {
+      app.destroy();
+      if (!rec.isFinished) this.close("downstream_reset", "destroy");
+      return;
+    }
+    rec.endpoint = `${o.appAddress}:${port}`;
+    if (decision.proxyProtocol === "v1") app.write(encodeProxyV1(header));
+    else if (decision.proxyProtocol === "v2") app.write(encodeProxyV2({ ...header, tlvs: [] }));
+
+    rec.phase = "streaming";
+    sock.removeListener("error", this.onEarlyError);
+    sock.removeListener("close", this.onEarlyClose);
+    const down: SpliceSide = { stream: sock, raw: this.raw };
+    const up: SpliceSide = { stream: app, raw: app };
+    this.splice = new Splice(down, up, {
+      clock: o.clock,
+      idleTimeoutMs: o.timeouts.idle,
+      halfCloseTimeoutMs: o.timeouts.halfClose,
+      bytes: rec,
+      onDone: (end, err) => rec.finish(this.forced ?? spliceReason(end), err),
+    });
+    rec.buffered = () => this.splice?.buffered() ?? 0;
+  }
+}
+
+function proxyHeaderReason(err: unknown): CloseReason {
+  if (isWeftError(err)) {
+    if (err.code === "E_TIMEOUT" || err.reason.includes("timeout")) return "proxy_header_timeout";
+    if (err.reason.includes("truncated") || err.reason.includes("eof") || err.reason.includes("closed")) {
+      return "proxy_header_truncated";
+    }
+  }
+  return "proxy_header_malformed";
+}
+
+function noop(): void {}
