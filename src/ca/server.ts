@@ -1,0 +1,568 @@
+/**
+ * The CA server behind `meshca serve`: an HTTPS API that signs workload CSRs. It owns the request
+ * pipeline (route → bounded body → JSON shape → credential → sign → log) and nothing else; certificates
+ * come from `CertificateAuthority`, tokens from `TokenStore`, chain checks from `verifySvid`.
+ *
+ *   POST /v1/sign   {csr, token}  first certificate, paid for with a join token
+ *   POST /v1/renew  {csr}         over mTLS with the current certificate; same identity only
+ *   GET  /v1/bundle               the trust bundle as PEM (`?format=json` or Accept: application/json for JSON)
+ *   GET  /healthz                 liveness
+ *
+ * The server asks for a client certificate but does not let TLS reject a missing or foreign one (a
+ * workload with a token has no certificate yet); `/v1/renew` verifies the presented chain itself. Every
+ * refusal is a JSON `{error: {code, reason, message}}` with a 4xx status and nothing is issued; a peer's
+ * bytes never crash the process. Issued certificates are logged (ID, serial, expiry); keys, CSRs and
+ * tokens never are.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer, type Server } from "node:https";
+import { isIP } from "node:net";
+import type { TLSSocket } from "node:tls";
+import type { Clock, TimerHandle } from "../core/clock.ts";
+import { type ErrorCode, errorMessage, isWeftError, WeftError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
+import type { CertificateAuthority, IssuedCert } from "./authority.ts";
+import type { SpiffeId } from "./spiffe-id.ts";
+import type { TokenStore } from "./tokens.ts";
+import { parseBundle, verifySvid } from "./verify.ts";
+
+/** Largest request body accepted: a CSR is ~1 KiB (RSA-3072 ~2 KiB); 64 KiB leaves room, nothing more. */
+export const MAX_BODY_BYTES = 64 * 1024;
+/** After a 413 the rest of an oversized body is read and dropped up to this many bytes, then the socket is cut. */
+export const MAX_DISCARD_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_LISTEN = "127.0.0.1:15443";
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+export const HEADERS_TIMEOUT_MS = 10_000;
+export const REQUEST_TIMEOUT_MS = 30_000;
+export const IDLE_TIMEOUT_MS = 30_000;
+export const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+export const MAX_CONNECTIONS = 1024;
+/** The server's own certificate lives this long and is replaced at half its life. */
+export const SERVER_CERT_TTL_MS = 7 * 86_400_000;
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface CaServerOptions {
+  ca: CertificateAuthority;
+  tokens: TokenStore;
+  logger: Logger;
+  clock: Clock;
+  /** `"127.0.0.1:15443"`, `"[::1]:0"` or `{ host, port }`; port 0 picks a free port. */
+  listen: string | ListenAddress;
+  /** Extra names for the server certificate (DNS names or IP addresses); the listen address is added. */
+  sans?: string[];
+  /** TTL of the leaves this server signs (default: the CA's default). */
+  leafTtlMs?: number;
+  serverCertTtlMs?: number;
+  maxBodyBytes?: number;
+  handshakeTimeoutMs?: number;
+  headersTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  maxConnections?: number;
+}
+
+export interface CaServerStats {
+  issued: number;
+  refused: number;
+}
+
+export interface CaServer {
+  /** `https://host:port` clients should use. */
+  readonly url: string;
+  readonly host: string;
+  readonly port: number;
+  /** Certificates issued and requests refused since start. */
+  stats(): CaServerStats;
+  close(): Promise<void>;
+}
+
+/** Parses `host:port`, `[v6]:port` or `:port` (host 127.0.0.1). Throws E_USAGE. */
+export function parseListenAddress(text: string): ListenAddress {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[3]) : Number.NaN;
+  if (!m || port > 65535) {
+    throw new WeftError(
+      "E_USAGE",
+      `listen address "${text}" is not host:port (e.g. 127.0.0.1:15443, [::1]:15443)`,
+    );
+  }
+  const host = m[1] ?? (m[2] || "127.0.0.1");
+  if (m[1] !== undefined && isIP(host) !== 6) {
+    throw new WeftError("E_USAGE", `listen address "${text}": [${host}] is not an IPv6 address`);
+  }
+  return { host, port };
+}
+
+/** The DNS names and IP addresses the server certificate names, from the listen host and `--san`s. */
+export function serverSans(
+  host: string,
+  extra: string[] = [],
+): { dnsNames: string[]; ipAddresses: string[] } {
+  const dns = new Set<string>(["localhost"]);
+  const ips = new Set<string>();
+  const unspecified = host === "0.0.0.0" || host === "::";
+  if (unspecified || host === "127.0.0.1" || host === "::1" || host === "localhost") {
+    ips.add("127.0.0.1");
+    ips.add("::1");
+  } else if (isIP(host)) {
+    ips.add(host);
+  } else {
+    dns.add(host);
+  }
+  for (const san of extra) {
+    if (isIP(san)) ips.add(san);
+    else if (
+      /^(?=.{1,253}$)(\*\.)?([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9-]{1,63}$/.test(san)
+    ) {
+      dns.add(san.toLowerCase());
+    } else {
+      throw new WeftError("E_USAGE", `--san "${san}" is neither a DNS name nor an IP address`);
+    }
+  }
+  return { dnsNames: [...dns], ipAddresses: [...ips] };
+}
+
+/** An HTTP refusal: status plus the WeftError that says why. */
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly error: WeftError,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(error.message);
+  }
+}
+
+function requestError(message: string, reason: string): WeftError {
+  return new WeftError("E_REQUEST", message, { reason });
+}
+
+const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
+  E_REQUEST: 400,
+  E_PEM: 400,
+  E_CSR_SIGNATURE: 400,
+  E_CSR_INVALID: 400,
+  E_SPIFFE_ID: 400,
+  E_CERT_INVALID: 400,
+  E_CSR_IDENTITY: 403,
+  E_TOKEN_INVALID: 401,
+  E_TOKEN_EXPIRED: 403,
+  E_TOKEN_USED: 403,
+  E_TOKEN_MISMATCH: 403,
+  E_SVID: 401,
+  E_RENEW_IDENTITY: 403,
+  E_LIMIT: 413,
+  E_CA_EXPIRED: 503,
+};
+
+const ROUTES = new Map<string, string[]>([
+  ["/v1/sign", ["POST"]],
+  ["/v1/renew", ["POST"]],
+  ["/v1/bundle", ["GET", "HEAD"]],
+  ["/healthz", ["GET", "HEAD"]],
+]);
+
+/** Starts the CA server; resolves once it listens (the real port is in `port`). */
+export async function createCaServer(options: CaServerOptions): Promise<CaServer> {
+  const { ca, tokens, clock } = options;
+  const log = options.logger.child({ component: "ca-server" });
+  const listen = typeof options.listen === "string" ? parseListenAddress(options.listen) : options.listen;
+  const sans = serverSans(listen.host, options.sans);
+  const maxBody = options.maxBodyBytes ?? MAX_BODY_BYTES;
+  const serverCertTtlMs = options.serverCertTtlMs ?? SERVER_CERT_TTL_MS;
+  const counters: CaServerStats = { issued: 0, refused: 0 };
+  const bundlePem = ca.bundlePem();
+  const bundle = parseBundle(bundlePem, ca.trustDomain);
+  const bundleRootsDer = new Set(bundle.roots.map((r) => r.raw.toString("base64")));
+
+  const headersTimeoutMs = options.headersTimeoutMs ?? HEADERS_TIMEOUT_MS;
+  const requestTimeoutMs = Math.max(options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, headersTimeoutMs);
+  const serverIdentity = await ca.issueServer({ ...sans, ttlMs: serverCertTtlMs });
+  const server: Server = createServer(
+    {
+      key: serverIdentity.keyPem,
+      cert: serverIdentity.chainPem,
+      minVersion: "TLSv1.2",
+      requestCert: true,
+      rejectUnauthorized: false,
+      handshakeTimeout: options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
+      maxHeaderSize: 16 * 1024,
+      // How often Node checks the headers/request deadlines (its default is every 30 s).
+      connectionsCheckingInterval: Math.min(1000, headersTimeoutMs),
+    },
+    (req, res) => {
+      handle(req, res).catch((err) => {
+        log.error({ err: errorMessage(err) }, "ca request handler failed");
+        if (!res.headersSent) sendJson(res, 500, errorBody(new WeftError("E_REQUEST", "internal error")));
+        else res.destroy();
+      });
+    },
+  );
+  server.headersTimeout = headersTimeoutMs;
+  server.requestTimeout = requestTimeoutMs;
+  server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+  server.maxHeadersCount = 64;
+  server.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
+  server.setTimeout(IDLE_TIMEOUT_MS, (socket) => socket.destroy());
+  server.on("tlsClientError", (err) => log.debug({ err: errorMessage(err) }, "tls handshake failed"));
+  server.on("clientError", (err, socket) => {
+    log.debug({ err: errorMessage(err) }, "malformed http request");
+    if (socket.writable && !(err as { code?: string }).code?.startsWith("ECONN")) {
+      socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    } else {
+      socket.destroy();
+    }
+  });
+
+  // Replace the server's own certificate at half its life so a long-running `meshca serve` never expires.
+  let rotation: TimerHandle | undefined;
+  let closed = false;
+  const scheduleServerCert = (notAfter: Date) => {
+    const delay = Math.max(60_000, (notAfter.getTime() - clock.now()) / 2);
+    rotation = clock.setTimeout(() => {
+      ca.issueServer({ ...sans, ttlMs: serverCertTtlMs })
+        .then((next) => {
+          if (closed) return;
+          server.setSecureContext({ key: next.keyPem, cert: next.chainPem });
+          log.info(
+            { serial: next.serial, not_after: next.notAfter.toISOString() },
+            "server certificate renewed",
+          );
+          scheduleServerCert(next.notAfter);
+        })
+        .catch((err) => {
+          log.error({ err: errorMessage(err) }, "server certificate renewal failed");
+          if (!closed) scheduleServerCert(new Date(clock.now() + 120_000));
+        });
+    }, delay);
+  };
+  scheduleServerCert(serverIdentity.notAfter);
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
+    let path: string;
+    let query: URLSearchParams;
+    try {
+      const url = new URL(req.url ?? "/", "https://ca.invalid");
+      path = url.pathname;
+      query = url.searchParams;
+    } catch {
+      return refuse(
+        res,
+        new HttpError(400, requestError("the request target is not a valid path", "bad_target")),
+        remote,
+      );
+    }
+    const methods = ROUTES.get(path);
+    if (!methods) {
+      req.resume();
+      return refuse(res, new HttpError(404, requestError(`no such endpoint ${path}`, "not_found")), remote);
+    }
+    const method = req.method ?? "";
+    if (!methods.includes(method)) {
+      req.resume();
+      return refuse(
+        res,
+        new HttpError(
+          405,
+          requestError(`${path} takes ${methods.join(" or ")}, not ${method}`, "method_not_allowed"),
+          {
+            Allow: methods.join(", "),
+          },
+        ),
+        remote,
+      );
+    }
+    try {
+      if (path === "/healthz") {
+        req.resume();
+        return sendJson(res, 200, { ok: true });
+      }
+      if (path === "/v1/bundle") {
+        req.resume();
+        const wantsJson =
+          query.get("format") === "json" || /application\/json/.test(req.headers.accept ?? "");
+        if (wantsJson) return sendJson(res, 200, { trustDomain: ca.trustDomain, bundle: bundlePem });
+        return send(res, 200, "application/x-pem-file", bundlePem);
+      }
+      const body = await readJsonBody(req, maxBody);
+      const issued = path === "/v1/sign" ? await signWithToken(body) : await renew(req, body);
+      counters.issued += 1;
+      log.info(
+        {
+          spiffe_id: issued.cert.id.toString(),
+          serial: issued.cert.serial,
+          not_after: issued.cert.notAfter.toISOString(),
+          via: issued.via,
+          remote,
+        },
+        "certificate issued",
+      );
+      sendJson(res, 200, {
+        spiffeId: issued.cert.id.toString(),
+        chain: issued.cert.chainPem,
+        bundle: issued.cert.bundlePem,
+        serial: issued.cert.serial,
+        notAfter: issued.cert.notAfter.toISOString(),
+      });
+    } catch (err) {
+      if (err instanceof HttpError) return refuse(res, err, remote);
+      if (isWeftError(err)) {
+        const status = STATUS_BY_CODE[err.code];
+        if (status !== undefined) return refuse(res, new HttpError(status, err), remote);
+      }
+      throw err;
+    }
+  }
+
+  async function signWithToken(body: Record<string, unknown>): Promise<{ cert: IssuedCert; via: string }> {
+    const csr = stringField(body, "csr", 32 * 1024);
+    const token = stringField(body, "token", 256);
+    rejectUnknownFields(body, ["csr", "token"]);
+    const requested = await requestedIdentity(ca, csr);
+    const use = await tokens.consume(token, requested);
+    try {
+      const cert = await ca.signCsr(csr, {
+        authorize: (id) => {
+          if (!id.equals(requested)) {
+            throw new WeftError("E_CSR_IDENTITY", `the CSR changed identity to ${id.toString()}`, {
+              reason: "identity_changed",
+            });
+          }
+        },
+        ttlMs: options.leafTtlMs,
+      });
+      return { cert, via: `token:${use.ref}` };
+    } catch (err) {
+      await use.refund();
+      throw err;
+    }
+  }
+
+  async function renew(
+    req: IncomingMessage,
+    body: Record<string, unknown>,
+  ): Promise<{ cert: IssuedCert; via: string }> {
+    const csr = stringField(body, "csr", 32 * 1024);
+    rejectUnknownFields(body, ["csr"]);
+    const presented = presentedIdentity(req.socket as TLSSocket);
+    const cert = await ca.signCsr(csr, {
+      authorize: (id) => {
+        if (!id.equals(presented)) {
+          throw new WeftError(
+            "E_RENEW_IDENTITY",
+            `the client certificate proves ${presented.toString()}, but the CSR asks for ${id.toString()}`,
+            { reason: "identity_differs" },
+          );
+        }
+      },
+      ttlMs: options.leafTtlMs,
+    });
+    return { cert, via: "renew" };
+  }
+
+  function presentedIdentity(socket: TLSSocket): SpiffeId {
+    const peer =
+      typeof socket.getPeerCertificate === "function" ? socket.getPeerCertificate(true) : undefined;
+    if (!peer?.raw) {
+      throw new WeftError("E_SVID", "renewal needs the current certificate as the TLS client certificate", {
+        reason: "no_client_cert",
+      });
+    }
+    const chain: Buffer[] = [];
+    const seen = new Set<string>();
+    for (let cert = peer; cert?.raw && chain.length < 8; cert = cert.issuerCertificate) {
+      const key = cert.raw.toString("base64");
+      if (seen.has(key)) break;
+      seen.add(key);
+      // A client may send the root too; the verifier anchors on the bundle, so leave roots out.
+      if (!bundleRootsDer.has(key)) chain.push(cert.raw);
+    }
+    return verifySvid(chain, bundle, { now: new Date(clock.now()) });
+  }
+
+  function refuse(res: ServerResponse, err: HttpError, remote: string): void {
+    counters.refused += 1;
+    log.warn(
+      { status: err.status, code: err.error.code, reason: err.error.reason, remote },
+      "request refused",
+    );
+    if (res.headersSent || res.destroyed) return;
+    sendJson(res, err.status, errorBody(err.error), err.headers);
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(listen.port, listen.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  server.on("error", (err) => log.error({ err: errorMessage(err) }, "ca server error"));
+  const address = server.address();
+  const port = typeof address === "object" && address ? address.port : listen.port;
+  const urlHost =
+    listen.host === "0.0.0.0"
+      ? "127.0.0.1"
+      : listen.host === "::"
+        ? "[::1]"
+        : isIP(listen.host) === 6
+          ? `[${listen.host}]`
+          : listen.host;
+  const url = `https://${urlHost}:${port}`;
+  log.info({ url, trust_domain: ca.trustDomain, sans }, "ca server listening");
+
+  return {
+    url,
+    host: listen.host,
+    port,
+    stats: () => ({ ...counters }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        closed = true;
+        rotation?.cancel();
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/**
+ * The identity a CSR asks for, learnt by letting the CA run its CSR checks (signature, shape, one
+ * SPIFFE URI SAN) and stopping before anything is signed.
+ */
+async function requestedIdentity(ca: CertificateAuthority, csrPem: string): Promise<SpiffeId> {
+  const probe = new Error("probe");
+  let seen: SpiffeId | undefined;
+  try {
+    await ca.signCsr(csrPem, {
+      authorize: (id) => {
+        seen = id;
+        throw probe;
+      },
+    });
+  } catch (err) {
+    if (seen !== undefined) return seen;
+    throw err;
+  }
+  throw new WeftError("E_CSR_INVALID", "the CA signed a CSR without asking who may have it", {
+    reason: "authorize_not_called",
+  });
+}
+
+function stringField(body: Record<string, unknown>, name: string, maxLength: number): string {
+  const value = body[name];
+  if (value === undefined) throw requestError(`the JSON body needs a "${name}" field`, `missing_${name}`);
+  if (typeof value !== "string") throw requestError(`"${name}" must be a string`, `bad_${name}_type`);
+  if (value.length === 0 || value.length > maxLength) {
+    throw requestError(`"${name}" must be 1 to ${maxLength} characters`, `bad_${name}_length`);
+  }
+  return value;
+}
+
+function rejectUnknownFields(body: Record<string, unknown>, allowed: string[]): void {
+  const extra = Object.keys(body).filter((k) => !allowed.includes(k));
+  if (extra.length > 0) {
+    throw requestError(
+      `unknown field(s) ${extra.map((k) => JSON.stringify(k.slice(0, 40))).join(", ")}`,
+      "unknown_field",
+    );
+  }
+}
+
+/**
+ * Reads a JSON object body of at most `max` bytes. An oversized body gets its 413 at once; the rest is
+ * read and dropped (so the client sees the answer instead of a reset) up to MAX_DISCARD_BYTES.
+ */
+function readJsonBody(req: IncomingMessage, max: number): Promise<Record<string, unknown>> {
+  const type = (req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
+  if (type !== "application/json") {
+    req.resume();
+    return Promise.reject(
+      new HttpError(
+        415,
+        requestError(`send Content-Type: application/json, not "${type || "none"}"`, "content_type"),
+      ),
+    );
+  }
+  const tooLarge = () =>
+    new HttpError(
+      413,
+      new WeftError("E_LIMIT", `the request body is larger than ${max} bytes`, { reason: "body_too_large" }),
+      {
+        Connection: "close",
+      },
+    );
+  const declared = Number(req.headers["content-length"] ?? "0");
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let overflowed = false;
+    const overflow = () => {
+      overflowed = true;
+      chunks.length = 0;
+      reject(tooLarge());
+    };
+    if (declared > max) overflow();
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (overflowed) {
+        if (size > MAX_DISCARD_BYTES) req.socket.destroy();
+        return;
+      }
+      if (size > max) return overflow();
+      chunks.push(chunk);
+    });
+    req.on("error", (err) => {
+      if (!overflowed)
+        reject(new HttpError(400, requestError(`the request body failed: ${err.message}`, "body_error")));
+    });
+    req.on("end", () => {
+      if (overflowed) return;
+      const text = Buffer.concat(chunks).toString("utf8");
+      let value: unknown;
+      try {
+        value = JSON.parse(text);
+      } catch {
+        return reject(new HttpError(400, requestError("the body is not valid JSON", "malformed_json")));
+      }
+      if (typeof value !== "object" || value === null || Array.isArray(value)) {
+        return reject(new HttpError(400, requestError("the body must be a JSON object", "not_an_object")));
+      }
+      resolve(value as Record<string, unknown>);
+    });
+  });
+}
+
+function errorBody(err: WeftError): unknown {
+  return { error: { code: err.code, reason: err.reason, message: err.message } };
+}
+
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  value: unknown,
+  headers: Record<string, string> = {},
+): void {
+  send(res, status, "application/json", `${JSON.stringify(value)}\n`, headers);
+}
+
+function send(
+  res: ServerResponse,
+  status: number,
+  type: string,
+  body: string,
+  headers: Record<string, string> = {},
+): void {
+  res.writeHead(status, {
+    "Content-Type": type,
+    "Content-Length": Buffer.byteLength(body),
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    ...headers,
+  });
+  res.end(res.req?.method === "HEAD" ? undefined : body);
+}
