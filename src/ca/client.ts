@@ -355,7 +355,7 @@ export class CaClient {
     const lifetime = Math.max(0, current.notAfter.getTime() - current.receivedAt);
     const jitter = 1 + (this.random() * 2 - 1) * RENEW_JITTER;
     const at = current.receivedAt + lifetime * RENEW_FRACTION * jitter;
-    this.arm(Math.max(0, at - this.clock.now()));
+    this.arm(Math.max(0, Math.round(at - this.clock.now())));
   }
 
   private arm(delayMs: number): void {
@@ -410,8 +410,8 @@ export class CaClient {
     const max = this.options.retryMaxMs ?? RETRY_MAX_MS;
     const exp = Math.min(max, base * 2 ** Math.min(30, attempt - 1));
     const jittered = exp / 2 + (exp / 2) * this.random();
-    if (remainingMs <= 0) return jittered;
-    return Math.max(Math.min(base, remainingMs), Math.min(jittered, remainingMs / 2));
+    if (remainingMs <= 0) return Math.floor(jittered);
+    return Math.floor(Math.max(Math.min(base, remainingMs), Math.min(jittered, remainingMs / 2)));
   }
 
   private recordFailure(err: WeftError): void {

@@ -208,13 +208,24 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
   server.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
   server.setTimeout(IDLE_TIMEOUT_MS, (socket) => socket.destroy());
   server.on("tlsClientError", (err) => log.debug({ err: errorMessage(err) }, "tls handshake failed"));
-  server.on("clientError", (err, socket) => {
-    log.debug({ err: errorMessage(err) }, "malformed http request");
-    if (socket.writable && !(err as { code?: string }).code?.startsWith("ECONN")) {
-      socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    } else {
+  server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+    log.debug({ err: errorMessage(err), code: err.code }, "malformed or stalled http request");
+    // Answer only what the HTTP layer saw (parse errors, request timeouts); a TLS-level failure or a peer
+    // that already left gets its socket destroyed.
+    const code = err.code ?? "";
+    const httpLevel =
+      code === "ERR_HTTP_REQUEST_TIMEOUT" || (code.startsWith("HPE_") && code !== "HPE_INVALID_EOF_STATE");
+    if (!httpLevel || !socket.writable) {
       socket.destroy();
+      return;
     }
+    const status =
+      code === "ERR_HTTP_REQUEST_TIMEOUT"
+        ? "408 Request Timeout"
+        : code === "HPE_HEADER_OVERFLOW"
+          ? "431 Request Header Fields Too Large"
+          : "400 Bad Request";
+    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
   });
 
   // Replace the server's own certificate at half its life so a long-running `meshca serve` never expires.

@@ -7,7 +7,7 @@
  * Exit codes: 0 success, 1 failure (including "chain is invalid" from `verify`), 2 usage error.
  */
 import { X509Certificate } from "node:crypto";
-import { access, readFile, rm } from "node:fs/promises";
+import { access, mkdir, readFile, rm } from "node:fs/promises";
 import { resolve } from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import {
@@ -237,8 +237,7 @@ export function buildMeshcaProgram(deps: MeshcaDeps): Command {
         if (!/^[A-Za-z0-9._-]{1,128}$/.test(name) || name === "." || name === "..") {
           throw usage(`--name "${name}" may only hold letters, digits, ".", "_" and "-"`);
         }
-        const target = opts.out ? storeAt(opts.out) : store;
-        const files = issuedPaths(target, name, Boolean(opts.out));
+        const files = opts.out ? flatPaths(path(opts.out)) : issuedPaths(path(opts.dir), name);
         if (!opts.force) {
           for (const f of Object.values(files)) {
             if (await fileExists(f)) {
@@ -365,11 +364,11 @@ export function buildMeshcaProgram(deps: MeshcaDeps): Command {
     )
     .action(async (opts: { id: string; ttl: number; uses: number; dir: string }) => {
       const { ca } = await loadCa(opts.dir);
-      const created = await tokenStore(opts.dir, ca.trustDomain).create({
-        idPattern: opts.id,
-        ttlMs: opts.ttl,
-        maxUses: opts.uses,
-      });
+      const created = await tokenStore(opts.dir, ca.trustDomain)
+        .create({ idPattern: opts.id, ttlMs: opts.ttl, maxUses: opts.uses })
+        .catch((e: unknown) => {
+          throw isWeftError(e, "E_SPIFFE_ID") ? usage(`--id: ${errorMessage(e)}`) : e;
+        });
       out(created.token);
       err(
         `token ${created.ref} for ${created.idPattern}: ${created.maxUses} use(s), expires ${created.expiresAt.toISOString()} ` +
@@ -760,19 +759,24 @@ interface WrittenIdentity {
   bundlePath: string;
 }
 
-/** Where an identity's files go: the store's layout, or flat files in an --out folder. */
-function issuedPaths(store: CaStore, name: string, flat: boolean): WrittenIdentity {
-  const base = flat ? store.dir : resolve(store.dir, "issued", name);
+/** Where `CaStore.writeIssued` puts an identity's files (checked before issuing, for --force gating). */
+function issuedPaths(caDir: string, name: string): WrittenIdentity {
+  return flatPaths(resolve(caDir, "issued", name));
+}
+
+/** The files `issue --out <dir>` writes. */
+function flatPaths(dir: string): WrittenIdentity {
   return {
-    keyPath: resolve(base, "key.pem"),
-    certPath: resolve(base, "cert.pem"),
-    chainPath: resolve(base, "chain.pem"),
-    bundlePath: resolve(base, "bundle.pem"),
+    keyPath: resolve(dir, "key.pem"),
+    certPath: resolve(dir, "cert.pem"),
+    chainPath: resolve(dir, "chain.pem"),
+    bundlePath: resolve(dir, "bundle.pem"),
   };
 }
 
 async function writeFlat(dir: string, identity: IssuedIdentity): Promise<WrittenIdentity> {
-  const files = issuedPaths({ dir } as CaStore, "", true);
+  const files = flatPaths(dir);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   await writeFileAtomic(files.keyPath, identity.keyPem, 0o600);
   await writeFileAtomic(files.certPath, identity.certPem, 0o644);
   await writeFileAtomic(files.chainPath, identity.chainPem, 0o644);

@@ -111,14 +111,12 @@ test("start trades the token for a first certificate and schedules renewal at ha
   assert.equal(st.state, "running");
   assert.equal(st.notAfter!.getTime(), first.notAfter.getTime());
   const lifetime = first.notAfter.getTime() - s.clock.now();
-  assert.equal(st.nextRenewalAt!.getTime(), s.clock.now() + lifetime / 2);
+  assert.ok(Math.abs(st.nextRenewalAt!.getTime() - (s.clock.now() + lifetime / 2)) <= 1);
 });
 
 test("renewal jitter stays within ±10 % of half the lifetime", async (t) => {
-  for (const [r, factor] of [
-    [0, 0.9],
-    [0.999999, 1.1],
-  ] as const) {
+  for (const r of [0, 0.999999]) {
+    const factor = 1 + (r * 2 - 1) * 0.1;
     const s = await setup({ random: () => r });
     t.after(() => s.client.stop());
     await s.client.start();
@@ -148,7 +146,8 @@ test("renewal fires at half life, over mTLS with the current certificate and a n
   assert.ok(second.notAfter > first.notAfter);
   const st = s.client.status();
   assert.equal(st.renewals, 1);
-  assert.equal(st.nextRenewalAt!.getTime(), s.clock.now() + (second.notAfter.getTime() - s.clock.now()) / 2);
+  const half = (second.notAfter.getTime() - s.clock.now()) / 2;
+  assert.ok(Math.abs(st.nextRenewalAt!.getTime() - (s.clock.now() + half)) <= 1);
 });
 
 test("failed renewals back off exponentially, never past expiry, and get loud as expiry nears", async (t) => {
@@ -180,8 +179,8 @@ test("failed renewals back off exponentially, never past expiry, and get loud as
     delays.push(delay);
   }
   assert.ok(s.clock.now() >= notAfter, "the loop reached expiry within its bound");
-  // random() = 0.5 → equal jitter gives 0.75 × base × 2^n while the remaining lifetime allows it.
-  assert.deepEqual(delays.slice(0, 5), [750, 1500, 3000, 6000, 12000]);
+  // random() = 0.5 → equal jitter gives 0.75 × base × 2^n (never below the 1 s base) while time allows.
+  assert.deepEqual(delays.slice(0, 5), [1000, 1500, 3000, 6000, 12000]);
   const levels = (msg: RegExp) => s.logger.records.filter((r) => msg.test(r.msg)).map((r) => r.level);
   assert.ok(levels(/renewal failed; will retry/).length > 0, "early failures are warnings");
   assert.ok(levels(/expires soon/).every((l) => l === "error") && levels(/expires soon/).length > 0);
