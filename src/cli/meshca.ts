@@ -702,14 +702,9 @@ export async function runMeshca(argv: string[], deps: MeshcaDeps): Promise<numbe
 
 function exitCodeFor(e: unknown, deps: MeshcaDeps): number {
   if (e instanceof CommanderError) {
-    // Commander already printed its message; help and version are successes.
-    if (
-      e.code === "commander.helpDisplayed" ||
-      e.code === "commander.version" ||
-      e.code === "commander.help"
-    ) {
-      return EXIT_OK;
-    }
+    // Commander already printed its message. --help and --version succeed; `commander.help` is help shown
+    // because a command group was given without its subcommand, which is a usage error.
+    if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return EXIT_OK;
     if (e.code === "commander.executeSubCommandAsync") return e.exitCode;
     return EXIT_USAGE;
   }

@@ -153,6 +153,9 @@ test("issue rejects bad identities, durations and algorithms as usage errors (ex
   assertOneLineError(await w.meshca("issue", "--ns", "a", "--sa", "b", "--key-alg", "dsa"), 2, /ecdsa-p256/);
   assertOneLineError(await w.meshca("issue", "--ns", "a", "--sa", "b", "--bogus"), 2, /unknown option/);
   assertOneLineError(await w.meshca("frobnicate"), 2, /unknown command/);
+  const bare = await w.meshca("token");
+  assert.equal(bare.code, 2, "a command group without its subcommand is a usage error");
+  assert.match(bare.stderr, /create/);
 });
 
 test("inspect summarises a chain: ID, subject, issuer, serial, validity with countdown, key, CA or leaf", async (t) => {
