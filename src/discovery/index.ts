@@ -1,0 +1,147 @@
+/**
+ * Discovery as the sidecar runs it: the service registry fed by its sources (weft.yaml's static
+ * services, an optional watched services file, DNS for services that name one), optional active health
+ * checks, and the `Discovery` interface the data plane uses (resolve, pick, describe, start/stop).
+ */
+
+import type { HealthCheckConfig, OutlierDetectionConfig, ServiceConfig } from "../config/services-schema.ts";
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/log.ts";
+import type { WeftMetrics } from "../core/metrics.ts";
+import { createResolver, type DnsResolverLike, type DnsSettings, DnsSource } from "./dns-source.ts";
+import { FileSource } from "./file-source.ts";
+import { HealthChecker, type Probe } from "./health.ts";
+import { ServiceRegistry } from "./registry.ts";
+import type { Discovery } from "./types.ts";
+
+export interface DiscoveryOptions {
+  readonly trustDomain: string;
+  readonly services: readonly ServiceConfig[];
+  readonly file?: string;
+  readonly dns: DnsSettings;
+  readonly retries: { readonly attempts: number; readonly deadline: number };
+  readonly outlierDetection: OutlierDetectionConfig;
+  readonly healthCheck?: HealthCheckConfig;
+  readonly metrics: WeftMetrics;
+  readonly logger: Logger;
+  readonly clock: Clock;
+  readonly random?: () => number;
+  readonly resolver?: DnsResolverLike;
+  readonly probe?: Probe;
+  /** Debounce for file changes (ms). */
+  readonly fileDebounceMs?: number;
+}
+
+export interface DiscoveryHandle extends Discovery {
+  readonly registry: ServiceRegistry;
+  /** Re-read the services file now (also done on change). */
+  reloadFile(): Promise<boolean>;
+  /** Re-resolve every DNS service now (also done on TTL). */
+  refreshDns(): Promise<void>;
+}
+
+export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
+  const logger = o.logger.child({ component: "discovery" });
+  const registry = new ServiceRegistry({
+    trustDomain: o.trustDomain,
+    retries: o.retries,
+    outlierDetection: o.outlierDetection,
+    metrics: o.metrics,
+    logger,
+    clock: o.clock,
+    random: o.random ?? Math.random,
+  });
+  const resolver = o.resolver ?? createResolver(o.dns);
+  const dnsSources = new Map<string, { source: DnsSource; fingerprint: string }>();
+  let file: FileSource | undefined;
+  let health: HealthChecker | undefined;
+  let started = false;
+
+  /** Start DNS sources for services that need one, stop those no longer declared. */
+  const syncDns = (): Promise<unknown> => {
+    if (!started) return Promise.resolve();
+    const wanted = registry.dnsServices();
+    const fresh: Promise<boolean>[] = [];
+    for (const s of wanted) {
+      const fingerprint = JSON.stringify(s.dns);
+      const existing = dnsSources.get(s.name);
+      if (existing?.fingerprint === fingerprint) continue;
+      existing?.source.stop();
+      const source = new DnsSource({
+        serviceName: s.name,
+        config: s.dns!,
+        settings: o.dns,
+        resolver,
+        onEndpoints: (eps) => registry.setDnsEndpoints(s.name, eps),
+        metrics: o.metrics,
+        logger,
+        clock: o.clock,
+      });
+      dnsSources.set(s.name, { source, fingerprint });
+      fresh.push(source.refresh());
+    }
+    for (const [name, { source }] of dnsSources) {
+      if (!wanted.some((s) => s.name === name)) {
+        source.stop();
+        dnsSources.delete(name);
+      }
+    }
+    return Promise.all(fresh);
+  };
+
+  registry.setDeclared("config", o.services);
+
+  const healthConfigFor = (name: string) =>
+    [...o.services, ...registry.dnsServices()].find((s) => s.name === name)?.healthCheck;
+
+  return {
+    registry,
+    resolve: (dst) => registry.resolve(dst),
+    service: (name) => registry.service(name),
+    pick: (name, ctx) => registry.pick(name, ctx),
+    describe: () => registry.describe(),
+    async start() {
+      if (o.file) {
+        file = new FileSource({
+          path: o.file,
+          onServices: (services) => {
+            registry.setDeclared("file", services);
+            void syncDns();
+          },
+          metrics: o.metrics,
+          logger,
+          clock: o.clock,
+          ...(o.fileDebounceMs !== undefined ? { debounceMs: o.fileDebounceMs } : {}),
+        });
+        await file.start();
+      }
+      started = true;
+      await syncDns();
+      const anyHealth = o.healthCheck !== undefined || o.services.some((s) => s.healthCheck !== undefined);
+      if (anyHealth) {
+        health = new HealthChecker({
+          ...(o.healthCheck ? { defaults: o.healthCheck } : {}),
+          configFor: healthConfigFor,
+          forEachEndpoint: (fn) => registry.forEachEndpoint(fn),
+          metrics: o.metrics,
+          logger,
+          clock: o.clock,
+          ...(o.probe ? { probe: o.probe } : {}),
+        });
+        health.start();
+      }
+    },
+    async stop() {
+      started = false;
+      health?.stop();
+      for (const { source } of dnsSources.values()) source.stop();
+      dnsSources.clear();
+      await file?.stop();
+      registry.stop();
+    },
+    reloadFile: async () => (file ? file.reload() : false),
+    async refreshDns() {
+      await Promise.all([...dnsSources.values()].map(({ source }) => source.refresh()));
+    },
+  };
+}
