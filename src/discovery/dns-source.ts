@@ -42,16 +42,19 @@ export async function lookup(
   const addresses = async (name: string, type: DnsEndpointsConfig["type"]) => {
     const want4 = type !== "AAAA";
     const want6 = type === "AAAA" || type === "A+AAAA" || type === "SRV";
-    const tolerate = (p: Promise<Array<{ address: string; ttl: number }>>) =>
-      p.catch((err: { code?: string }) => {
-        if (NO_DATA.has(err.code ?? "")) return [];
-        throw err;
-      });
-    const [a, aaaa] = await Promise.all([
-      want4 ? tolerate(resolver.resolve4(name, { ttl: true })) : [],
-      want6 ? tolerate(resolver.resolve6(name, { ttl: true })) : [],
+    const results = await Promise.allSettled([
+      want4 ? resolver.resolve4(name, { ttl: true }) : Promise.resolve([]),
+      want6 ? resolver.resolve6(name, { ttl: true }) : Promise.resolve([]),
     ]);
-    return [...a, ...aaaa];
+    const found = results.flatMap((r) => (r.status === "fulfilled" ? r.value : []));
+    // One family failing while the other answers is normal (servers that refuse AAAA for names they
+    // only hold A records for); only when nothing answered is the lookup a failure.
+    const failure = results.find(
+      (r): r is PromiseRejectedResult =>
+        r.status === "rejected" && !NO_DATA.has((r.reason as { code?: string }).code ?? ""),
+    );
+    if (found.length === 0 && failure) throw failure.reason;
+    return found;
   };
   if (cfg.type === "SRV") {
     const records = await resolver.resolveSrv(cfg.name);
