@@ -1,0 +1,260 @@
+/**
+ * X.509-SVID verification, used by the CA tests, `meshca verify`, the CA server (renewals) and both
+ * sides of every mesh connection: a path from the leaf through the presented intermediates to a root
+ * in the trust bundle, every certificate inside its validity window, and the SPIFFE rules for leaf and
+ * signing certificates. It returns the peer's SPIFFE ID, or throws `E_SVID` with the broken rule as
+ * `reason` (a bounded set, used as a metrics label).
+ *
+ * Signatures and dates use node:crypto's native X509Certificate; the extension facts come from
+ * @peculiar/x509 and are cached per DER by `SvidVerifier`, so a peer seen before costs a map lookup
+ * and a date comparison.
+ */
+import { createHash, X509Certificate } from "node:crypto";
+import { type Clock, systemClock } from "../core/clock.ts";
+import { WeftError } from "../core/errors.ts";
+import { SpiffeId } from "./spiffe-id.ts";
+import { type CertFacts, certFacts, KeyUsage, splitPemCertificates } from "./x509.ts";
+
+/** Longest chain accepted: leaf + this many intermediates. */
+export const MAX_INTERMEDIATES = 4;
+
+export interface TrustBundle {
+  readonly trustDomain: string;
+  readonly roots: readonly X509Certificate[];
+  readonly pem: string;
+}
+
+function svidError(reason: string, message: string): WeftError {
+  return new WeftError("E_SVID", message, { reason });
+}
+
+export function parseBundle(pem: string, trustDomain: string): TrustBundle {
+  const blocks = splitPemCertificates(pem);
+  if (blocks.length === 0)
+    throw new WeftError("E_PEM", "the trust bundle holds no PEM certificate", { reason: "empty_bundle" });
+  const roots = blocks.map((b) => {
+    try {
+      return new X509Certificate(b);
+    } catch (err) {
+      throw new WeftError("E_PEM", "a certificate in the trust bundle does not parse", {
+        reason: "bad_bundle",
+        cause: err,
+      });
+    }
+  });
+  return { trustDomain, roots, pem };
+}
+
+function toCertificates(chain: readonly (Buffer | string)[] | string): X509Certificate[] {
+  const items: Array<string | Buffer> =
+    typeof chain === "string"
+      ? splitPemCertificates(chain)
+      : chain.flatMap((c): Array<string | Buffer> => (typeof c === "string" ? splitPemCertificates(c) : [c]));
+  if (items.length === 0) throw svidError("no_certificate", "no certificate was presented");
+  return items.map((item) => {
+    try {
+      return new X509Certificate(item);
+    } catch (err) {
+      throw new WeftError("E_SVID", "a presented certificate does not parse", {
+        reason: "malformed_certificate",
+        cause: err,
+      });
+    }
+  });
+}
+
+/** What a successful structural check found, cached per chain. */
+interface Verified {
+  readonly id: SpiffeId;
+  readonly notBefore: number;
+  readonly notAfter: number;
+}
+
+function has(flags: number | undefined, bit: number): boolean {
+  return flags !== undefined && (flags & bit) !== 0;
+}
+
+function checkLeaf(f: CertFacts, trustDomain: string): SpiffeId {
+  if (f.uris.length === 0) throw svidError("no_uri_san", "the leaf has no URI SAN");
+  if (f.uris.length > 1)
+    throw svidError(
+      "multiple_uri_sans",
+      `the leaf has ${f.uris.length} URI SANs; an X.509-SVID has exactly one`,
+    );
+  let id: SpiffeId;
+  try {
+    id = SpiffeId.parse(f.uris[0]!);
+  } catch (err) {
+    throw new WeftError("E_SVID", `the leaf's URI SAN is not a SPIFFE ID: ${(err as Error).message}`, {
+      reason: "not_spiffe_id",
+      cause: err,
+    });
+  }
+  if (id.path === "")
+    throw svidError("leaf_without_path", `the leaf names the trust domain itself (${id}), not a workload`);
+  if (f.ca === true) throw svidError("leaf_is_ca", "the leaf is a CA certificate (basicConstraints CA:true)");
+  if (has(f.keyUsages, KeyUsage.keyCertSign))
+    throw svidError("leaf_key_cert_sign", "the leaf has the keyCertSign key usage");
+  if (has(f.keyUsages, KeyUsage.cRLSign))
+    throw svidError("leaf_crl_sign", "the leaf has the cRLSign key usage");
+  if (!has(f.keyUsages, KeyUsage.digitalSignature)) {
+    throw svidError("leaf_no_digital_signature", "the leaf lacks the digitalSignature key usage");
+  }
+  if (id.trustDomain !== trustDomain) {
+    throw svidError("wrong_trust_domain", `${id} is not in trust domain ${trustDomain}`);
+  }
+  return id;
+}
+
+function checkSigning(f: CertFacts, which: string): void {
+  if (f.ca !== true)
+    throw svidError(
+      "intermediate_not_ca",
+      `the ${which} certificate is not a CA (basicConstraints CA:true missing)`,
+    );
+  if (!has(f.keyUsages, KeyUsage.keyCertSign)) {
+    throw svidError(
+      "intermediate_no_key_cert_sign",
+      `the ${which} certificate lacks the keyCertSign key usage`,
+    );
+  }
+  for (const uri of f.uris) {
+    let id: SpiffeId | undefined;
+    try {
+      id = SpiffeId.parse(uri);
+    } catch {
+      id = undefined;
+    }
+    if (id && id.path !== "")
+      throw svidError("path_in_signing_cert", `the ${which} certificate's SPIFFE ID ${uri} has a path`);
+  }
+}
+
+/** The structural verdict (no dates): path to a bundle root, SPIFFE rules. */
+function verifyStructure(
+  certs: X509Certificate[],
+  bundle: TrustBundle,
+  factsOf: (c: X509Certificate) => CertFacts,
+): Verified {
+  if (certs.length - 1 > MAX_INTERMEDIATES) {
+    throw svidError(
+      "chain_too_long",
+      `the chain has ${certs.length - 1} intermediates; at most ${MAX_INTERMEDIATES} are accepted`,
+    );
+  }
+  const leaf = certs[0]!;
+  const id = checkLeaf(factsOf(leaf), bundle.trustDomain);
+  // Walk up through the presented certificates until one is signed by a bundle root.
+  let current = leaf;
+  const path: X509Certificate[] = [leaf];
+  const pool = certs.slice(1);
+  for (let depth = 0; depth <= MAX_INTERMEDIATES; depth++) {
+    // Names alone are not enough (two roots made on the same day share a subject): a candidate issuer
+    // counts only when its key verifies the signature.
+    const namedRoots = bundle.roots.filter((r) => current.checkIssued(r));
+    const root = namedRoots.find((r) => current.verify(r.publicKey));
+    if (root) {
+      path.push(root);
+      break;
+    }
+    const named = pool.filter((p) => current.checkIssued(p));
+    const parent = named.find((p) => current.verify(p.publicKey));
+    if (!parent) {
+      if (namedRoots.length > 0 || named.length > 0) {
+        throw svidError(
+          "bad_signature",
+          "a signature in the chain does not verify with the key of its named issuer",
+        );
+      }
+      throw svidError("untrusted_root", "the chain does not lead to a root in the trust bundle");
+    }
+    checkSigning(factsOf(parent), "intermediate");
+    path.push(parent);
+    pool.splice(pool.indexOf(parent), 1);
+    current = parent;
+    if (depth === MAX_INTERMEDIATES)
+      throw svidError("chain_too_long", "no trusted root within the allowed chain length");
+  }
+  const root = path[path.length - 1]!;
+  if (!bundle.roots.includes(root))
+    throw svidError("untrusted_root", "the chain does not lead to a root in the trust bundle");
+  let notBefore = Number.NEGATIVE_INFINITY;
+  let notAfter = Number.POSITIVE_INFINITY;
+  for (const c of path) {
+    notBefore = Math.max(notBefore, Date.parse(c.validFrom));
+    notAfter = Math.min(notAfter, Date.parse(c.validTo));
+  }
+  return { id, notBefore, notAfter };
+}
+
+function checkWindow(v: Verified, now: number): SpiffeId {
+  if (now < v.notBefore)
+    throw svidError(
+      "not_yet_valid",
+      `a certificate in the chain is not valid before ${new Date(v.notBefore).toISOString()}`,
+    );
+  if (now > v.notAfter)
+    throw svidError("expired", `a certificate in the chain expired at ${new Date(v.notAfter).toISOString()}`);
+  return v.id;
+}
+
+/**
+ * Verify a presented chain (leaf first: DER buffers, PEM strings, or one PEM text) against a bundle.
+ * Returns the leaf's SPIFFE ID; throws `E_SVID` with the broken rule.
+ */
+export function verifySvid(
+  chain: readonly (Buffer | string)[] | string,
+  bundle: TrustBundle,
+  opts: { now?: Date } = {},
+): SpiffeId {
+  const certs = toCertificates(chain);
+  const verified = verifyStructure(certs, bundle, (c) => certFacts(c.raw));
+  return checkWindow(verified, (opts.now ?? new Date()).getTime());
+}
+
+/**
+ * `verifySvid` for the data path: structural results are cached per chain (keyed by a hash of the DER
+ * bytes), the validity window is checked on every call against the injected clock. Refusals are
+ * cached too, so a peer retrying a bad certificate costs no new parsing.
+ */
+export class SvidVerifier {
+  private bundle: TrustBundle;
+  private readonly clock: Clock;
+  private readonly cacheSize: number;
+  private readonly cache = new Map<string, Verified | WeftError>();
+
+  constructor(bundle: TrustBundle, opts: { clock?: Clock; cacheSize?: number } = {}) {
+    this.bundle = bundle;
+    this.clock = opts.clock ?? systemClock;
+    this.cacheSize = opts.cacheSize ?? 1024;
+  }
+
+  setBundle(bundle: TrustBundle): void {
+    this.bundle = bundle;
+    this.cache.clear();
+  }
+
+  get trustDomain(): string {
+    return this.bundle.trustDomain;
+  }
+
+  verify(chain: readonly Buffer[]): SpiffeId {
+    if (chain.length === 0) throw svidError("no_certificate", "no certificate was presented");
+    const h = createHash("sha256");
+    for (const der of chain) h.update(der);
+    const key = h.digest("base64");
+    let entry = this.cache.get(key);
+    if (entry === undefined) {
+      try {
+        entry = verifyStructure(toCertificates(chain), this.bundle, (c) => certFacts(c.raw));
+      } catch (err) {
+        if (!(err instanceof WeftError)) throw err;
+        entry = err;
+      }
+      if (this.cache.size >= this.cacheSize) this.cache.delete(this.cache.keys().next().value!);
+      this.cache.set(key, entry);
+    }
+    if (entry instanceof WeftError) throw entry;
+    return checkWindow(entry, this.clock.now());
+  }
+}
