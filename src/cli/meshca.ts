@@ -18,7 +18,6 @@ import {
   rotateIntermediate,
   rotateRoot,
 } from "../ca/authority.ts";
-import { exportPkcs12 } from "../ca/pkcs12.ts";
 import { createCaServer, DEFAULT_LISTEN, parseListenAddress } from "../ca/server.ts";
 import { SpiffeId } from "../ca/spiffe-id.ts";
 import { CaStore, writeFileAtomic } from "../ca/store.ts";
@@ -252,7 +251,7 @@ export function buildMeshcaProgram(deps: MeshcaDeps): Command {
         });
         const written = opts.out
           ? await writeFlat(path(opts.out), identity)
-          : await store.writeIssued(name, identity);
+          : await store.writeIssued(name, identity, { force: Boolean(opts.force) });
         out(`issued ${identity.id.toString()}`);
         out(`  serial:     ${identity.serial}`);
         out(
@@ -629,6 +628,8 @@ EXIT CODES
         }
         const chainPem = await readText(path(opts.cert), "chain");
         const keyPem = await readText(path(opts.key), "key");
+        // Loaded on demand: node-forge is only needed here.
+        const { exportPkcs12 } = await import("../ca/pkcs12.ts");
         const der = exportPkcs12({
           keyPem,
           chainPem,
