@@ -144,8 +144,9 @@ export class MtlsConnector implements Connector {
         settled = true;
         signal.removeEventListener("abort", onAbort);
         state.forgetSession(where);
-        raw.destroy();
+        // The TLS socket first: destroying the TCP socket under a live TLS wrap can crash Node.
         sock.destroy();
+        raw.destroy();
         reject(err);
       };
       const onAbort = (): void =>

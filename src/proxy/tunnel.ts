@@ -173,13 +173,15 @@ class TunnelConnection {
       this.splice.abort("aborted");
       return;
     }
+    // Record first: resetting a socket can emit its close synchronously, and the record keeps the
+    // first reason it is given.
+    this.rec.finish(reason, err);
     if (how === "reset") resetSide({ stream: this.sock, raw: this.raw });
     else {
       this.sock.destroy();
       this.raw.destroy();
     }
     this.appSocket?.destroy();
-    this.rec.finish(reason, err);
   }
 
   private async onSecure(): Promise<void> {
@@ -240,7 +242,8 @@ class TunnelConnection {
       }
       const err = new WeftError("E_POLICY_DENIED", decision.detail, { reason: decision.why });
       o.logger.warn({ conn_id: rec.id, peer_identity: peer, port, rule: decision.why }, err.message);
-      this.close(decision.reason, "destroy", err);
+      // A refused connection looks like a closed port to the client: a reset, not a clean end.
+      this.close(decision.reason, "reset", err);
       return;
     }
 

@@ -1,0 +1,208 @@
+/**
+ * Two sidecars in one process for data-plane tests: a client sidecar with an explicit listener for the
+ * service `backend`, and a server sidecar whose tunnel port leads to a test app. Identities come from
+ * files in a temporary directory (written atomically, so tests can rotate them), issued by a fresh test
+ * CA. Logs go to in-memory loggers the tests assert on; every listener binds port 0.
+ */
+import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { TestContext } from "node:test";
+import { parseConfig } from "../../src/config/load.ts";
+import type { Config } from "../../src/config/schema.ts";
+import { MemoryLogger } from "../../src/core/log.ts";
+import type { RouteTable } from "../../src/discovery/types.ts";
+import { FileIdentitySource } from "../../src/proxy/identity.ts";
+import { Sidecar, type SidecarDeps } from "../../src/proxy/sidecar.ts";
+import { createTestCa } from "./ca.ts";
+import { StaticRouteTable } from "./static-routes.ts";
+
+export type TestCa = Awaited<ReturnType<typeof createTestCa>>;
+export type Issued = Awaited<ReturnType<TestCa["issue"]>>;
+
+export interface IdentityFiles {
+  readonly dir: string;
+  readonly cert: string;
+  readonly key: string;
+  readonly bundle: string;
+}
+
+/** Write an issued identity to files, each replaced atomically (write temp, rename). */
+export async function writeIdentity(
+  files: IdentityFiles,
+  issued: Issued,
+  bundlePem = issued.bundlePem,
+): Promise<void> {
+  const put = async (path: string, text: string): Promise<void> => {
+    const tmp = `${path}.tmp`;
+    await writeFile(tmp, text, { mode: 0o600 });
+    await rename(tmp, path);
+  };
+  await put(files.key, issued.keyPem);
+  await put(files.cert, issued.chainPem);
+  await put(files.bundle, bundlePem);
+}
+
+export async function identityDir(t: TestContext, name: string): Promise<IdentityFiles> {
+  const dir = await mkdtemp(join(tmpdir(), `weft-${name}-`));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return { dir, cert: join(dir, "cert.pem"), key: join(dir, "key.pem"), bundle: join(dir, "bundle.pem") };
+}
+
+/** A config for a test sidecar: only the listeners asked for, every port 0, given overrides merged in. */
+export function testConfig(
+  trustDomain: string,
+  files: IdentityFiles,
+  extra: Record<string, unknown> = {},
+): Config {
+  const base: Record<string, unknown> = {
+    trustDomain,
+    identity: { files: { cert: files.cert, key: files.key, bundle: files.bundle, reloadInterval: "0" } },
+    listeners: {
+      outbound: { enabled: false },
+      inbound: { enabled: false },
+      tunnel: { address: "127.0.0.1", port: 0 },
+      admin: { address: "127.0.0.1", port: 0 },
+      explicit: [],
+      ...(extra.listeners as object | undefined),
+    },
+  };
+  const merged = { ...base, ...extra, listeners: base.listeners };
+  return parseConfig(JSON.stringify(merged));
+}
+
+export interface PairOptions {
+  readonly ca?: TestCa;
+  /** What the server sidecar presents (default default/backend). */
+  readonly serverIdentity?: string;
+  /** What the client sidecar presents (default default/frontend). */
+  readonly clientIdentity?: string;
+  /** The identity the client expects of the service (default the server's). */
+  readonly expectIdentity?: string;
+  /** The app the server sidecar forwards to. */
+  readonly appPort: number;
+  readonly serverConfig?: Record<string, unknown>;
+  readonly clientConfig?: Record<string, unknown>;
+  readonly retries?: { attempts: number; deadlineMs: number };
+}
+
+export interface Pair {
+  readonly ca: TestCa;
+  readonly client: Sidecar;
+  readonly server: Sidecar;
+  readonly clientLog: MemoryLogger;
+  readonly serverLog: MemoryLogger;
+  readonly clientFiles: IdentityFiles;
+  readonly serverFiles: IdentityFiles;
+  readonly routes: StaticRouteTable;
+  /** The client sidecar's explicit listener for `backend`. */
+  readonly explicitPort: number;
+  readonly tunnelPort: number;
+  readonly serverIssued: Issued;
+  readonly clientIssued: Issued;
+}
+
+/** Start one sidecar with identity files and a route table; stopped in `t.after`. */
+export async function startSidecar(
+  t: TestContext,
+  config: Config,
+  routes: RouteTable,
+  log: MemoryLogger,
+  deps: Partial<SidecarDeps> = {},
+): Promise<Sidecar> {
+  const sidecar = new Sidecar(config, { logger: log, routes, ...deps });
+  t.after(() => sidecar.stop());
+  await sidecar.start();
+  return sidecar;
+}
+
+/** Client sidecar (explicit listener -> backend) and server sidecar (tunnel -> app on `appPort`). */
+export async function startSidecarPair(t: TestContext, options: PairOptions): Promise<Pair> {
+  const ca = options.ca ?? (await createTestCa({ trustDomain: "weft.local" }));
+  const serverFiles = await identityDir(t, "server");
+  const clientFiles = await identityDir(t, "client");
+  const serverIssued = await ca.issue(options.serverIdentity ?? "default/backend");
+  const clientIssued = await ca.issue(options.clientIdentity ?? "default/frontend");
+  await writeIdentity(serverFiles, serverIssued);
+  await writeIdentity(clientFiles, clientIssued);
+
+  const serverLog = new MemoryLogger();
+  const server = await startSidecar(
+    t,
+    testConfig(ca.trustDomain, serverFiles, options.serverConfig),
+    new StaticRouteTable([]),
+    serverLog,
+  );
+  const tunnelPort = server.addresses.tunnel!.port;
+  const routes = new StaticRouteTable([
+    {
+      name: "backend",
+      identity: options.expectIdentity ?? serverIssued.id.toString(),
+      ports: [8080],
+      endpoints: [{ address: "127.0.0.1", port: options.appPort, tunnelPort }],
+      retries: options.retries,
+    },
+  ]);
+  const clientLog = new MemoryLogger();
+  const client = await startSidecar(
+    t,
+    testConfig(ca.trustDomain, clientFiles, {
+      ...options.clientConfig,
+      listeners: { explicit: [{ listen: "127.0.0.1:0", service: "backend" }] },
+    }),
+    routes,
+    clientLog,
+  );
+  return {
+    ca,
+    client,
+    server,
+    clientLog,
+    serverLog,
+    clientFiles,
+    serverFiles,
+    routes,
+    explicitPort: client.addresses.explicit[0]!.port,
+    tunnelPort,
+    serverIssued,
+    clientIssued,
+  };
+}
+
+/** Reload a file identity source now (instead of waiting for the watcher). */
+export async function reloadIdentity(sidecar: Sidecar): Promise<void> {
+  if (sidecar.identity instanceof FileIdentitySource) await sidecar.identity.reload();
+}
+
+/** GET a path from a sidecar's admin port; resolves with status and body. */
+export async function adminGet(sidecar: Sidecar, path: string): Promise<{ status: number; body: string }> {
+  const a = sidecar.addresses.admin;
+  const res = await fetch(`http://${a.address}:${a.port}${path}`);
+  return { status: res.status, body: await res.text() };
+}
+
+/** Resolves once `predicate` holds for some log record; polls the in-memory log on each check. */
+export async function waitForLog(
+  log: MemoryLogger,
+  predicate: (r: Record<string, unknown>) => boolean,
+  timeoutMs = 10_000,
+): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const hit = log.records.find(predicate);
+    if (hit) return hit;
+    if (Date.now() > deadline) {
+      throw new Error(
+        `no matching log record within ${timeoutMs} ms; last: ${JSON.stringify(log.records.slice(-5))}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** The access-log line of a finished connection, by direction. */
+export function accessLines(log: MemoryLogger, direction?: string): Record<string, unknown>[] {
+  return log.records.filter(
+    (r) => r.msg === "connection closed" && (direction === undefined || r.direction === direction),
+  );
+}
