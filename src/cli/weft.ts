@@ -1,0 +1,225 @@
+/**
+ * The `weft` program: `weft proxy` runs a sidecar from weft.yaml, `weft validate` checks a config and
+ * reports every error, `weft iptables install|uninstall|print` manages the capture rules (what an init
+ * container runs). Built as a function of its dependencies so tests run it in-process; `weft-main.ts`
+ * wires the real process. Exit codes: 0 ok, 1 failure, 2 usage.
+ */
+
+import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { Command, CommanderError, Option } from "commander";
+import { ConfigError, parseConfig } from "../config/load.ts";
+import type { Config } from "../config/schema.ts";
+import type { Clock } from "../core/clock.ts";
+import { errorMessage, WeftError } from "../core/errors.ts";
+import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
+import { WeftMetrics } from "../core/metrics.ts";
+import { createDiscovery } from "../discovery/index.ts";
+import { DEFAULT_IPTABLES_OPTIONS, type IptablesBackend, runIptablesCommand } from "../proxy/iptables.ts";
+import { Sidecar } from "../proxy/sidecar.ts";
+
+export interface WeftDeps {
+  readonly stdout: NodeJS.WritableStream;
+  readonly stderr: NodeJS.WritableStream;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly clock: Clock;
+  /** Resolves when the process is asked to stop (SIGTERM/SIGINT). */
+  readonly waitForShutdown: () => Promise<void>;
+  /** Logger factory: the sidecar's level comes from its config. */
+  readonly makeLogger?: (level: LogLevel) => Logger;
+}
+
+const EXIT_CODES = `
+Exit codes:
+  0  success
+  1  failure (one line on stderr: weft: E_CODE: what failed)
+  2  usage error`;
+
+function ports(value: string): number[] {
+  if (value.trim() === "") return [];
+  return value.split(",").map((p) => {
+    const n = Number(p.trim());
+    if (!Number.isInteger(n) || n < 1 || n > 65535)
+      throw new WeftError("E_USAGE", `"${p}" is not a port (1-65535)`);
+    return n;
+  });
+}
+
+/** The route table a sidecar builds from its config: static services, the services file, DNS. */
+export function discoveryFor(config: Config, deps: { logger: Logger; clock: Clock; metrics: WeftMetrics }) {
+  return createDiscovery({
+    trustDomain: config.trustDomain,
+    services: config.services,
+    ...(config.discovery.file ? { file: config.discovery.file } : {}),
+    dns: {
+      ...(config.discovery.dns.servers ? { servers: config.discovery.dns.servers } : {}),
+      minTtl: config.discovery.dns.minTtl,
+      maxTtl: config.discovery.dns.maxTtl,
+      timeout: config.discovery.dns.timeout,
+    },
+    retries: config.retries,
+    outlierDetection: config.outlierDetection,
+    ...(config.healthCheck ? { healthCheck: config.healthCheck } : {}),
+    ...deps,
+  });
+}
+
+async function loadConfig(path: string, env: WeftDeps["env"]): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    throw new WeftError("E_IO", `cannot read config ${path}: ${errorMessage(err)}`);
+  }
+  return parseConfig(text, env, path);
+}
+
+export function buildWeftProgram(deps: WeftDeps): Command {
+  const out = (s: string) => deps.stdout.write(`${s}\n`);
+  const program = new Command("weft")
+    .description("Weft sidecar: transparent mutual-TLS TCP proxy with SPIFFE identities")
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => deps.stdout.write(s), writeErr: (s) => deps.stderr.write(s) })
+    .showHelpAfterError(false);
+
+  program
+    .command("proxy")
+    .description("run the sidecar until SIGTERM/SIGINT, then drain live connections")
+    .requiredOption("-c, --config <file>", "weft.yaml")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  weft proxy --config /etc/weft/weft.yaml
+  WEFT_LOG_LEVEL=debug weft proxy -c weft.yaml
+${EXIT_CODES}`,
+    )
+    .action(async (opts: { config: string }) => {
+      const config = await loadConfig(opts.config, deps.env);
+      const logger = (deps.makeLogger ?? ((level) => createLogger({ name: "weft", level })))(
+        config.log.level,
+      );
+      const sidecar = new Sidecar(config, {
+        logger,
+        clock: deps.clock,
+        metrics: new WeftMetrics({ processMetrics: true }),
+        createRoutes: discoveryFor,
+        readFile: (p) => readFileSync(p, "utf8"),
+      });
+      await sidecar.start();
+      await deps.waitForShutdown();
+      logger.info({ deadline_ms: config.timeouts.drain }, "draining");
+      const { forced } = await sidecar.drain();
+      await sidecar.stop();
+      logger.info({ forced }, "stopped");
+    });
+
+  program
+    .command("validate")
+    .description("check a weft.yaml and report every error at once")
+    .requiredOption("-c, --config <file>", "weft.yaml")
+    .addHelpText("after", `\nExamples:\n  weft validate -c weft.yaml\n${EXIT_CODES}`)
+    .action(async (opts: { config: string }) => {
+      const config = await loadConfig(opts.config, deps.env);
+      out(`${opts.config}: valid (trust domain ${config.trustDomain}, ${config.services.length} services)`);
+    });
+
+  const ipt = program
+    .command("iptables")
+    .description("install, remove or print the iptables rules that redirect a pod's TCP to the sidecar");
+  const common = (c: Command) =>
+    c
+      .option(
+        "--proxy-uid <uid>",
+        "UID the sidecar runs as (never captured)",
+        String(DEFAULT_IPTABLES_OPTIONS.proxyUid),
+      )
+      .option(
+        "--outbound-port <port>",
+        "outbound capture port",
+        String(DEFAULT_IPTABLES_OPTIONS.outboundPort),
+      )
+      .option("--inbound-port <port>", "inbound capture port", String(DEFAULT_IPTABLES_OPTIONS.inboundPort))
+      .option(
+        "--tunnel-port <port>",
+        "mesh tunnel port (not captured)",
+        String(DEFAULT_IPTABLES_OPTIONS.tunnelPort),
+      )
+      .option("--admin-port <port>", "admin port (not captured)", String(DEFAULT_IPTABLES_OPTIONS.adminPort))
+      .option("--exclude-outbound-ports <list>", "comma-separated destination ports left alone", "")
+      .option("--exclude-inbound-ports <list>", "comma-separated inbound ports left alone", "")
+      .option("--exclude-outbound-cidrs <list>", "comma-separated destination CIDRs left alone", "")
+      .option("--include-inbound-ports <list>", "capture only these inbound ports ('*' = all)", "*")
+      .option("--no-ipv6", "do not write ip6tables rules")
+      .addOption(
+        new Option("--backend <backend>", "iptables backend")
+          .choices(["auto", "nft", "legacy"])
+          .default("auto"),
+      )
+      .addHelpText(
+        "after",
+        `
+Examples:
+  weft iptables print
+  weft iptables install --exclude-outbound-ports 15443 --exclude-inbound-ports 22
+  weft iptables uninstall
+${EXIT_CODES}`,
+      );
+  for (const action of ["install", "uninstall", "print"] as const) {
+    common(ipt.command(action).description(`${action} Weft's nat rules`)).action(
+      async (o: Record<string, string | boolean>) => {
+        const num = (k: string) => {
+          const n = Number(o[k]);
+          if (!Number.isInteger(n) || n < 0 || n > 65535)
+            throw new WeftError("E_USAGE", `--${k} "${o[k]}" is not a number`);
+          return n;
+        };
+        const include = String(o.includeInboundPorts);
+        const text = await runIptablesCommand(action, {
+          proxyUid: num("proxyUid"),
+          outboundPort: num("outboundPort"),
+          inboundPort: num("inboundPort"),
+          tunnelPort: num("tunnelPort"),
+          adminPort: num("adminPort"),
+          excludeOutboundPorts: ports(String(o.excludeOutboundPorts)),
+          excludeInboundPorts: ports(String(o.excludeInboundPorts)),
+          excludeOutboundCidrs: String(o.excludeOutboundCidrs)
+            .split(",")
+            .map((c) => c.trim())
+            .filter(Boolean),
+          includeInbound: include === "*" ? "*" : ports(include),
+          ipv6: o.ipv6 !== false,
+          backend: o.backend as IptablesBackend,
+        });
+        deps.stdout.write(text);
+      },
+    );
+  }
+  return program;
+}
+
+/** Run the program; resolves with the exit code. */
+export async function runWeft(argv: readonly string[], deps: WeftDeps): Promise<number> {
+  const program = buildWeftProgram(deps);
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.exitCode === 0)
+        return 0;
+      return 2;
+    }
+    if (err instanceof ConfigError) {
+      deps.stderr.write(`weft: E_CONFIG: the config has ${err.issues.length} problem(s):\n`);
+      for (const i of err.issues) deps.stderr.write(`  ${i.key}: ${i.message}\n`);
+      return 1;
+    }
+    if (err instanceof WeftError && err.code === "E_USAGE") {
+      deps.stderr.write(`weft: ${err.message}\n`);
+      return 2;
+    }
+    deps.stderr.write(`weft: ${errorMessage(err)}\n`);
+    return 1;
+  }
+}
