@@ -10,7 +10,7 @@
  * also keyEncipherment), EKU serverAuth + clientAuth, exactly one URI SAN, SKI, AKI. Signing certs =
  * CA:true (critical), keyCertSign + cRLSign (critical), URI SAN `spiffe://<td>` (no path), SKI, AKI.
  */
-import { X509Certificate } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import { type Clock, systemClock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
 import { SpiffeId } from "./spiffe-id.ts";
@@ -82,7 +82,9 @@ function signingProfile(
 ) {
   return {
     serial: randomSerial(),
-    subject: `CN=${name},OU=${trustDomain},O=Weft`,
+    // A random tag keeps names unique: two roots made the same day (a rotation, or another CA of the
+    // same trust domain name) must not look like each other's issuer.
+    subject: `CN=${name} ${randomBytes(4).toString("hex")},OU=${trustDomain},O=Weft`,
     notBefore: new Date(now - BACKDATE_MS),
     notAfter: new Date(now + ttlMs),
     publicKey,

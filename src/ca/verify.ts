@@ -130,6 +130,15 @@ function checkSigning(f: CertFacts, which: string): void {
   }
 }
 
+/**
+ * Whether `parent` is named as `child`'s issuer. Deliberately by name only (signatures are checked
+ * next): OpenSSL's checkIssued also rejects issuers without keyCertSign, which would hide that rule's
+ * own reason behind "untrusted root".
+ */
+function named(child: X509Certificate, parent: X509Certificate): boolean {
+  return child.issuer === parent.subject;
+}
+
 /** The structural verdict (no dates): path to a bundle root, SPIFFE rules. */
 function verifyStructure(
   certs: X509Certificate[],
@@ -151,16 +160,16 @@ function verifyStructure(
   for (let depth = 0; depth <= MAX_INTERMEDIATES; depth++) {
     // Names alone are not enough (two roots made on the same day share a subject): a candidate issuer
     // counts only when its key verifies the signature.
-    const namedRoots = bundle.roots.filter((r) => current.checkIssued(r));
+    const namedRoots = bundle.roots.filter((r) => named(current, r));
     const root = namedRoots.find((r) => current.verify(r.publicKey));
     if (root) {
       path.push(root);
       break;
     }
-    const named = pool.filter((p) => current.checkIssued(p));
-    const parent = named.find((p) => current.verify(p.publicKey));
+    const candidates = pool.filter((p) => named(current, p));
+    const parent = candidates.find((p) => current.verify(p.publicKey));
     if (!parent) {
-      if (namedRoots.length > 0 || named.length > 0) {
+      if (namedRoots.length > 0 || candidates.length > 0) {
         throw svidError(
           "bad_signature",
           "a signature in the chain does not verify with the key of its named issuer",
