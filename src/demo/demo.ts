@@ -1,6 +1,6 @@
 /**
  * `npm run demo`: a whole mesh on loopback, no root and no Docker. It creates a trust domain, runs the
- * CA server, gives each sidecar a join token, starts two backend apps and three sidecars (each its own
+ * CA server, gives each sidecar a join token, starts three backend apps and four sidecars (each its own
  * `weft proxy` process, as users run them), sends traffic through the frontend's explicit listener,
  * stops one backend's sidecar to show retries and an ejection, brings it back, and prints where the
  * metrics are. Everything it starts is stopped by PID on exit or Ctrl-C.
@@ -141,10 +141,19 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     });
     out(`   trust domain ${TD}; CA server ${ca.url}; CA files in ${caDir}`);
 
-    const [b1App, b2App, explicit] = await Promise.all([freePort(), freePort(), freePort()]);
-    servers.push(await startBackend("backend-1", b1App), await startBackend("backend-2", b2App));
+    const [b1App, b2App, b3App, explicit] = await Promise.all([
+      freePort(),
+      freePort(),
+      freePort(),
+      freePort(),
+    ]);
+    servers.push(
+      await startBackend("backend-1", b1App),
+      await startBackend("backend-2", b2App),
+      await startBackend("backend-3", b3App),
+    );
     const sidecars: SidecarProc[] = [];
-    for (const name of ["frontend", "backend-1", "backend-2"]) {
+    for (const name of ["frontend", "backend-1", "backend-2", "backend-3"]) {
       const dir = join(o.dir, name);
       await mkdir(dir, { recursive: true });
       const sa = name.startsWith("backend") ? "backend" : name;
@@ -164,7 +173,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
       "   join tokens made for spiffe://weft.local/ns/default/sa/frontend and .../sa/backend (single use, 10 min)",
     );
 
-    const [front, s1, s2] = sidecars as [SidecarProc, SidecarProc, SidecarProc];
+    const [front, s1, s2, s3] = sidecars as [SidecarProc, SidecarProc, SidecarProc, SidecarProc];
     for (const s of sidecars) {
       const dir = join(o.dir, s.name);
       const sa = s.name.startsWith("backend") ? "backend" : s.name;
@@ -185,7 +194,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
         s === front
           ? `  explicit: [ { listen: "127.0.0.1:${explicit}", service: backend } ]`
           : "  explicit: []",
-        "outlierDetection: { consecutiveFailures: 2, baseEjectionTime: 4s, maxEjectionPercent: 50 }",
+        "outlierDetection: { consecutiveFailures: 2, baseEjectionTime: 4s, maxEjectionPercent: 34 }",
         "retries: { attempts: 3, deadline: 5s }",
         "policy:",
         "  default: deny",
@@ -196,6 +205,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
         "    endpoints:",
         `      - { address: 127.0.0.1, port: ${b1App}, tunnelPort: ${s1.tunnel} }`,
         `      - { address: 127.0.0.1, port: ${b2App}, tunnelPort: ${s2.tunnel} }`,
+        `      - { address: 127.0.0.1, port: ${b3App}, tunnelPort: ${s3.tunnel} }`,
         "log: { level: warn }",
         "",
       ].join("\n");
@@ -218,7 +228,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
       s.child = child;
     };
 
-    out("\n== 2. Three sidecars, each fetching its certificate from the CA with its join token");
+    out("\n== 2. Four sidecars, each fetching its certificate from the CA with its join token");
     for (const s of sidecars) startSidecar(s);
     for (const s of sidecars) {
       await step(() =>
@@ -254,14 +264,14 @@ export async function runDemo(o: DemoOptions): Promise<void> {
         .join(", ")}${r.failed ? `, failed: ${r.failed}` : ", failed: 0"}`;
 
     out(`\n== 3. The frontend app connects to 127.0.0.1:${explicit}; Weft carries it over mutual TLS`);
-    const r1 = await step(() => burst(20));
-    out(`   20 connections, round-robin over two endpoints → ${show(r1)}`);
+    const r1 = await step(() => burst(30));
+    out(`   30 connections, round-robin over three endpoints → ${show(r1)}`);
 
-    out("\n== 4. backend-2's sidecar stops (killed): connections retry on backend-1, backend-2 is ejected");
-    s2.child?.kill("SIGKILL");
-    await new Promise((r) => s2.child?.once("exit", r));
-    const r2 = await step(() => burst(20));
-    out(`   20 connections → ${show(r2)}`);
+    out("\n== 4. backend-3's sidecar stops (killed): connections retry on the others, backend-3 is ejected");
+    s3.child?.kill("SIGKILL");
+    await new Promise((r) => s3.child?.once("exit", r));
+    const r2 = await step(() => burst(30));
+    out(`   30 connections → ${show(r2)}`);
     const endpoints = JSON.parse((await get(front.admin, "/endpoints")).body) as Array<{
       endpoints: Array<{ key: string; state: string; timesEjected: number }>;
     }>;
@@ -269,15 +279,15 @@ export async function runDemo(o: DemoOptions): Promise<void> {
       out(`   endpoint ${e.key.padEnd(16)} ${e.state} (ejected ${e.timesEjected}×)`);
 
     out(
-      "\n== 5. backend-2's sidecar comes back (renewing with its stored certificate); after the ejection it gets traffic again",
+      "\n== 5. backend-3's sidecar comes back (renewing with its stored certificate); after the ejection it gets traffic again",
     );
-    startSidecar(s2);
+    startSidecar(s3);
     await step(() =>
-      waitFor("backend-2 to be ready", async () => (await get(s2.admin, "/ready")).status === 200),
+      waitFor("backend-3 to be ready", async () => (await get(s3.admin, "/ready")).status === 200),
     );
     await step(() =>
       waitFor(
-        "backend-2 to return from ejection",
+        "backend-3 to return from ejection",
         async () => {
           const eps = JSON.parse((await get(front.admin, "/endpoints")).body) as typeof endpoints;
           return (eps[0]?.endpoints ?? []).every((e) => e.state !== "ejected");
@@ -285,8 +295,8 @@ export async function runDemo(o: DemoOptions): Promise<void> {
         20_000,
       ),
     );
-    const r3 = await step(() => burst(20));
-    out(`   20 connections → ${show(r3)}`);
+    const r3 = await step(() => burst(30));
+    out(`   30 connections → ${show(r3)}`);
 
     out("\n== 6. Metrics (Prometheus text) on every sidecar's admin port");
     const metrics = (await get(s1.admin, "/metrics")).body.split("\n");
