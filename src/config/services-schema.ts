@@ -22,11 +22,9 @@ export const ipAddress = z
   .string()
   .refine((v) => isIP(v) !== 0, { message: "must be an IPv4 or IPv6 address" });
 
-export const spiffeIdString = z
-  .string()
-  .regex(/^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._*-]+)*$/, {
-    message: "must be a SPIFFE ID like spiffe://weft.local/ns/default/sa/backend",
-  });
+export const spiffeIdString = z.string().regex(/^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._*-]+)*$/, {
+  message: "must be a SPIFFE ID like spiffe://weft.local/ns/default/sa/backend",
+});
 
 export const balancerKind = z.enum([
   "round-robin",
