@@ -138,6 +138,8 @@ export const defaultExec: Exec = async (cmd, args, input) => {
       if (err) reject(Object.assign(new Error(String(stderr || err.message).trim()), { exitCode: err.code }));
       else resolve(stdout);
     });
+    // A command that exits without reading its input must not crash us with EPIPE.
+    child.stdin?.on("error", () => {});
     child.stdin?.end(input ?? "");
   });
 };
