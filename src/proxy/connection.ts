@@ -109,6 +109,8 @@ export class ConnectionRecord implements ByteSink {
   bytesReceived = 0;
   bytesSent = 0;
   handshakeMs: number | undefined;
+  /** Serial of the certificate the peer presented (inbound), for audits and rotation checks. */
+  peerSerial: string | undefined;
   connectMs: number | undefined;
   /** Set by the owner of the sockets; `abort(reason)` calls it (drain deadline, shutdown). */
   closer: ((reason: CloseReason) => void) | undefined;
@@ -229,6 +231,7 @@ export class ConnectionRecord implements ByteSink {
       reason,
     };
     if (this.handshakeMs !== undefined) fields.handshake_ms = Math.round(this.handshakeMs * 10) / 10;
+    if (this.peerSerial !== undefined) fields.peer_serial = this.peerSerial;
     if (this.connectMs !== undefined) fields.connect_ms = Math.round(this.connectMs * 10) / 10;
     if (err !== undefined) fields.err = err instanceof Error ? err.message : String(err);
     this.deps.logger.info(fields, "connection closed");

@@ -203,6 +203,7 @@ class TunnelConnection {
       else this.refuse(`svid_${why}`, `svid_${why}`, err);
       return;
     }
+    rec.peerSerial = sock.getPeerX509Certificate()?.serialNumber;
     o.metrics.tlsHandshakeDuration.observe({ direction: "inbound" }, rec.handshakeMs / 1000);
     rec.setPeer(peer);
 
