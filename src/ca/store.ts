@@ -115,25 +115,45 @@ export class CaStore {
     name: string,
     identity: IssuedIdentity,
     opts: { force?: boolean } = {},
-  ): Promise<{ certPath: string; keyPath: string; chainPath: string; bundlePath: string }> {
-    const dir = this.issuedDir(name);
-    const files = {
-      certPath: join(dir, "cert.pem"),
-      keyPath: join(dir, "key.pem"),
-      chainPath: join(dir, "chain.pem"),
-      bundlePath: join(dir, "bundle.pem"),
-    };
-    if (!opts.force) {
-      for (const f of Object.values(files)) {
-        if (await exists(f))
-          throw new WeftError("E_EXISTS", `${f} exists; pass --force to replace the identity's files`);
-      }
-    }
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await writeFileAtomic(files.keyPath, identity.keyPem, 0o600);
-    await writeFileAtomic(files.certPath, identity.certPem, 0o644);
-    await writeFileAtomic(files.chainPath, identity.chainPem, 0o644);
-    await writeFileAtomic(files.bundlePath, identity.bundlePem, 0o644);
-    return files;
+  ): Promise<IdentityFiles> {
+    return writeIdentityDir(this.issuedDir(name), identity, opts);
   }
+}
+
+export interface IdentityFiles {
+  readonly certPath: string;
+  readonly keyPath: string;
+  readonly chainPath: string;
+  readonly bundlePath: string;
+}
+
+/** The files of one identity in `dir`: cert.pem, chain.pem, key.pem (0600), bundle.pem. */
+export function identityFiles(dir: string): IdentityFiles {
+  return {
+    certPath: join(dir, "cert.pem"),
+    keyPath: join(dir, "key.pem"),
+    chainPath: join(dir, "chain.pem"),
+    bundlePath: join(dir, "bundle.pem"),
+  };
+}
+
+/** Write an identity's files atomically; refuses to replace any of them without `force`. */
+export async function writeIdentityDir(
+  dir: string,
+  identity: IssuedIdentity,
+  opts: { force?: boolean } = {},
+): Promise<IdentityFiles> {
+  const files = identityFiles(dir);
+  if (!opts.force) {
+    for (const f of Object.values(files)) {
+      if (await exists(f))
+        throw new WeftError("E_EXISTS", `${f} exists; pass --force to replace the identity's files`);
+    }
+  }
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFileAtomic(files.keyPath, identity.keyPem, 0o600);
+  await writeFileAtomic(files.certPath, identity.certPem, 0o644);
+  await writeFileAtomic(files.chainPath, identity.chainPem, 0o644);
+  await writeFileAtomic(files.bundlePath, identity.bundlePem, 0o644);
+  return files;
 }

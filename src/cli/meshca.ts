@@ -7,7 +7,7 @@
  * Exit codes: 0 success, 1 failure (including "chain is invalid" from `verify`), 2 usage error.
  */
 import { X509Certificate } from "node:crypto";
-import { access, mkdir, readFile, rm } from "node:fs/promises";
+import { access, readFile, rm } from "node:fs/promises";
 import { resolve } from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import {
@@ -20,7 +20,7 @@ import {
 } from "../ca/authority.ts";
 import { createCaServer, DEFAULT_LISTEN, parseListenAddress } from "../ca/server.ts";
 import { SpiffeId } from "../ca/spiffe-id.ts";
-import { CaStore, writeFileAtomic } from "../ca/store.ts";
+import { CaStore, writeFileAtomic, writeIdentityDir } from "../ca/store.ts";
 import { TOKENS_FILE, TokenStore } from "../ca/tokens.ts";
 import { parseBundle, verifySvid } from "../ca/verify.ts";
 import { formatDuration, parseDuration } from "../config/units.ts";
@@ -771,13 +771,8 @@ function flatPaths(dir: string): WrittenIdentity {
 }
 
 async function writeFlat(dir: string, identity: IssuedIdentity): Promise<WrittenIdentity> {
-  const files = flatPaths(dir);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  await writeFileAtomic(files.keyPath, identity.keyPem, 0o600);
-  await writeFileAtomic(files.certPath, identity.certPem, 0o644);
-  await writeFileAtomic(files.chainPath, identity.chainPem, 0o644);
-  await writeFileAtomic(files.bundlePath, identity.bundlePem, 0o644);
-  return files;
+  // The CLI checked for existing files (and --force) before issuing.
+  return writeIdentityDir(dir, identity, { force: true });
 }
 
 async function fileExists(p: string): Promise<boolean> {
