@@ -8,14 +8,7 @@ import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import {
-  connect,
-  hashUntilEnd,
-  readBytes,
-  startApp,
-  startEchoServer,
-  writePattern,
-} from "../helpers/apps.ts";
+import { connect, hashUntilEnd, startApp } from "../helpers/apps.ts";
 import { reloadIdentity, startSidecarPair, waitForLog, writeIdentity } from "../helpers/sidecar.ts";
 
 const STREAM_MS = 30_000;
