@@ -1,0 +1,57 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { parse } from "yaml";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+
+function hasDockerCompose(): boolean {
+  try {
+    execFileSync("docker-compose", ["version"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test("docker-compose.yml passes `docker-compose config`; every app has a sidecar in its namespace, an init with NET_ADMIN, and Prometheus scrapes every sidecar", (t) => {
+  if (!hasDockerCompose()) {
+    if (process.env.CI === "true")
+      assert.fail("docker-compose is not installed (apt-get install docker-compose)");
+    t.skip("docker-compose is not installed (apt-get install docker-compose)");
+    return;
+  }
+  const resolved = parse(
+    execFileSync("docker-compose", ["-f", "docker-compose.yml", "config"], { cwd: root }).toString(),
+  ) as {
+    services: Record<
+      string,
+      { network_mode?: string; cap_add?: string[]; entrypoint?: string[]; user?: string }
+    >;
+  };
+  const services = resolved.services;
+  const apps = ["client", "backend", "backend-2"];
+  for (const app of apps) {
+    const sidecar = services[`${app}-sidecar`];
+    const init = services[`${app}-init`];
+    assert.ok(sidecar && init, `${app} has a sidecar and an init container`);
+    assert.equal(sidecar.network_mode, `service:${app}`);
+    assert.equal(init.network_mode, `service:${app}`);
+    assert.ok(init.cap_add?.includes("NET_ADMIN"));
+    assert.deepEqual(init.entrypoint, ["/opt/weft/examples/pod/init.sh"]);
+    assert.deepEqual(sidecar.entrypoint, ["/opt/weft/examples/pod/sidecar.sh"]);
+  }
+  assert.deepEqual(services.ca?.entrypoint, ["/opt/weft/examples/pod/ca.sh"]);
+  const prom = readFileSync(`${root}/examples/compose/prometheus.yml`, "utf8");
+  for (const app of apps)
+    assert.match(prom, new RegExp(`"${app}:15000"`), `prometheus scrapes ${app}'s sidecar`);
+  const dockerfile = readFileSync(`${root}/Dockerfile`, "utf8");
+  assert.match(dockerfile, /USER 1337/, "the proxy runs as UID 1337");
+  assert.match(
+    dockerfile,
+    /FROM node:20-bookworm-slim AS deps[\s\S]*FROM node:20-bookworm-slim/,
+    "multi-stage",
+  );
+});
