@@ -66,7 +66,9 @@ export class Listener {
   }
 
   private createServer(): net.Server {
-    const opts: net.ServerOpts = { allowHalfOpen: true };
+    // noDelay: a proxy must not add Nagle's delay to the small writes it relays (request/response
+    // traffic waits on it otherwise); batching is done per event-loop turn in splice.ts instead.
+    const opts: net.ServerOpts = { allowHalfOpen: true, noDelay: true };
     if (this.options.highWaterMark !== undefined) {
       (opts as { highWaterMark?: number }).highWaterMark = this.options.highWaterMark;
     }
