@@ -1,0 +1,157 @@
+/**
+ * The `weft` CLI: `weft validate` reports every config error at once, each naming its key (exit 1);
+ * `weft proxy` started from a weft.yaml in a child process answers /ready on its admin port, and on
+ * SIGTERM drains and exits 0.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { type TestContext, test } from "node:test";
+import { runWeft } from "../../src/cli/weft.ts";
+import { systemClock } from "../../src/core/clock.ts";
+import { createTestCa } from "../helpers/ca.ts";
+import { identityDir, writeIdentity } from "../helpers/sidecar.ts";
+
+class Capture extends Writable {
+  text = "";
+  override _write(chunk: Buffer, _enc: string, cb: () => void): void {
+    this.text += chunk.toString();
+    cb();
+  }
+}
+
+async function tempFile(t: TestContext, name: string, text: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "weft-cli-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const path = join(dir, name);
+  await writeFile(path, text);
+  return path;
+}
+
+async function weft(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const stdout = new Capture();
+  const stderr = new Capture();
+  const code = await runWeft(args, {
+    stdout,
+    stderr,
+    env: {},
+    clock: systemClock,
+    waitForShutdown: () => Promise.resolve(),
+  });
+  return { code, stdout: stdout.text, stderr: stderr.text };
+}
+
+test("weft validate lists every error with its key and exits 1; a good config exits 0", async (t) => {
+  const bad = await tempFile(
+    t,
+    "weft.yaml",
+    `
+trustDomain: Not A Domain
+identity: { files: { cert: c.pem, key: k.pem, bundle: b.pem } }
+timeouts: { handshake: soon, idle: -1 }
+listeners:
+  explicit: [ { listen: "127.0.0.1:99999", service: backend } ]
+inbound: { mode: lax }
+`,
+  );
+  const r = await weft(["validate", "--config", bad]);
+  assert.equal(r.code, 1);
+  for (const key of [
+    "trustDomain",
+    "timeouts.handshake",
+    "timeouts.idle",
+    "listeners.explicit[0].listen",
+    "inbound.mode",
+  ]) {
+    assert.match(r.stderr, new RegExp(`^  ${key.replace(/[[\].]/g, "\\$&")}: `, "m"), `stderr names ${key}`);
+  }
+  assert.match(r.stderr, /^weft: E_CONFIG: the config has 5 problem\(s\):/);
+
+  const good = await tempFile(
+    t,
+    "weft.yaml",
+    "trustDomain: weft.local\nidentity: { files: { cert: c.pem, key: k.pem, bundle: b.pem } }\n",
+  );
+  const ok = await weft(["validate", "-c", good]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, /valid \(trust domain weft\.local, 0 services\)/);
+
+  const missing = await weft(["validate", "-c", join(tmpdir(), "weft-no-such-file.yaml")]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /^weft: E_IO: cannot read config/);
+  assert.equal((await weft(["validate"])).code, 2, "a missing --config is a usage error");
+});
+
+/** Resolves with the first JSON log line on `child`'s stderr whose msg is `msg`. */
+function logLine(child: ChildProcess, msg: string): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    const onData = (d: Buffer): void => {
+      buf += d.toString();
+      for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          const rec = JSON.parse(line) as Record<string, unknown>;
+          if (rec.msg === msg) {
+            child.stderr?.off("data", onData);
+            resolve(rec);
+            return;
+          }
+        } catch {
+          // not a log line
+        }
+      }
+    };
+    child.stderr?.on("data", onData);
+    child.once("exit", (code) => reject(new Error(`weft exited (${code}) before logging "${msg}"`)));
+  });
+}
+
+test("weft proxy from a weft.yaml in a child process: /ready answers 200, SIGTERM drains and exits 0", async (t) => {
+  const ca = await createTestCa({ trustDomain: "weft.local" });
+  const files = await identityDir(t, "cli");
+  await writeIdentity(files, await ca.issue("default/frontend"));
+  const config = await tempFile(
+    t,
+    "weft.yaml",
+    `
+trustDomain: weft.local
+identity:
+  files: { cert: ${files.cert}, key: ${files.key}, bundle: ${files.bundle} }
+listeners:
+  outbound: { enabled: false }
+  inbound: { enabled: false }
+  tunnel: { address: 127.0.0.1, port: 0 }
+  admin: { address: 127.0.0.1, port: 0 }
+  explicit: [ { listen: "127.0.0.1:0", service: backend } ]
+services:
+  - name: backend
+    ports: [8080]
+    endpoints: [ { address: 127.0.0.1 } ]
+`,
+  );
+  const child = spawn(process.execPath, ["bin/weft.js", "proxy", "--config", config], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  t.after(() => {
+    if (child.exitCode === null) child.kill("SIGKILL");
+  });
+  const listening = await logLine(child, "sidecar listening");
+  assert.equal(listening.ready, true);
+  const admin = String(listening.admin);
+  const ready = await fetch(`http://${admin}/ready`);
+  assert.equal(ready.status, 200);
+  assert.equal(await ready.text(), "ready\n");
+  const certs = (await (await fetch(`http://${admin}/certs`)).json()) as Record<string, unknown>;
+  assert.equal(certs.spiffeId, "spiffe://weft.local/ns/default/sa/frontend");
+
+  const stopped = logLine(child, "stopped");
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  child.kill("SIGTERM");
+  assert.deepEqual((await stopped).forced, 0);
+  assert.equal(await exited, 0);
+});
