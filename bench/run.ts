@@ -19,6 +19,14 @@ import { CertificateAuthority, createTrustDomain } from "../src/ca/authority.ts"
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const QUICK = process.argv.includes("--quick");
+/** `--only=throughput,latency` runs just those measurements (for profiling one path). */
+const ONLY = new Set(
+  (
+    process.argv.find((a) => a.startsWith("--only="))?.slice(7) ?? "throughput,latency,connections,memory"
+  ).split(","),
+);
+/** Extra Node flags for the Weft processes, e.g. BENCH_WEFT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/p". */
+const WEFT_NODE_ARGS = (process.env.BENCH_WEFT_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const BULK_BYTES = (QUICK ? 256 : 1024) * 1024 * 1024;
 const LAT_CONNS = 4;
 const LAT_ROUNDS = QUICK ? 1500 : 4000;
@@ -31,6 +39,18 @@ const work = mkdtempSync(join(tmpdir(), "weft-bench-"));
 function cleanup(): void {
   for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
   rmSync(work, { recursive: true, force: true });
+}
+
+/** Stop every proxy with SIGTERM (so `--cpu-prof` profiles get written), SIGKILL after 25 s. */
+async function stopAll(): Promise<void> {
+  await Promise.all(
+    children.map(async (c) => {
+      if (c.exitCode !== null || c.signalCode !== null) return;
+      const gone = new Promise((r) => c.once("exit", r));
+      c.kill("SIGTERM");
+      if ((await Promise.race([gone, sleep(25_000, "timeout")])) === "timeout") c.kill("SIGKILL");
+    }),
+  );
 }
 process.on("exit", cleanup);
 process.on("SIGINT", () => process.exit(130));
@@ -271,8 +291,20 @@ async function startWeft(echo: number, sink: number): Promise<Contender> {
     ].join("\n"),
   );
   const weft = join(ROOT, "bin/weft.js");
-  const s = start(process.execPath, [weft, "proxy", "--config", join(work, "weft-server.yaml")]);
-  const c = start(process.execPath, [weft, "proxy", "--config", join(work, "weft-client.yaml")]);
+  const s = start(process.execPath, [
+    ...WEFT_NODE_ARGS,
+    weft,
+    "proxy",
+    "--config",
+    join(work, "weft-server.yaml"),
+  ]);
+  const c = start(process.execPath, [
+    ...WEFT_NODE_ARGS,
+    weft,
+    "proxy",
+    "--config",
+    join(work, "weft-client.yaml"),
+  ]);
   await Promise.all([waitForPort(tunnel!), waitForPort(eEcho!), waitForPort(eSink!)]);
   return { name: "Weft", echoPort: eEcho!, sinkPort: eSink!, pids: [s.pid!, c.pid!] };
 }
@@ -319,14 +351,17 @@ interface Result {
 }
 
 async function measure(c: Contender): Promise<Result> {
-  process.stderr.write(`  ${c.name}: throughput`);
-  const throughputGbps = await bulk(c.sinkPort);
-  process.stderr.write(", latency");
-  const { p50, p99 } = await latency(c.echoPort);
-  process.stderr.write(", new connections");
-  const connPerSec = await connRate(c.echoPort);
-  process.stderr.write(", idle memory\n");
-  const kibPerIdleConn = await idleMemory(c);
+  process.stderr.write(`  ${c.name}:`);
+  const step = async <T>(name: string, fn: () => Promise<T>, none: T): Promise<T> => {
+    if (!ONLY.has(name)) return none;
+    process.stderr.write(` ${name}`);
+    return fn();
+  };
+  const throughputGbps = await step("throughput", () => bulk(c.sinkPort), Number.NaN);
+  const { p50, p99 } = await step("latency", () => latency(c.echoPort), { p50: Number.NaN, p99: Number.NaN });
+  const connPerSec = await step("connections", () => connRate(c.echoPort), Number.NaN);
+  const kibPerIdleConn = await step("memory", () => idleMemory(c), Number.NaN);
+  process.stderr.write("\n");
   return { throughputGbps, p50us: p50, p99us: p99, connPerSec, kibPerIdleConn };
 }
 
@@ -355,6 +390,7 @@ async function main(): Promise<void> {
   for (const c of contenders) results.set(c.name, await measure(c));
   echoServer.close();
   sinkServer.close();
+  await stopAll();
 
   const d = results.get("direct TCP")!;
   const w = results.get("Weft")!;

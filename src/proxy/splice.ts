@@ -2,9 +2,12 @@
  * The byte pump between the two sockets of one proxied connection: the downstream client (or the tunnel
  * peer) and the upstream (the tunnel, or the local app). It owns TCP semantics through the proxy:
  *
- * - Backpressure is exact: a direction pauses its source the moment `write()` on the destination returns
- *   false and resumes on `'drain'`, so a slow reader never makes the proxy buffer more than one
- *   high-water mark (plus one read) per socket.
+ * - Backpressure is exact and bounded: a direction pauses its source as soon as the destination holds
+ *   `maxBufferedBytes` (default 256 KiB) not yet taken by the kernel, and resumes on `'drain'`. So a slow
+ *   reader never makes the proxy buffer more than that (plus one read) per direction. Pausing on
+ *   `write() === false` instead would pause after every single 16 KiB TLS record (a stream's default
+ *   high-water mark is 16 KiB, and a write of that size always returns false): strace showed one
+ *   readStop/readStart pair (epoll_ctl) and one event-loop turn per record, which capped throughput.
  * - Writes are batched per event-loop turn: the destination is corked on the first chunk of a turn and
  *   uncorked in `setImmediate`. Node's TLS layer hands JS one chunk per 16 KiB record; corking turns many
  *   `write` syscalls into one `writev` (measured 0.76x -> 1.11x of HAProxy's single-stream throughput,
@@ -54,9 +57,13 @@ export interface SpliceOptions {
   /** After the first half-close, the other direction may flow this long before both are closed. */
   readonly halfCloseTimeoutMs: number;
   readonly bytes: ByteSink;
+  /** Bytes a destination may hold before its source is paused (default 256 KiB). */
+  readonly maxBufferedBytes?: number;
   /** Called exactly once, after both sockets are closed, with why the splice ended and the first error. */
   readonly onDone: (end: SpliceEnd, err: Error | undefined) => void;
 }
+
+const DEFAULT_MAX_BUFFERED = 256 * 1024;
 
 const RESET_CODES = new Set(["ECONNRESET", "EPIPE", "ECONNABORTED", "ETIMEDOUT"]);
 
@@ -80,13 +87,17 @@ class Pump {
   ended = false;
   private corked = false;
   private waiting = false;
+  /** Never below the destination's high-water mark: crossing it must have made write() return false. */
+  private readonly limit: number;
 
   constructor(
     private readonly owner: Splice,
     private readonly src: Duplex,
     private readonly dst: Duplex,
     private readonly upload: boolean,
-  ) {}
+  ) {
+    this.limit = Math.max(owner.maxBuffered, dst.writableHighWaterMark);
+  }
 
   readonly onData = (chunk: Buffer): void => {
     const n = chunk.length;
@@ -98,7 +109,10 @@ class Pump {
       this.dst.cork();
       setImmediate(this.uncork);
     }
-    if (!this.dst.write(chunk) && !this.waiting) {
+    this.dst.write(chunk);
+    // A write that crosses the limit also returned false (the limit is at least the high-water mark),
+    // so the destination will emit 'drain' once its buffer is empty.
+    if (!this.waiting && this.dst.writableLength >= this.limit) {
       this.waiting = true;
       this.src.pause();
     }
@@ -138,6 +152,7 @@ export class Splice {
   /** Set on every chunk; the idle timer clears it and re-arms while it keeps being set. */
   activity = false;
   readonly bytes: ByteSink;
+  readonly maxBuffered: number;
   private readonly up: Pump;
   private readonly down: Pump;
   private idleTimer: TimerHandle | undefined;
@@ -153,6 +168,7 @@ export class Splice {
     private readonly options: SpliceOptions,
   ) {
     this.bytes = options.bytes;
+    this.maxBuffered = Math.max(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 1);
     this.up = new Pump(this, downstream.stream, upstream.stream, true);
     this.down = new Pump(this, upstream.stream, downstream.stream, false);
     this.up.attach();
