@@ -10,7 +10,7 @@
  * Readiness is read from `/proc/net/tcp{,6}` (a LISTEN socket on each port), never by connecting: a probe
  * connection would travel through both proxies and reach the app, which the semantics test must not see.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { accessSync, constants, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { delimiter, join, resolve } from "node:path";
@@ -92,6 +92,8 @@ export interface WeftPairOptions extends PeerOptions {
 /** A running pair. `stop()` ends both processes (SIGTERM, then SIGKILL after `graceMs`). */
 export interface PeerPair {
   readonly name: string;
+  /** What the binary says it is, e.g. "HAProxy 2.6.12-1+deb12u4", "stunnel 5.68", "Weft 0.1.0". */
+  readonly version: string;
   /** Per route name: the client-side proxy's plain TCP listen port on 127.0.0.1. */
   readonly listenPorts: Readonly<Record<string, number>>;
   /** Per route name: the server-side proxy's mTLS port on 127.0.0.1 (Weft: one tunnel port for all). */
@@ -215,14 +217,23 @@ async function stopChild(c: Child, graceMs: number): Promise<void> {
   clearTimeout(timer);
 }
 
+/** First line of `cmd args` (stdout, else stderr) matching `pattern`, or "unknown". */
+function versionOf(cmd: string, args: readonly string[], pattern: RegExp): string {
+  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 5000 });
+  const text = `${r.stdout ?? ""}\n${r.stderr ?? ""}`;
+  return pattern.exec(text)?.[1]?.trim() ?? "unknown";
+}
+
 function pairOf(
   name: string,
+  version: string,
   children: readonly Child[],
   listenPorts: Record<string, number>,
   tunnelPorts: Record<string, number>,
 ): PeerPair {
   return {
     name,
+    version,
     listenPorts,
     tunnelPorts,
     pids: children.map((c) => c.proc.pid!),
@@ -241,6 +252,7 @@ function pairOf(
 /** Start both children, wait for their ports; on any failure kill both and rethrow. */
 async function launch(
   name: string,
+  version: string,
   specs: ReadonlyArray<{ label: string; cmd: string; args: readonly string[] }>,
   ports: readonly number[],
   o: PeerOptions,
@@ -249,7 +261,7 @@ async function launch(
 ): Promise<PeerPair> {
   const say = o.onMessage ?? ((m: string) => console.error(m));
   const children = specs.map((s) => spawnChild(s.label, s.cmd, s.args, say));
-  const pair = pairOf(name, children, listenPorts, tunnelPorts);
+  const pair = pairOf(name, version, children, listenPorts, tunnelPorts);
   try {
     await waitListening(children, ports, o.readyTimeoutMs ?? 20_000);
   } catch (err) {
@@ -323,6 +335,7 @@ export async function startHaproxyPair(o: PeerOptions): Promise<PeerPair | undef
   writeFileSync(join(o.workDir, "haproxy-client.cfg"), head + client);
   return launch(
     "HAProxy",
+    `HAProxy ${versionOf(bin, ["-v"], /HAProxy version (\S+)/)}`,
     [
       {
         label: "haproxy (server side)",
@@ -392,6 +405,7 @@ export async function startStunnelPair(o: PeerOptions): Promise<PeerPair | undef
   writeFileSync(join(o.workDir, "stunnel-client.conf"), head + client);
   return launch(
     "stunnel",
+    `stunnel ${versionOf(bin, ["-version"], /stunnel (\d\S*) on/)}`,
     [
       { label: "stunnel (server side)", cmd: bin, args: [join(o.workDir, "stunnel-server.conf")] },
       { label: "stunnel (client side)", cmd: bin, args: [join(o.workDir, "stunnel-client.conf")] },
@@ -467,8 +481,10 @@ export async function startWeftPair(o: WeftPairOptions): Promise<PeerPair> {
     "--config",
     join(o.workDir, `weft-${side}.yaml`),
   ];
+  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version?: string };
   return launch(
     "Weft",
+    `Weft ${pkg.version ?? "unknown"}`,
     [
       { label: "weft (server side)", cmd: process.execPath, args: args("server") },
       { label: "weft (client side)", cmd: process.execPath, args: args("client") },
