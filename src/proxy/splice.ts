@@ -8,10 +8,10 @@
  *   `write() === false` instead would pause after every single 16 KiB TLS record (a stream's default
  *   high-water mark is 16 KiB, and a write of that size always returns false): strace showed one
  *   readStop/readStart pair (epoll_ctl) and one event-loop turn per record, which capped throughput.
- * - Writes are batched per event-loop turn: the destination is corked on the first chunk of a turn and
- *   uncorked in `setImmediate`. Node's TLS layer hands JS one chunk per 16 KiB record; corking turns many
- *   `write` syscalls into one `writev` (measured 0.76x -> 1.11x of HAProxy's single-stream throughput,
- *   see docs/proxy.md).
+ * - Writes are batched per event-loop turn: the first chunk of a turn is written at once (a lone
+ *   request or reply waits for nothing), later chunks of the same turn are corked and go out together
+ *   when the turn ends (`setImmediate`). Node's TLS layer hands JS one chunk per 16 KiB record; corking
+ *   turns those many `write` syscalls into one `writev` (see docs/benchmarks.md).
  * - Half-close is carried: `'end'` on one side becomes `end()` on the other (FIN on TCP, close_notify
  *   then FIN on TLS). Both sockets are created with `allowHalfOpen: true`, so the other direction keeps
  *   flowing until it ends too, or until the half-close timeout reaps it.
@@ -86,6 +86,7 @@ export function resetSide(side: SpliceSide): void {
 class Pump {
   ended = false;
   private corked = false;
+  private inTurn = false;
   private waiting = false;
   /** Never below the destination's high-water mark: crossing it must have made write() return false. */
   private readonly limit: number;
@@ -104,10 +105,14 @@ class Pump {
     if (this.upload) this.owner.bytes.addReceived(n);
     else this.owner.bytes.addSent(n);
     this.owner.activity = true;
-    if (!this.corked) {
+    if (!this.inTurn) {
+      // The first chunk of a turn goes out at once: a lone request or reply pays no batching delay.
+      this.inTurn = true;
+      setImmediate(this.endTurn);
+    } else if (!this.corked) {
+      // More chunks in the same turn (one per 16 KiB TLS record): gather them into one writev.
       this.corked = true;
       this.dst.cork();
-      setImmediate(this.uncork);
     }
     this.dst.write(chunk);
     // A write that crosses the limit also returned false (the limit is at least the high-water mark),
@@ -118,9 +123,12 @@ class Pump {
     }
   };
 
-  readonly uncork = (): void => {
-    this.corked = false;
-    this.dst.uncork();
+  readonly endTurn = (): void => {
+    this.inTurn = false;
+    if (this.corked) {
+      this.corked = false;
+      this.dst.uncork();
+    }
   };
 
   readonly onDrain = (): void => {
