@@ -1,16 +1,25 @@
 #!/bin/sh
 # The CA container: create the trust domain once, make one join token per workload (written to the
 # shared /run/weft volume, one file each), publish the bundle, then serve.
+# Every path and address comes from the environment with the compose values as defaults, so the
+# network-namespace tests (src/netns/pods.ts) run this same script:
+#   WEFT_HOME (/opt/weft), CA_DIR (/var/lib/weft-ca), TRUST_DOMAIN (weft.local), TOKENS_DIR (/run/weft),
+#   WORKLOADS ("client backend"), TOKEN_USES (4), CA_LISTEN (0.0.0.0:15443),
+#   CA_SANS (extra DNS names or IPs for the server certificate, space-separated; "ca weft-ca" always).
 set -eu
+HOME_DIR=${WEFT_HOME:-/opt/weft}
 DIR=${CA_DIR:-/var/lib/weft-ca}
 TD=${TRUST_DOMAIN:-weft.local}
 OUT=${TOKENS_DIR:-/run/weft}
-meshca() { node /opt/weft/bin/meshca.js "$@"; }
+meshca() { node "$HOME_DIR/bin/meshca.js" "$@"; }
 [ -f "$DIR/intermediate-key.pem" ] || meshca init --trust-domain "$TD" --dir "$DIR"
 mkdir -p "$OUT"
 meshca bundle --dir "$DIR" --out "$OUT/bundle.pem" --force
 for sa in ${WORKLOADS:-client backend}; do
   meshca token create --dir "$DIR" --id "spiffe://$TD/ns/default/sa/$sa" --ttl 1h --uses ${TOKEN_USES:-4} \
-    | grep -o 'wjt\.[A-Za-z0-9_-]*' > "$OUT/$sa.token"
+    | grep -o 'wjt\.[A-Za-z0-9_-]*' > "$OUT/$sa.token.tmp"
+  mv "$OUT/$sa.token.tmp" "$OUT/$sa.token"
 done
-exec node /opt/weft/bin/meshca.js serve --dir "$DIR" --listen 0.0.0.0:15443 --san ca --san weft-ca
+set -- --san ca --san weft-ca
+for san in ${CA_SANS:-}; do set -- "$@" --san "$san"; done
+exec node "$HOME_DIR/bin/meshca.js" serve --dir "$DIR" --listen "${CA_LISTEN:-0.0.0.0:15443}" "$@"

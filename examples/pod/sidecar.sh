@@ -1,6 +1,11 @@
 #!/bin/sh
 # The sidecar container: wait for the CA's token and bundle, write weft.yaml from the environment and
 # the services file, then run the proxy (as UID 1337).
+# Environment (compose defaults in brackets; the namespace tests in src/netns/pods.ts set them per pod):
+#   WEFT_SA (required), TRUST_DOMAIN (weft.local), WEFT_HOME (/opt/weft), TOKENS_DIR (/run/weft),
+#   WEFT_CONFIG (/tmp/weft.yaml), STATE_DIR (/tmp/weft-state), CA_URL (https://ca:15443),
+#   INBOUND_MODE (strict), SERVICES_FILE (/etc/weft/services.yaml),
+#   WEFT_EXTRA_YAML (more top-level weft.yaml lines, e.g. a policy: block; empty by default).
 set -eu
 SA=${WEFT_SA:?set WEFT_SA to the workload service account}
 TD=${TRUST_DOMAIN:-weft.local}
@@ -19,10 +24,11 @@ identity:
     bundle: $RUN/bundle.pem
     id: spiffe://$TD/ns/default/sa/$SA
     tokenFile: $RUN/$SA.token
-    stateDir: /tmp/weft-state
+    stateDir: ${STATE_DIR:-/tmp/weft-state}
 listeners:
   admin: { address: 0.0.0.0, port: 15000 }
 inbound: { mode: ${INBOUND_MODE:-strict} }
 discovery: { file: ${SERVICES_FILE:-/etc/weft/services.yaml} }
+${WEFT_EXTRA_YAML:-}
 YAML
-exec node /opt/weft/bin/weft.js proxy --config "$CONF"
+exec node "${WEFT_HOME:-/opt/weft}/bin/weft.js" proxy --config "$CONF"
