@@ -109,6 +109,8 @@ export class ConnectionRecord implements ByteSink {
   bytesReceived = 0;
   bytesSent = 0;
   handshakeMs: number | undefined;
+  /** Whether the mTLS handshake resumed a TLS 1.3 session (undefined for plaintext). */
+  tlsResumed: boolean | undefined;
   /** Serial of the certificate the peer presented (inbound), for audits and rotation checks. */
   peerSerial: string | undefined;
   connectMs: number | undefined;
@@ -231,6 +233,7 @@ export class ConnectionRecord implements ByteSink {
       reason,
     };
     if (this.handshakeMs !== undefined) fields.handshake_ms = Math.round(this.handshakeMs * 10) / 10;
+    if (this.tlsResumed !== undefined) fields.tls_resumed = this.tlsResumed;
     if (this.peerSerial !== undefined) fields.peer_serial = this.peerSerial;
     if (this.connectMs !== undefined) fields.connect_ms = Math.round(this.connectMs * 10) / 10;
     if (err !== undefined) fields.err = err instanceof Error ? err.message : String(err);

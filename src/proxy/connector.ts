@@ -214,7 +214,10 @@ export class MtlsConnector implements Connector {
         signal.removeEventListener("abort", onAbort);
         raw.removeListener("error", onError);
         sock.removeListener("error", onError);
-        metrics.tlsHandshakeDuration.observe({ direction: "outbound" }, handshakeMs / 1000);
+        metrics.tlsHandshakeDuration.observe(
+          { direction: "outbound", resumed: String(resumed) },
+          handshakeMs / 1000,
+        );
         resolve({
           side: { stream: sock, raw },
           peerIdentity: peer,

@@ -220,6 +220,7 @@ class OutboundConnection {
           rec.endpoint = ep.key;
           rec.connectMs = upstream.connectMs;
           rec.handshakeMs = upstream.handshakeMs;
+          rec.tlsResumed = upstream.handshakeMs === undefined ? undefined : upstream.resumed;
           break;
         } catch (err) {
           lastErr = err;

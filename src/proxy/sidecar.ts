@@ -86,7 +86,11 @@ export class Sidecar {
     this.clock = deps.clock ?? systemClock;
     this.logger = deps.logger ?? createLogger({ level: config.log.level, name: "weft" });
     this.metrics = deps.metrics ?? new WeftMetrics({ processMetrics: true });
-    this.tls = new TunnelTls({ trustDomain: config.trustDomain, clock: this.clock });
+    this.tls = new TunnelTls({
+      trustDomain: config.trustDomain,
+      clock: this.clock,
+      sessionResumption: config.tls.sessionResumption,
+    });
     this.identity = deps.identity ?? this.buildIdentity();
     this.identity.onChange((id) => {
       try {

@@ -62,7 +62,14 @@ export class TunnelTls {
   private readonly sessions = new Map<string, KeptSession>();
   private readonly verified = new Map<string, Verified>();
 
-  constructor(private readonly options: { readonly trustDomain: string; readonly clock: Clock }) {}
+  constructor(
+    private readonly options: {
+      readonly trustDomain: string;
+      readonly clock: Clock;
+      /** Keep and offer session tickets (config `tls.sessionResumption`, default true). */
+      readonly sessionResumption?: boolean;
+    },
+  ) {}
 
   /** Install a new identity: new context (and ticket keys) for new connections; sessions are dropped. */
   update(identity: Identity): void {
@@ -145,6 +152,7 @@ export class TunnelTls {
 
   /** A kept session for `endpointKey`, if the endpoint proved `expectedIdentity` and it is not stale. */
   session(endpointKey: string, expectedIdentity: string): Buffer | undefined {
+    if (this.options.sessionResumption === false) return undefined;
     const s = this.sessions.get(endpointKey);
     if (!s) return undefined;
     if (s.identity !== expectedIdentity || this.options.clock.now() >= s.notAfter) {
@@ -166,7 +174,7 @@ export class TunnelTls {
     context: tls.SecureContext,
   ): void {
     // A ticket that arrives late on a connection made before a rotation carries the old certificate.
-    if (context !== this.ctx) return;
+    if (context !== this.ctx || this.options.sessionResumption === false) return;
     if (!this.sessions.has(endpointKey) && this.sessions.size >= MAX_SESSIONS) {
       const oldest = this.sessions.keys().next().value;
       if (oldest !== undefined) this.sessions.delete(oldest);

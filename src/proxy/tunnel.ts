@@ -204,7 +204,11 @@ class TunnelConnection {
       return;
     }
     rec.peerSerial = sock.getPeerX509Certificate()?.serialNumber;
-    o.metrics.tlsHandshakeDuration.observe({ direction: "inbound" }, rec.handshakeMs / 1000);
+    rec.tlsResumed = sock.isSessionReused();
+    o.metrics.tlsHandshakeDuration.observe(
+      { direction: "inbound", resumed: String(rec.tlsResumed) },
+      rec.handshakeMs / 1000,
+    );
     rec.setPeer(peer);
 
     rec.phase = "proxy_header";
