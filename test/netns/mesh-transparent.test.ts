@@ -1,7 +1,9 @@
 /**
- * The mesh, transparent and end to end, in network namespaces the test creates: a client pod running
- * plain `curl`, a backend pod running a plain Node HTTP server, each with a Weft sidecar as UID 1337
- * and the rules of `weft iptables install`, and an "outsider" pod with no sidecar. It shows:
+ * The mesh, transparent and end to end, in network namespaces the test creates, run by the same
+ * scripts as docker-compose (examples/pod/ca.sh, init.sh, sidecar.sh, through src/netns/pods.ts): a CA
+ * pod, a client pod running plain `curl`, a backend pod running a plain Node HTTP server, each with a
+ * Weft sidecar as UID 1337 that got its identity from the CA pod with a join token, and an "outsider"
+ * pod with no sidecar. It shows:
  *   - the app's connection is captured (SO_ORIGINAL_DST) and carried over mutual TLS: tcpdump on the
  *     bridge sees TLS records and never the request or the response body;
  *   - the backend sidecar's metrics name the client's SPIFFE identity;
@@ -9,111 +11,40 @@
  *   - nothing is left behind: namespaces and processes are gone afterwards.
  */
 import assert from "node:assert/strict";
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { createTestCa } from "../helpers/ca.ts";
-import { createNetwork, type Host, listNamespaces, requireRoot } from "../helpers/netns.ts";
+import { apps, createPodCluster, pollUntil } from "../../src/netns/pods.ts";
+import { listNamespaces, requireRoot } from "../helpers/netns.ts";
 
-const root = fileURLToPath(new URL("../..", import.meta.url));
-const weft = join(root, "bin/weft.js");
 const MARKER = "weft-secret-marker-7f3a";
-
-async function until(what: string, fn: () => Promise<boolean>, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await fn().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 test("transparent capture: curl → client sidecar → mTLS on the wire → backend sidecar → HTTP server; outsiders refused", async (t) => {
   if (!requireRoot(t)) return;
   const before = await listNamespaces();
-  const dir = mkdtempSync(join(tmpdir(), "weft-mesh-"));
-  chmodSync(dir, 0o755);
-  const net = await createNetwork();
+  const cluster = await createPodCluster({ workloads: ["frontend", "backend"] });
+  const dir = cluster.dir;
   t.after(async () => {
-    await net.destroy();
-    rmSync(dir, { recursive: true, force: true });
+    await cluster.destroy();
     assert.deepEqual(await listNamespaces(), before, "no namespace left behind");
+    const ps = execFileSync("ps", ["-eo", "args"]).toString();
+    assert.ok(!ps.includes(dir), `processes left behind:\n${ps}`);
   });
-  const client = await net.addHost("client");
-  const backend = await net.addHost("backend");
-  const outsider = await net.addHost("outsider");
-
-  const ca = await createTestCa({ trustDomain: "weft.local" });
-  const files = async (name: string, id: string) => {
-    const issued = await ca.issue(id);
-    for (const [f, text] of [
-      ["cert", issued.chainPem],
-      ["key", issued.keyPem],
-      ["bundle", issued.bundlePem],
-    ] as const) {
-      writeFileSync(join(dir, `${name}-${f}.pem`), text, { mode: 0o644 });
-    }
-  };
-  await files("client", "default/frontend");
-  await files("backend", "default/backend");
-  const config = (name: string, extra: string[]) => {
-    const path = join(dir, `${name}.yaml`);
-    writeFileSync(
-      path,
-      [
-        "trustDomain: weft.local",
-        `identity: { files: { cert: ${join(dir, `${name}-cert.pem`)}, key: ${join(dir, `${name}-key.pem`)}, bundle: ${join(dir, `${name}-bundle.pem`)} } }`,
-        "log: { level: info }",
-        ...extra,
-        "",
-      ].join("\n"),
-      { mode: 0o644 },
-    );
-    return path;
-  };
-  const backendConfig = config("backend", ["inbound: { mode: strict }"]);
-  const clientConfig = config("client", [
-    "outboundPolicy: registry-only",
-    "services:",
-    "  - name: backend",
-    "    ports: [8080]",
-    `    endpoints: [ { address: ${backend.ip4} } ]`,
-  ]);
-
+  const net = cluster.net;
   // The app knows nothing of Weft.
-  const app = backend.spawn(process.execPath, [
-    "-e",
-    `require("http").createServer((q, r) => r.end("${MARKER} from backend " + q.url)).listen(8080, "0.0.0.0", () => console.log("app up"))`,
+  const backend = await cluster.addPod({
+    name: "backend",
+    sa: "backend",
+    app: () => apps.node(8080, `${MARKER} from backend`),
+  });
+  await cluster.writeServices([{ name: "backend", ports: [8080], endpoints: [{ address: backend.ip4 }] }]);
+  const [client, outsider] = await Promise.all([
+    cluster.addPod({ name: "client", sa: "frontend", extraYaml: ["outboundPolicy: registry-only"] }),
+    cluster.addPod({ name: "outsider" }),
   ]);
-  await app.waitFor(/app up/);
-
-  const sidecar = (host: Host, cfg: string) => {
-    const p = host.spawn(process.execPath, [weft, "proxy", "--config", cfg], { uid: 1337 });
-    return p;
-  };
-  for (const host of [client, backend]) {
-    await host.exec(process.execPath, [weft, "iptables", "install"]);
-  }
-  const backendSidecar = sidecar(backend, backendConfig);
-  const clientSidecar = sidecar(client, clientConfig);
-  for (const [host, proc] of [
-    [backend, backendSidecar],
-    [client, clientSidecar],
-  ] as const) {
-    await until(
-      `${host.name} sidecar ready (output: ${proc.output().slice(-1500)})`,
-      async () =>
-        (await host.exec("curl", [
-          "-s",
-          "-o",
-          "/dev/null",
-          "-w",
-          "%{http_code}",
-          "http://127.0.0.1:15000/ready",
-        ])) === "200",
-    );
-  }
+  await pollUntil("the client sidecar to load the services file", async () =>
+    (await client.admin("/endpoints")).includes(backend.ip4),
+  );
 
   // Capture the bridge while the client talks to the backend.
   const pcap = join(dir, "bridge.pcap");
@@ -135,7 +66,7 @@ test("transparent capture: curl → client sidecar → mTLS on the wire → back
     "10",
     `http://${backend.ip4}:8080/hello-${MARKER}`,
   ]);
-  assert.equal(answer, `${MARKER} from backend /hello-${MARKER}`);
+  assert.equal(answer, `${MARKER} from backend /hello-${MARKER}\n`);
   await new Promise((r) => setTimeout(r, 500));
   await dump.kill("SIGINT");
 
@@ -172,7 +103,7 @@ test("transparent capture: curl → client sidecar → mTLS on the wire → back
     ])
     .catch((e: Error) => `failed: ${e.message}`);
   assert.ok(!refused.startsWith("200"), `outsider got through: ${refused}`);
-  await until("the refusal to be counted", async () =>
+  await pollUntil("the refusal to be counted", async () =>
     /weft_inbound_plaintext_total\{mode="strict",decision="refused"\} 1/.test(
       await backend.exec("curl", ["-s", "http://127.0.0.1:15000/metrics"]),
     ),
