@@ -5,21 +5,14 @@
 import "reflect-metadata";
 import assert from "node:assert/strict";
 import { randomBytes, webcrypto } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
 import { request } from "node:https";
 import { connect as netConnect } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { test } from "node:test";
 import { connect as tlsConnect } from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { createCsr } from "../../src/ca/authority.ts";
-import { createCaServer } from "../../src/ca/server.ts";
 import { SpiffeId } from "../../src/ca/spiffe-id.ts";
-import { TokenStore } from "../../src/ca/tokens.ts";
-import { systemClock } from "../../src/core/clock.ts";
-import { MemoryLogger } from "../../src/core/log.ts";
-import { createTestCa } from "../helpers/ca.ts";
+import { startTestCaServer } from "../helpers/ca-server.ts";
 
 const WEB = SpiffeId.parse("spiffe://weft.local/ns/default/sa/web");
 
@@ -30,28 +23,9 @@ interface Reply {
 }
 
 async function startServer(t: import("node:test").TestContext) {
-  const testCa = await createTestCa({ trustDomain: "weft.local" });
-  const dir = await mkdtemp(join(tmpdir(), "weft-ca-garbage-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const tokens = new TokenStore({ file: join(dir, "tokens.json"), clock: systemClock });
-  let signed = 0;
-  const sign = testCa.ca.signCsr.bind(testCa.ca);
-  testCa.ca.signCsr = async (...args: Parameters<typeof sign>) => {
-    const cert = await sign(...args);
-    signed += 1;
-    return cert;
-  };
-  const server = await createCaServer({
-    ca: testCa.ca,
-    tokens,
-    logger: new MemoryLogger(),
-    clock: systemClock,
-    listen: "127.0.0.1:0",
-    headersTimeoutMs: 500,
-    requestTimeoutMs: 2000,
-    handshakeTimeoutMs: 500,
+  const { testCa, tokens, server, signCount } = await startTestCaServer(t, {
+    server: { headersTimeoutMs: 500, requestTimeoutMs: 2000, handshakeTimeoutMs: 500 },
   });
-  t.after(() => server.close());
   const bundlePem = testCa.ca.bundlePem();
 
   /** One request; the body may be a Buffer, a string, or a generator of chunks streamed with backpressure. */
@@ -99,7 +73,7 @@ async function startServer(t: import("node:test").TestContext) {
 
   const json = (reply: Reply) =>
     JSON.parse(reply.text) as { error: { code: string; reason: string; message: string } };
-  return { testCa, tokens, server, send, json, signCount: () => signed, bundlePem };
+  return { testCa, tokens, server, send, json, signCount, bundlePem };
 }
 
 /** A CSR whose public key is one key pair's while its signature is made with another key. */

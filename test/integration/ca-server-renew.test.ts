@@ -2,19 +2,13 @@
 // buys a new one for the same identity only. A different identity, a missing client certificate, a
 // certificate from another CA and an expired certificate are all refused, and nothing is issued.
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { request } from "node:https";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { createCsr } from "../../src/ca/authority.ts";
-import { createCaServer } from "../../src/ca/server.ts";
 import { SpiffeId } from "../../src/ca/spiffe-id.ts";
-import { TokenStore } from "../../src/ca/tokens.ts";
 import { parseBundle, verifySvid } from "../../src/ca/verify.ts";
 import { type Clock, ManualClock, systemClock } from "../../src/core/clock.ts";
-import { MemoryLogger } from "../../src/core/log.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { startTestCaServer } from "../helpers/ca-server.ts";
 
 const WEB = SpiffeId.parse("spiffe://weft.local/ns/default/sa/web");
 const API = SpiffeId.parse("spiffe://weft.local/ns/default/sa/api");
@@ -24,50 +18,11 @@ interface Reply {
   body: { error?: { code: string; reason: string }; chain?: string; bundle?: string; spiffeId?: string };
 }
 
-async function startServer(t: import("node:test").TestContext, clock: Clock = systemClock) {
-  const testCa = await createTestCa({ trustDomain: "weft.local" });
-  const dir = await mkdtemp(join(tmpdir(), "weft-ca-renew-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const tokens = new TokenStore({ file: join(dir, "tokens.json"), clock: systemClock });
-  let signed = 0;
-  const sign = testCa.ca.signCsr.bind(testCa.ca);
-  testCa.ca.signCsr = async (...args: Parameters<typeof sign>) => {
-    const cert = await sign(...args);
-    signed += 1;
-    return cert;
-  };
-  const server = await createCaServer({
-    ca: testCa.ca,
-    tokens,
-    logger: new MemoryLogger(),
-    clock,
-    listen: "127.0.0.1:0",
-  });
-  t.after(() => server.close());
-  const renew = (csr: string, identity?: { keyPem: string; chainPem: string }): Promise<Reply> =>
-    new Promise((resolve, reject) => {
-      const payload = JSON.stringify({ csr });
-      const req = request(
-        `${server.url}/v1/renew`,
-        {
-          method: "POST",
-          agent: false,
-          ca: testCa.ca.bundlePem(),
-          ...(identity ? { key: identity.keyPem, cert: identity.chainPem } : {}),
-          headers: { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(payload) },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () =>
-            resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(chunks).toString()) }),
-          );
-        },
-      );
-      req.on("error", reject);
-      req.end(payload);
-    });
-  return { testCa, server, renew, signCount: () => signed };
+async function startServer(t: TestContext, clock: Clock = systemClock) {
+  const s = await startTestCaServer(t, { clock });
+  const renew = (csr: string, identity?: { keyPem: string; chainPem: string }) =>
+    s.postJson<Reply["body"]>("/v1/renew", { csr }, identity);
+  return { ...s, renew };
 }
 
 test("renewal over mTLS with the current certificate issues a new one for the same identity", async (t) => {

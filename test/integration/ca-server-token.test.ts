@@ -2,21 +2,16 @@
 // parallel), expired and mismatched tokens are refused with their reason and nothing is issued. The sidecar's
 // CaClient gets and renews an identity through the real server and refuses a server its bundle does not trust.
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { request } from "node:https";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { createCsr } from "../../src/ca/authority.ts";
 import { CaClient, type IdentityMaterial } from "../../src/ca/client.ts";
-import { createCaServer } from "../../src/ca/server.ts";
 import { SpiffeId } from "../../src/ca/spiffe-id.ts";
-import { TokenStore } from "../../src/ca/tokens.ts";
 import { parseBundle, verifySvid } from "../../src/ca/verify.ts";
-import { ManualClock, systemClock } from "../../src/core/clock.ts";
+import { systemClock } from "../../src/core/clock.ts";
 import { isWeftError } from "../../src/core/errors.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { startTestCaServer } from "../helpers/ca-server.ts";
 
 const WEB = SpiffeId.parse("spiffe://weft.local/ns/default/sa/web");
 const API = SpiffeId.parse("spiffe://weft.local/ns/default/sa/api");
@@ -31,56 +26,9 @@ interface Reply {
   };
 }
 
-async function startServer(t: import("node:test").TestContext) {
-  const testCa = await createTestCa({ trustDomain: "weft.local" });
-  const dir = await mkdtemp(join(tmpdir(), "weft-ca-server-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const tokenClock = new ManualClock(Date.now());
-  const tokens = new TokenStore({
-    file: join(dir, "tokens.json"),
-    clock: tokenClock,
-    trustDomain: "weft.local",
-  });
-  let signed = 0;
-  const sign = testCa.ca.signCsr.bind(testCa.ca);
-  testCa.ca.signCsr = async (...args: Parameters<typeof sign>) => {
-    const cert = await sign(...args);
-    signed += 1;
-    return cert;
-  };
-  const logger = new MemoryLogger();
-  const server = await createCaServer({
-    ca: testCa.ca,
-    tokens,
-    logger,
-    clock: systemClock,
-    listen: "127.0.0.1:0",
-  });
-  t.after(() => server.close());
-  const post = (path: string, body: unknown): Promise<Reply> =>
-    new Promise((resolve, reject) => {
-      const payload = JSON.stringify(body);
-      const req = request(
-        `${server.url}${path}`,
-        {
-          method: "POST",
-          agent: false,
-          ca: testCa.ca.bundlePem(),
-          headers: { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(payload) },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () =>
-            resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(chunks).toString()) }),
-          );
-        },
-      );
-      req.on("error", reject);
-      req.end(payload);
-    });
-  const signCount = () => signed;
-  return { testCa, tokens, tokenClock, server, logger, post, signCount };
+async function startServer(t: TestContext) {
+  const s = await startTestCaServer(t);
+  return { ...s, post: (path: string, body: unknown) => s.postJson<Reply["body"]>(path, body) };
 }
 
 test("a CSR with a valid join token gets a chain that verifies, and the issuance is logged without secrets", async (t) => {
