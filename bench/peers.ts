@@ -158,8 +158,8 @@ function listeningPorts(): Set<number> {
 interface Child {
   readonly proc: ChildProcess;
   readonly label: string;
-  /** Set before we signal it, so its exit is not reported as unexpected. */
-  stopping: boolean;
+  /** True until it is ready and again once we signal it: an exit then is not reported as unexpected. */
+  quiet: boolean;
   stderrTail(): string;
 }
 
@@ -177,10 +177,10 @@ function spawnChild(
   };
   proc.stdout?.on("data", keep);
   proc.stderr?.on("data", keep);
-  const child: Child = { proc, label, stopping: false, stderrTail: () => tail };
+  const child: Child = { proc, label, quiet: true, stderrTail: () => tail };
   proc.on("error", (err) => onMessage(`${label}: ${err.message}`));
   proc.once("exit", (code, signal) => {
-    if (!child.stopping) onMessage(`${label} exited (code ${code}, signal ${signal}): ${tail.slice(-2000)}`);
+    if (!child.quiet) onMessage(`${label} exited (code ${code}, signal ${signal}): ${tail.slice(-2000)}`);
   });
   return child;
 }
@@ -209,7 +209,7 @@ async function waitListening(children: readonly Child[], ports: readonly number[
 async function stopChild(c: Child, graceMs: number): Promise<void> {
   const p = c.proc;
   if (p.exitCode !== null || p.signalCode !== null) return;
-  c.stopping = true;
+  c.quiet = true;
   const gone = new Promise((r) => p.once("exit", r));
   p.kill("SIGTERM");
   const timer = setTimeout(() => p.kill("SIGKILL"), graceMs);
@@ -242,7 +242,7 @@ function pairOf(
     },
     kill() {
       for (const c of children) {
-        c.stopping = true;
+        c.quiet = true;
         if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill("SIGKILL");
       }
     },
@@ -268,7 +268,24 @@ async function launch(
     pair.kill();
     throw err;
   }
+  for (const c of children) c.quiet = false;
   return pair;
+}
+
+/**
+ * Run `attempt` (pick ports, write configs, launch) up to three times while it fails because a port it
+ * picked was taken in the meantime (`freePort` releases the port before the proxy binds it, and loopback
+ * client connections draw from the same ephemeral range).
+ */
+async function retryOnPortClash(attempt: () => Promise<PeerPair>): Promise<PeerPair> {
+  for (let i = 1; ; i++) {
+    try {
+      return await attempt();
+    } catch (err) {
+      const clash = /address already in use|EADDRINUSE|cannot bind socket/i.test((err as Error).message);
+      if (!clash || i >= 3) throw err;
+    }
+  }
 }
 
 function checkRoutes(routes: readonly PeerRoute[]): void {
@@ -305,6 +322,10 @@ export async function startHaproxyPair(o: PeerOptions): Promise<PeerPair | undef
     (o.onMessage ?? console.error)("peers: haproxy is not installed (apt-get install haproxy)");
     return undefined;
   }
+  return retryOnPortClash(() => haproxyAttempt(o, bin));
+}
+
+async function haproxyAttempt(o: PeerOptions, bin: string): Promise<PeerPair> {
   const f = (k: keyof typeof PEER_CERT_FILES) => join(o.workDir, PEER_CERT_FILES[k]);
   const { listen, tunnel } = await portsFor(o.routes);
   const tls = `ssl ca-file ${f("bundle")} verify required ssl-min-ver TLSv1.3`;
@@ -368,6 +389,10 @@ export async function startStunnelPair(o: PeerOptions): Promise<PeerPair | undef
     (o.onMessage ?? console.error)("peers: stunnel is not installed (apt-get install stunnel4)");
     return undefined;
   }
+  return retryOnPortClash(() => stunnelAttempt(o, bin));
+}
+
+async function stunnelAttempt(o: PeerOptions, bin: string): Promise<PeerPair> {
   const f = (k: keyof typeof PEER_CERT_FILES) => join(o.workDir, PEER_CERT_FILES[k]);
   const { listen, tunnel } = await portsFor(o.routes);
   const head = ["foreground = yes", "pid =", "syslog = no", "debug = warning", ""].join("\n");
@@ -424,6 +449,10 @@ export async function startStunnelPair(o: PeerOptions): Promise<PeerPair | undef
  */
 export async function startWeftPair(o: WeftPairOptions): Promise<PeerPair> {
   checkRoutes(o.routes);
+  return retryOnPortClash(() => weftAttempt(o));
+}
+
+async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
   const td = o.trustDomain ?? "bench.local";
   const f = (k: keyof typeof PEER_CERT_FILES) => join(o.workDir, PEER_CERT_FILES[k]);
   const [tunnelS, adminS, tunnelC, adminC] = [

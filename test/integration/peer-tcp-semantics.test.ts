@@ -176,6 +176,11 @@ interface Scenario {
   /** Route name. */
   readonly id: string;
   readonly title: string;
+  /**
+   * Set when Weft is known to get this scenario wrong (the reason, for the report): its assertion is then
+   * a `todo`, which reports the failure without failing the run. src/proxy is not this file's to fix.
+   */
+  readonly weftTodo?: string;
   /** The app's side of the one connection; resolves with "" or what went wrong from the app's view. */
   serve(s: Socket, run: Run): Promise<string>;
   /** The client's side, given the app's verdict; resolves with "ok" or the outcome. */
@@ -237,6 +242,22 @@ const scenarios: readonly Scenario[] = [
     },
   },
   {
+    id: "request-and-close",
+    title: "client writes 5 B and closes at once, reply after EOF",
+    async serve(s, run) {
+      const got = await readToEnd(s, run, "app");
+      const bad = expectStream(got, { bytes: 5 }, "app");
+      s.end(bad ? "" : "reply");
+      return bad;
+    },
+    async client(port, run, app) {
+      const s = clientSocket(port, run);
+      s.end("query"); // like `printf query | nc`: FIN right behind the request
+      const r = await readToEnd(s, run, "client");
+      return verdict(await app, expectStream(r, { bytes: 5 }, "client"));
+    },
+  },
+  {
     id: "server-speaks-first",
     title: "server speaks first (banner before any client byte)",
     async serve(s, run) {
@@ -295,6 +316,29 @@ const scenarios: readonly Scenario[] = [
     },
   },
   {
+    id: "server-reset-mid-transfer",
+    title: "server resets in the middle of a 4 MiB response",
+    weftTodo:
+      "intermittent (about 1 run in 3): libuv reports an RST that arrives with the last unread bytes as EOF " +
+      "(POLLHUP after a partial read), so a sidecar forwards a FIN; at 'end', getsockopt(SO_ERROR) still " +
+      "holds ECONNRESET and the TCP state is CLOSE, not CLOSE_WAIT (see docs/tcp-semantics.md)",
+    async serve(s, run) {
+      s.write(P4.buf.subarray(0, MiB), () => {
+        run.note.app = "wrote 1 MiB, resetting";
+        s.resetAndDestroy();
+      });
+      return "";
+    },
+    async client(port, run, app) {
+      const s = clientSocket(port, run);
+      const got = await readToEnd(s, run, "client");
+      return verdict(
+        await app,
+        got.end === "reset" ? "" : `client saw ${got.end} after ${got.bytes} of ${4 * MiB} B, not a reset`,
+      );
+    },
+  },
+  {
     id: "large-response-close",
     title: "server writes 8 MiB, ends and closes at once",
     async serve(s) {
@@ -337,7 +381,12 @@ async function startScenarioApp(sc: Scenario): Promise<ScenarioApp> {
     if (!cur) return void s.destroy();
     cur.run.sockets.push(s);
     cur.accepted++;
-    if (cur.accepted > 1) return; // only the first connection of a run is the scenario's
+    if (cur.accepted > 1) {
+      // A proxy retried or reconnected: serve it the same way (as a real app would), but only the first
+      // connection's verdict counts; the extra ones are reported with the outcome.
+      sc.serve(s, { note: {}, sockets: cur.run.sockets, appReady: deferred() }).catch(() => {});
+      return;
+    }
     sc.serve(s, cur.run).then(
       (v) => {
         cur.result.value = v;
@@ -453,7 +502,7 @@ test("TCP semantics through two proxies: Weft holds every scenario; HAProxy and 
   }
 
   for (const sc of scenarios) {
-    await t.test(`Weft: ${sc.title}`, () => {
+    await t.test(`Weft: ${sc.title}`, sc.weftTodo ? { todo: sc.weftTodo } : {}, () => {
       assert.equal(weft.outcomes.get(sc.id), OK);
     });
   }
