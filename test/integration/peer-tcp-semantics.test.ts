@@ -319,7 +319,7 @@ const scenarios: readonly Scenario[] = [
     id: "server-reset-mid-transfer",
     title: "server resets in the middle of a 4 MiB response",
     weftTodo:
-      "intermittent (about 1 run in 3): libuv reports an RST that arrives with the last unread bytes as EOF " +
+      "intermittent (about half the runs): libuv reports an RST that arrives with the last unread bytes as EOF " +
       "(POLLHUP after a partial read), so a sidecar forwards a FIN; at 'end', getsockopt(SO_ERROR) still " +
       "holds ECONNRESET and the TCP state is CLOSE, not CLOSE_WAIT (see docs/tcp-semantics.md)",
     async serve(s, run) {
