@@ -60,6 +60,14 @@ export async function listNamespaces(prefix = "weft"): Promise<string[]> {
     .filter((n) => n.startsWith(prefix));
 }
 
+/**
+ * The namespaces of network `id` (its router and hosts) that still exist: empty after `destroy()`.
+ * Unlike comparing all namespaces before and after, this holds while other networks come and go.
+ */
+export async function namespacesOf(id: string): Promise<string[]> {
+  return (await listNamespaces()).filter((n) => n === `weft-r-${id}` || n.startsWith(`weft-${id}-`));
+}
+
 /** A process started in a namespace; its PID is the command's own (`ip netns exec` and setpriv exec). */
 export interface Spawned {
   readonly pid: number;

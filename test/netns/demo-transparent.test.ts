@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { runDemoTransparent } from "../../src/demo/transparent.ts";
-import { listNamespaces, requireRoot } from "../helpers/netns.ts";
+import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -45,7 +45,6 @@ test("demo --transparent without root exits 1 and says it needs root", async () 
 
 test("demo --transparent: identities, spread over two nginx pods, ejection of the stopped one with no failed request, its return, metrics; nothing left behind", async (t) => {
   if (!requireRoot(t)) return;
-  const before = await listNamespaces();
   const lines: string[] = [];
   await runDemoTransparent({
     out: (l) => lines.push(l),
@@ -57,7 +56,9 @@ test("demo --transparent: identities, spread over two nginx pods, ejection of th
   t.diagnostic(out);
   const dir = /written to (\/\S+)\/run\//.exec(out)?.[1];
   assert.ok(dir, out);
-  assert.deepEqual(await listNamespaces(), before, "no namespace left behind");
+  const id = /CA pod weft-([0-9a-f]{6})-ca /.exec(out)?.[1];
+  assert.ok(id, out);
+  assert.deepEqual(await namespacesOf(id), [], "no namespace left behind");
   assert.deepEqual(leftovers(dir), [], "no process left behind");
   assert.ok(!existsSync(dir), "its temp dir is removed");
 
@@ -93,7 +94,6 @@ test("demo --transparent: identities, spread over two nginx pods, ejection of th
 
 test("demo --transparent interrupted (Ctrl-C) half-way: it stops and leaves nothing behind", async (t) => {
   if (!requireRoot(t)) return;
-  const before = await listNamespaces();
   const lines: string[] = [];
   let interrupt: () => void = () => {};
   const interrupted = new Promise<void>((r) => {
@@ -113,7 +113,9 @@ test("demo --transparent interrupted (Ctrl-C) half-way: it stops and leaves noth
   assert.ok(dir, out);
   assert.match(out, /Interrupted: stopping every process and deleting every namespace/);
   assert.doesNotMatch(out, /== 3\./, "it stopped where it was");
-  assert.deepEqual(await listNamespaces(), before, "no namespace left behind");
+  const id = /CA pod weft-([0-9a-f]{6})-ca /.exec(out)?.[1];
+  assert.ok(id, out);
+  assert.deepEqual(await namespacesOf(id), [], "no namespace left behind");
   assert.deepEqual(leftovers(dir), [], "no process left behind");
   assert.ok(!existsSync(dir), "its temp dir is removed");
 });

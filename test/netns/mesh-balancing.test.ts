@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { apps, createPodCluster, curlFrom, type Pod, pollUntil } from "../../src/netns/pods.ts";
-import { listNamespaces, requireRoot } from "../helpers/netns.ts";
+import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 interface EndpointView {
   key: string;
@@ -47,11 +47,10 @@ const show = (m: Map<string, number>) =>
 
 test("netns: connections spread over three backend pods; a killed pod is failed over and ejected, and gets traffic again when it returns", async (t) => {
   if (!requireRoot(t)) return;
-  const before = await listNamespaces();
   const cluster = await createPodCluster({ workloads: ["frontend", "backend"], tokenUses: 3 });
   t.after(async () => {
     await cluster.destroy();
-    assert.deepEqual(await listNamespaces(), before, "no namespace left behind");
+    assert.deepEqual(await namespacesOf(cluster.net.id), [], "no namespace left behind");
   });
 
   const backends: Pod[] = [];

@@ -13,7 +13,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { apps, createPodCluster, curlFrom, type Pod, pollUntil } from "../../src/netns/pods.ts";
-import { listNamespaces, requireRoot } from "../helpers/netns.ts";
+import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 const TD = "weft.local";
 const FRONTEND = `spiffe://${TD}/ns/default/sa/frontend`;
@@ -32,14 +32,13 @@ const metricValue = (metrics: string, series: string): number => {
 
 test("netns: only the allowed identity reaches nginx and redis; plaintext from a pod without a sidecar is refused in strict mode and passed in permissive mode, and counted", async (t) => {
   if (!requireRoot(t)) return;
-  const before = await listNamespaces();
   const cluster = await createPodCluster({
     workloads: ["frontend", "intruder", "web", "cache", "legacy"],
     tokenUses: 2,
   });
   t.after(async () => {
     await cluster.destroy();
-    assert.deepEqual(await listNamespaces(), before, "no namespace left behind");
+    assert.deepEqual(await namespacesOf(cluster.net.id), [], "no namespace left behind");
   });
 
   const [web, cache, legacy] = (await Promise.all([

@@ -15,18 +15,17 @@ import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { test } from "node:test";
 import { apps, createPodCluster, pollUntil } from "../../src/netns/pods.ts";
-import { listNamespaces, requireRoot } from "../helpers/netns.ts";
+import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 const MARKER = "weft-secret-marker-7f3a";
 
 test("transparent capture: curl → client sidecar → mTLS on the wire → backend sidecar → HTTP server; outsiders refused", async (t) => {
   if (!requireRoot(t)) return;
-  const before = await listNamespaces();
   const cluster = await createPodCluster({ workloads: ["frontend", "backend"] });
   const dir = cluster.dir;
   t.after(async () => {
     await cluster.destroy();
-    assert.deepEqual(await listNamespaces(), before, "no namespace left behind");
+    assert.deepEqual(await namespacesOf(cluster.net.id), [], "no namespace left behind");
     const ps = execFileSync("ps", ["-eo", "args"]).toString();
     assert.ok(!ps.includes(dir), `processes left behind:\n${ps}`);
   });

@@ -1,18 +1,17 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { createNetwork, listNamespaces, requireRoot } from "../helpers/netns.ts";
+import { createNetwork, namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 const probe = fileURLToPath(new URL("./probes/original-dst-probe.ts", import.meta.url));
 const tsx = fileURLToPath(new URL("../../node_modules/tsx/dist/cli.mjs", import.meta.url));
 
 test("outbound capture reads the original destination for IPv4 and IPv6 after an iptables REDIRECT", async (t) => {
   if (!requireRoot(t)) return;
-  const before = await listNamespaces();
   const net = await createNetwork();
   t.after(async () => {
     await net.destroy();
-    assert.deepEqual(await listNamespaces(), before, "no namespace left behind");
+    assert.deepEqual(await namespacesOf(net.id), [], "no namespace left behind");
   });
   const pod = await net.addHost("pod");
   const v4 = pod.ip4.replace(/\.\d+$/, ".99");
