@@ -8,6 +8,7 @@ import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import type { Direction, WeftMetrics } from "../core/metrics.ts";
 import { formatAddr, type SocketAddr } from "../discovery/types.ts";
+import type { SocketErrors } from "./sockopt.ts";
 import type { ByteSink, SpliceEnd } from "./splice.ts";
 
 /**
@@ -75,6 +76,8 @@ export interface ConnectionDeps {
   readonly clock: Clock;
   readonly accessLog: boolean;
   readonly tracker: ConnectionTracker;
+  /** SO_ERROR at end of stream, so a reset that arrived with the last bytes is carried as a reset. */
+  readonly socketErrors?: SocketErrors;
 }
 
 interface Cell {

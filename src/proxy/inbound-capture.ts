@@ -97,6 +97,7 @@ export class InboundCaptureHandler {
         clock: o.clock,
         idleTimeoutMs: o.timeouts.idle,
         halfCloseTimeoutMs: o.timeouts.halfClose,
+        socketErrors: o.connection.socketErrors,
         bytes: rec,
         onDone: (end, err) => rec.finish(forced ?? spliceReason(end), err),
       },

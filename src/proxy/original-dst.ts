@@ -2,13 +2,13 @@
  * Where a redirected connection was really going. iptables REDIRECT rewrites the destination to the
  * proxy's port; the kernel keeps the original, which `getsockopt(SO_ORIGINAL_DST)` (IPv4) and
  * `getsockopt(IP6T_SO_ORIGINAL_DST)` (IPv6) return. Node has no such call, so koffi calls libc's
- * getsockopt on the socket's file descriptor. This is the only file that touches `socket._handle.fd`
- * (undocumented); koffi is loaded lazily, the first time a Linux resolver is made.
+ * getsockopt on the socket's file descriptor (`sockopt.ts`); koffi is loaded lazily, the first time a
+ * Linux resolver is made.
  */
-import { createRequire } from "node:module";
 import { isIP, type Socket } from "node:net";
 import { WeftError } from "../core/errors.ts";
 import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
+import { fdOf, type Libc, loadLibc } from "./sockopt.ts";
 
 export interface OriginalDstResolver {
   /** The destination the client connected to before any redirect; throws `E_ORIGINAL_DST`. */
@@ -22,34 +22,9 @@ const IP6T_SO_ORIGINAL_DST = 80;
 const AF_INET = 2;
 const AF_INET6 = 10;
 
-type GetSockOpt = (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
-
-interface Libc {
-  getsockopt: GetSockOpt;
-  errno: () => number;
-}
-
-function loadLibc(): Libc {
-  const require = createRequire(import.meta.url);
-  let koffi: typeof import("koffi");
-  try {
-    koffi = require("koffi");
-  } catch (err) {
-    throw new WeftError("E_ORIGINAL_DST", "koffi is not installed; transparent mode needs it (npm ci)", {
-      reason: "no_koffi",
-      cause: err,
-    });
-  }
-  const lib = koffi.load("libc.so.6");
-  const getsockopt = lib.func(
-    "int getsockopt(int, int, int, _Out_ void *, _Inout_ uint32_t *)",
-  ) as GetSockOpt;
-  return { getsockopt, errno: () => koffi.errno() };
-}
-
-function fdOf(socket: Socket): number {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== "number" || fd < 0) {
+function requireFd(socket: Socket): number {
+  const fd = fdOf(socket);
+  if (fd === undefined) {
     throw new WeftError("E_ORIGINAL_DST", "the socket has no file descriptor (closed, or not a TCP socket)", {
       reason: "no_fd",
     });
@@ -73,7 +48,7 @@ export class LinuxOriginalDst implements OriginalDstResolver {
   }
 
   resolve(socket: Socket): SocketAddr {
-    const fd = fdOf(socket);
+    const fd = requireFd(socket);
     // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; those were redirected by the IPv4
     // table and answer only the IPv4 option.
     const local = socket.localAddress ?? "";

@@ -277,6 +277,7 @@ class OutboundConnection {
       clock: o.clock,
       idleTimeoutMs: o.timeouts.idle,
       halfCloseTimeoutMs: o.timeouts.halfClose,
+      socketErrors: o.connection.socketErrors,
       bytes: rec,
       onDone: (end, err) => {
         this.lease?.release();

@@ -26,6 +26,7 @@ import { InboundCaptureHandler } from "./inbound-capture.ts";
 import { Listener } from "./listener.ts";
 import { LinuxOriginalDst, type OriginalDstResolver } from "./original-dst.ts";
 import { OutboundHandler } from "./outbound.ts";
+import { platformSocketErrors, type SocketErrors } from "./sockopt.ts";
 import { TunnelTls } from "./tls-context.ts";
 import { TunnelHandler } from "./tunnel.ts";
 
@@ -46,6 +47,8 @@ export interface SidecarDeps {
   readonly originalDst?: OriginalDstResolver;
   readonly identity?: IdentitySource;
   readonly connector?: Connector;
+  /** SO_ERROR probe for resets that arrive with a peer's last bytes (default: getsockopt on Linux). */
+  readonly socketErrors?: SocketErrors;
   /** Environment (for `identity.ca.tokenFile` reading paths relative to nothing); defaults to none. */
   readonly readFile?: (path: string) => string;
 }
@@ -210,6 +213,7 @@ export class Sidecar {
       clock: this.clock,
       accessLog: c.log.accessLog,
       tracker: this.tracker,
+      socketErrors: this.deps.socketErrors ?? platformSocketErrors(),
     };
     const connector =
       this.deps.connector ?? new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics });

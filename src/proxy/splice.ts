@@ -16,13 +16,17 @@
  *   then FIN on TLS). Both sockets are created with `allowHalfOpen: true`, so the other direction keeps
  *   flowing until it ends too, or until the half-close timeout reaps it.
  * - A reset is carried as a reset: when one side fails (ECONNRESET and friends) the other side's TCP
- *   socket is closed with `resetAndDestroy()` (SO_LINGER 0), so the far peer sees RST, not FIN.
+ *   socket is closed with `resetAndDestroy()` (SO_LINGER 0), so the far peer sees RST, not FIN. An
+ *   `'end'` is checked against the kernel first (`wasReset`, SO_ERROR and TCP state): libuv reports EOF
+ *   when a peer's last bytes and its RST arrive in one poll, and forwarding that as a FIN would make a
+ *   truncated transfer look complete.
  * - An idle timer ends connections with no bytes either way; it is re-armed once per turn, not per chunk.
  * - Byte counts are plain numbers, added to the connection's `ByteSink`.
  */
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Clock, TimerHandle } from "../core/clock.ts";
+import { NO_SOCKET_ERRORS, type SocketErrors } from "./sockopt.ts";
 
 /** One side of a splice: the stream that carries bytes and the TCP socket under it (the same for plain TCP). */
 export interface SpliceSide {
@@ -57,6 +61,8 @@ export interface SpliceOptions {
   /** After the first half-close, the other direction may flow this long before both are closed. */
   readonly halfCloseTimeoutMs: number;
   readonly bytes: ByteSink;
+  /** Asked at end of stream whether the kernel holds a reset for the socket (default: never). */
+  readonly socketErrors?: SocketErrors;
   /** Bytes a destination may hold before its source is paused (default 256 KiB). */
   readonly maxBufferedBytes?: number;
   /** Called exactly once, after both sockets are closed, with why the splice ended and the first error. */
@@ -88,15 +94,17 @@ class Pump {
   private corked = false;
   private inTurn = false;
   private waiting = false;
+  private readonly src: Duplex;
   /** Never below the destination's high-water mark: crossing it must have made write() return false. */
   private readonly limit: number;
 
   constructor(
     private readonly owner: Splice,
-    private readonly src: Duplex,
+    private readonly srcSide: SpliceSide,
     private readonly dst: Duplex,
     private readonly upload: boolean,
   ) {
+    this.src = srcSide.stream;
     this.limit = Math.max(owner.maxBuffered, dst.writableHighWaterMark);
   }
 
@@ -139,6 +147,11 @@ class Pump {
   };
 
   readonly onEnd = (): void => {
+    if (wasReset(this.owner.socketErrors, this.srcSide)) {
+      // The peer reset the connection; its FIN-looking EOF must not be forwarded as a clean end.
+      this.owner.resetFrom(this.upload ? "downstream" : "upstream");
+      return;
+    }
     this.ended = true;
     // Forward the FIN: end() flushes anything corked, then shuts down the write side.
     if (!this.dst.destroyed && !this.dst.writableEnded) this.dst.end();
@@ -161,6 +174,7 @@ export class Splice {
   activity = false;
   readonly bytes: ByteSink;
   readonly maxBuffered: number;
+  readonly socketErrors: SocketErrors;
   private readonly up: Pump;
   private readonly down: Pump;
   private idleTimer: TimerHandle | undefined;
@@ -177,8 +191,9 @@ export class Splice {
   ) {
     this.bytes = options.bytes;
     this.maxBuffered = Math.max(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 1);
-    this.up = new Pump(this, downstream.stream, upstream.stream, true);
-    this.down = new Pump(this, upstream.stream, downstream.stream, false);
+    this.socketErrors = options.socketErrors ?? NO_SOCKET_ERRORS;
+    this.up = new Pump(this, downstream, upstream.stream, true);
+    this.down = new Pump(this, upstream, downstream.stream, false);
     this.up.attach();
     this.down.attach();
     this.watch(downstream, "downstream");
@@ -219,6 +234,11 @@ export class Splice {
     }
     this.abort("idle_timeout");
   };
+
+  /** Called by a pump whose source "ended" with a reset pending in the kernel. */
+  resetFrom(name: "downstream" | "upstream"): void {
+    this.fail(`${name}_reset`, undefined);
+  }
 
   /** Called by a pump when its source ended (a FIN was forwarded). */
   halfClosed(): void {
@@ -266,6 +286,19 @@ export class Splice {
     this.halfCloseTimer?.cancel();
     this.options.onDone(this.end ?? "closed", this.firstError);
   }
+}
+
+/** TCP_CLOSE in tcpi_state: after a reset, or after both FINs once our own FIN was acknowledged. */
+const TCP_CLOSE = 7;
+
+/**
+ * Whether an `'end'` on `side` was really a reset: the kernel still holds the error, or the connection is
+ * closed although we never sent our FIN (after a peer's FIN alone it would be CLOSE_WAIT). The second
+ * test covers an error already taken by someone else's read.
+ */
+export function wasReset(probe: SocketErrors, side: SpliceSide): boolean {
+  if (probe.pending(side.raw) !== 0) return true;
+  return !side.stream.writableEnded && probe.tcpState(side.raw) === TCP_CLOSE;
 }
 
 function noop(): void {}

@@ -294,6 +294,7 @@ class TunnelConnection {
       clock: o.clock,
       idleTimeoutMs: o.timeouts.idle,
       halfCloseTimeoutMs: o.timeouts.halfClose,
+      socketErrors: o.connection.socketErrors,
       bytes: rec,
       onDone: (end, err) => rec.finish(this.forced ?? spliceReason(end), err),
     });

@@ -25,6 +25,8 @@ import {
   startWeftPair,
   writePeerCerts,
 } from "../../bench/peers.ts";
+import { platformSocketErrors } from "../../src/proxy/sockopt.ts";
+import { wasReset } from "../../src/proxy/splice.ts";
 import { PatternSource, writePattern } from "../helpers/apps.ts";
 
 const MiB = 1024 * 1024;
@@ -77,6 +79,16 @@ function endKind(err: NodeJS.ErrnoException): string {
   return err.code === "ECONNRESET" ? "reset" : `error:${err.code ?? err.message}`;
 }
 
+/**
+ * The test's own sockets are Node sockets too: when a proxy's last bytes and its RST arrive in one poll,
+ * libuv reports EOF. Ask the kernel (as the sidecar's splice does) so that a reset is scored as a reset
+ * whichever proxy sent it, and the table measures the proxies rather than the test's event loop.
+ */
+const kernel = platformSocketErrors();
+function eofKind(s: Socket): string {
+  return wasReset(kernel, { stream: s, raw: s }) ? "reset" : "eof";
+}
+
 /** Read to the first terminal event, counting and hashing; never rejects. */
 function readToEnd(s: Socket, run: Run, who: string): Promise<ReadResult> {
   return new Promise((resolve) => {
@@ -96,7 +108,7 @@ function readToEnd(s: Socket, run: Run, who: string): Promise<ReadResult> {
       bytes += d.length;
       run.note[who] = `${bytes} B read, no end yet`;
     });
-    s.once("end", () => finish("eof"));
+    s.once("end", () => finish(eofKind(s)));
     s.once("error", (err) => finish(endKind(err)));
     s.once("close", () => finish("closed"));
     s.resume();
@@ -124,7 +136,7 @@ function readExactly(s: Socket, n: number, run: Run, who: string): Promise<{ dat
       run.note[who] = `${got} of ${n} B`;
       if (got >= n) stop();
     };
-    const onEnd = (): void => stop("eof");
+    const onEnd = (): void => stop(eofKind(s));
     const onError = (err: NodeJS.ErrnoException): void => stop(endKind(err));
     s.on("data", onData);
     s.once("end", onEnd);
@@ -176,11 +188,6 @@ interface Scenario {
   /** Route name. */
   readonly id: string;
   readonly title: string;
-  /**
-   * Set when Weft is known to get this scenario wrong (the reason, for the report): its assertion is then
-   * a `todo`, which reports the failure without failing the run. src/proxy is not this file's to fix.
-   */
-  readonly weftTodo?: string;
   /** The app's side of the one connection; resolves with "" or what went wrong from the app's view. */
   serve(s: Socket, run: Run): Promise<string>;
   /** The client's side, given the app's verdict; resolves with "ok" or the outcome. */
@@ -318,10 +325,6 @@ const scenarios: readonly Scenario[] = [
   {
     id: "server-reset-mid-transfer",
     title: "server resets in the middle of a 4 MiB response",
-    weftTodo:
-      "intermittent (about half the runs): libuv reports an RST that arrives with the last unread bytes as EOF " +
-      "(POLLHUP after a partial read), so a sidecar forwards a FIN; at 'end', getsockopt(SO_ERROR) still " +
-      "holds ECONNRESET and the TCP state is CLOSE, not CLOSE_WAIT (see docs/tcp-semantics.md)",
     async serve(s, run) {
       s.write(P4.buf.subarray(0, MiB), () => {
         run.note.app = "wrote 1 MiB, resetting";
@@ -502,7 +505,7 @@ test("TCP semantics through two proxies: Weft holds every scenario; HAProxy and 
   }
 
   for (const sc of scenarios) {
-    await t.test(`Weft: ${sc.title}`, sc.weftTodo ? { todo: sc.weftTodo } : {}, () => {
+    await t.test(`Weft: ${sc.title}`, () => {
       assert.equal(weft.outcomes.get(sc.id), OK);
     });
   }
