@@ -87,6 +87,11 @@ export interface WeftPairOptions extends PeerOptions {
   readonly nodeArgs?: readonly string[];
   /** Log level of both Weft processes (default warn; access log off). */
   readonly logLevel?: string;
+  /**
+   * `tls.sessionResumption` of the client side (default true). Weft's switch is per sidecar, not per
+   * route, so a route's `sessionReuse` is ignored; start a second pair for full handshakes.
+   */
+  readonly sessionResumption?: boolean;
 }
 
 /** A running pair. `stop()` ends both processes (SIGTERM, then SIGKILL after `graceMs`). */
@@ -472,6 +477,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     "identity:",
     `  files: { cert: ${f(side === "client" ? "clientChain" : "serverChain")}, key: ${f(side === "client" ? "clientKey" : "serverKey")}, bundle: ${f("bundle")} }`,
     `log: { level: ${o.logLevel ?? "warn"}, accessLog: false }`,
+    ...(side === "client" && o.sessionResumption === false ? ["tls: { sessionResumption: false }"] : []),
     "listeners:",
     "  outbound: { enabled: false }",
     "  inbound: { enabled: false }",

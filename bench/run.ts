@@ -1,21 +1,22 @@
 /**
- * `npm run bench [-- --quick]`: Weft against direct TCP and an HAProxy mutual-TLS pair, on loopback, in
+ * `npm run bench [-- --quick] [-- --rounds=N] [-- --only=throughput,latency,connections,memory]`: Weft
+ * against direct TCP and the mutual-TLS pairs of HAProxy and stunnel (bench/peers.ts), on loopback, in
  * one run. Every contender is a proxy pair in front of the same apps (an echo server and a byte sink in
- * this process); each proxy is its own process. It measures:
+ * this process); each proxy is its own process. It measures, interleaved over N rounds (medians):
  *   - bulk throughput over one connection,
  *   - request latency p50/p99 on persistent connections (64-byte ping-pong),
- *   - new connections per second (each one a full mTLS handshake between the proxies),
+ *   - new connections per second, each a full mTLS handshake, and again with session resumption,
  *   - proxy memory per idle proxied connection (RSS of both proxy processes, before and after).
- * It prints a table of ratios and writes JSON to bench/results/. Every process it starts is stopped.
+ * It prints a table of ratios against direct TCP and the best peer and writes JSON to bench/results/.
+ * Every process it starts is stopped.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { CertificateAuthority, createTrustDomain } from "../src/ca/authority.ts";
+import { type PeerPair, startHaproxyPair, startStunnelPair, startWeftPair, writePeerCerts } from "./peers.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const QUICK = process.argv.includes("--quick");
@@ -25,9 +26,9 @@ const ONLY = new Set(
     process.argv.find((a) => a.startsWith("--only="))?.slice(7) ?? "throughput,latency,connections,memory"
   ).split(","),
 );
-/** Extra Node flags for the Weft processes, e.g. BENCH_WEFT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/p". */
 /** Interleaved repetitions; the table shows medians (`--rounds=N`, default 3). */
 const ROUNDS = Math.max(1, Number(process.argv.find((a) => a.startsWith("--rounds="))?.slice(9) ?? 3));
+/** Extra Node flags for the Weft processes, e.g. BENCH_WEFT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/p". */
 const WEFT_NODE_ARGS = (process.env.BENCH_WEFT_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const BULK_BYTES = (QUICK ? 256 : 1024) * 1024 * 1024;
 const LAT_CONNS = 4;
@@ -35,52 +36,6 @@ const LAT_ROUNDS = QUICK ? 1500 : 4000;
 const CONN_SECONDS = QUICK ? 3 : 6;
 const CONN_WORKERS = 8;
 const IDLE_CONNS = QUICK ? 500 : 1500;
-
-const children: ChildProcess[] = [];
-const work = mkdtempSync(join(tmpdir(), "weft-bench-"));
-function cleanup(): void {
-  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-  rmSync(work, { recursive: true, force: true });
-}
-
-/** Stop every proxy with SIGTERM (so `--cpu-prof` profiles get written), SIGKILL after 25 s. */
-async function stopAll(): Promise<void> {
-  await Promise.all(
-    children.map(async (c) => {
-      if (c.exitCode !== null || c.signalCode !== null) return;
-      const gone = new Promise((r) => c.once("exit", r));
-      c.kill("SIGTERM");
-      if ((await Promise.race([gone, sleep(25_000, "timeout")])) === "timeout") c.kill("SIGKILL");
-    }),
-  );
-}
-process.on("exit", cleanup);
-process.on("SIGINT", () => process.exit(130));
-
-async function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => res(p));
-    });
-  });
-}
-
-async function waitForPort(port: number, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((res) => {
-      const s = connect({ host: "127.0.0.1", port }, () => {
-        s.destroy();
-        res(true);
-      });
-      s.on("error", () => res(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`bench: nothing listens on ${port}`);
-    await sleep(50);
-  }
-}
 
 function listen(server: Server): Promise<number> {
   return new Promise((res) =>
@@ -98,12 +53,33 @@ interface Contender {
   /** Where the client connects for the echo app and for the sink app. */
   echoPort: number;
   sinkPort: number;
-  pids: number[];
+  /** The echo app again, with every connection a full mTLS handshake (no session resumption). */
+  echoFullPort: number;
+  pids: readonly number[];
+}
+
+const work = mkdtempSync(join(tmpdir(), "weft-bench-"));
+const pairs: PeerPair[] = [];
+process.on("exit", () => {
+  for (const p of pairs) p.kill();
+  rmSync(work, { recursive: true, force: true });
+});
+process.on("SIGINT", () => process.exit(130));
+
+/** A pair's routes as a contender; `full` is the pair whose echo route makes a full handshake each time. */
+function contender(pair: PeerPair, full: PeerPair = pair): Contender {
+  return {
+    name: pair.name,
+    echoPort: pair.listenPorts.echo!,
+    sinkPort: pair.listenPorts.sink!,
+    echoFullPort: full.listenPorts["echo-full"] ?? full.listenPorts.echo!,
+    pids: pair.pids,
+  };
 }
 
 // ---- the measurements --------------------------------------------------------------------------
 
-async function bulk(port: number): Promise<number> {
+async function bulk(port: number, total = BULK_BYTES): Promise<number> {
   const chunk = Buffer.alloc(64 * 1024, 7);
   return new Promise((res, rej) => {
     const s = connect({ host: "127.0.0.1", port });
@@ -114,10 +90,10 @@ async function bulk(port: number): Promise<number> {
     s.on("data", () => {
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       s.destroy();
-      res((BULK_BYTES * 8) / secs / 1e9);
+      res((total * 8) / secs / 1e9);
     });
     const pump = () => {
-      while (sent < BULK_BYTES) {
+      while (sent < total) {
         sent += chunk.length;
         if (!s.write(chunk)) return void s.once("drain", pump);
       }
@@ -127,7 +103,7 @@ async function bulk(port: number): Promise<number> {
   });
 }
 
-async function latency(port: number): Promise<{ p50: number; p99: number }> {
+async function latency(port: number, rounds = LAT_ROUNDS): Promise<{ p50: number; p99: number }> {
   const samples: number[] = [];
   const msg = Buffer.alloc(64, 1);
   await Promise.all(
@@ -135,7 +111,7 @@ async function latency(port: number): Promise<{ p50: number; p99: number }> {
       const s = connect({ host: "127.0.0.1", port });
       s.setNoDelay(true);
       await new Promise((r) => s.once("connect", r));
-      for (let i = 0; i < LAT_ROUNDS; i++) {
+      for (let i = 0; i < rounds; i++) {
         const t0 = process.hrtime.bigint();
         await new Promise<void>((r) => {
           let got = 0;
@@ -165,8 +141,8 @@ async function latency(port: number): Promise<{ p50: number; p99: number }> {
   };
 }
 
-async function connRate(port: number): Promise<number> {
-  const end = Date.now() + CONN_SECONDS * 1000;
+async function connRate(port: number, seconds = CONN_SECONDS): Promise<number> {
+  const end = Date.now() + seconds * 1000;
   let done = 0;
   let failed = 0;
   await Promise.all(
@@ -195,21 +171,19 @@ async function connRate(port: number): Promise<number> {
     }),
   );
   if (failed > done / 100) console.error(`  (${failed} of ${done + failed} new connections failed)`);
-  return done / CONN_SECONDS;
+  return done / seconds;
 }
 
-async function idleMemory(c: Contender): Promise<number> {
-  if (c.pids.length === 0) return 0;
-  await sleep(300);
-  const before = c.pids.reduce((n, p) => n + rssKiB(p), 0);
+/** `n` proxied connections through `port`, each having carried one byte each way, left open. */
+async function openIdle(port: number, n: number): Promise<Socket[]> {
   const socks: Socket[] = [];
-  for (let i = 0; i < IDLE_CONNS; i += 50) {
+  for (let i = 0; i < n; i += 50) {
     await Promise.all(
       Array.from(
-        { length: Math.min(50, IDLE_CONNS - i) },
+        { length: Math.min(50, n - i) },
         () =>
           new Promise<void>((r, rej) => {
-            const s = connect({ host: "127.0.0.1", port: c.echoPort });
+            const s = connect({ host: "127.0.0.1", port });
             socks.push(s);
             s.on("error", rej);
             s.once("connect", () => s.write("x"));
@@ -218,6 +192,20 @@ async function idleMemory(c: Contender): Promise<number> {
       ),
     );
   }
+  return socks;
+}
+
+/**
+ * RSS growth of the proxy processes per idle proxied connection. One cycle of the same number of
+ * connections is opened and closed first, so heaps and allocator arenas have grown to their working size
+ * and the figure is the cost of the connections, not of the first use.
+ */
+async function idleMemory(c: Contender): Promise<number> {
+  if (c.pids.length === 0) return 0;
+  for (const s of await openIdle(c.echoPort, IDLE_CONNS)) s.destroy();
+  await sleep(1000);
+  const before = c.pids.reduce((n, p) => n + rssKiB(p), 0);
+  const socks = await openIdle(c.echoPort, IDLE_CONNS);
   await sleep(1000);
   const after = c.pids.reduce((n, p) => n + rssKiB(p), 0);
   for (const s of socks) s.destroy();
@@ -225,134 +213,25 @@ async function idleMemory(c: Contender): Promise<number> {
   return (after - before) / IDLE_CONNS;
 }
 
-// ---- the contenders ------------------------------------------------------------------------------
-
-async function certs() {
-  const material = await createTrustDomain({ trustDomain: "bench.local" });
-  const ca = new CertificateAuthority(material);
-  const client = await ca.issue({ id: "spiffe://bench.local/ns/default/sa/client" });
-  const server = await ca.issue({ id: "spiffe://bench.local/ns/default/sa/server" });
-  for (const [name, id] of [
-    ["client", client],
-    ["server", server],
-  ] as const) {
-    writeFileSync(join(work, `${name}-chain.pem`), id.chainPem);
-    writeFileSync(join(work, `${name}-key.pem`), id.keyPem, { mode: 0o600 });
-    writeFileSync(join(work, `${name}-combined.pem`), id.chainPem + id.keyPem, { mode: 0o600 });
-  }
-  writeFileSync(join(work, "bundle.pem"), material.bundlePem);
+/**
+ * Not measured: every path once, so JIT-compiled runtimes (Weft) are measured warm, as a long-running
+ * sidecar is. Without it Weft's p99 counts V8's first second (most of its >2 ms samples fell there).
+ */
+async function warmUp(c: Contender): Promise<void> {
+  await bulk(c.sinkPort, 64 * 1024 * 1024);
+  await latency(c.echoPort, 1000);
+  await connRate(c.echoFullPort, 1);
+  await connRate(c.echoPort, 1);
 }
-
-function start(cmd: string, args: string[]): ChildProcess {
-  const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
-  let err = "";
-  child.stderr?.on("data", (d) => {
-    err += d;
-    if (err.length > 20_000) err = err.slice(-10_000);
-  });
-  child.once("exit", (code) => {
-    if (code && code !== 0 && code !== 143)
-      console.error(`bench: ${cmd} exited ${code}: ${err.slice(-2000)}`);
-  });
-  children.push(child);
-  return child;
-}
-
-async function startWeft(echo: number, sink: number): Promise<Contender> {
-  const [tunnel, adminS, adminC, tunnelC, eEcho, eSink] = await Promise.all(
-    Array.from({ length: 6 }, freePort),
-  );
-  const common = (who: string) => [
-    "trustDomain: bench.local",
-    "identity:",
-    `  files: { cert: ${join(work, `${who}-chain.pem`)}, key: ${join(work, `${who}-key.pem`)}, bundle: ${join(work, "bundle.pem")} }`,
-    "log: { level: warn, accessLog: false }",
-  ];
-  writeFileSync(
-    join(work, "weft-server.yaml"),
-    [
-      ...common("server"),
-      "listeners:",
-      "  outbound: { enabled: false }",
-      "  inbound: { enabled: false }",
-      `  tunnel: { address: 127.0.0.1, port: ${tunnel}, maxConnections: 100000 }`,
-      `  admin: { address: 127.0.0.1, port: ${adminS} }`,
-      "",
-    ].join("\n"),
-  );
-  writeFileSync(
-    join(work, "weft-client.yaml"),
-    [
-      ...common("client"),
-      "listeners:",
-      "  outbound: { enabled: false }",
-      "  inbound: { enabled: false }",
-      `  tunnel: { address: 127.0.0.1, port: ${tunnelC} }`,
-      `  admin: { address: 127.0.0.1, port: ${adminC} }`,
-      `  explicit: [ { listen: "127.0.0.1:${eEcho}", service: echo }, { listen: "127.0.0.1:${eSink}", service: sink } ]`,
-      "services:",
-      `  - { name: echo, ports: [${echo}], identity: "spiffe://bench.local/ns/default/sa/server", endpoints: [ { address: 127.0.0.1, tunnelPort: ${tunnel} } ] }`,
-      `  - { name: sink, ports: [${sink}], identity: "spiffe://bench.local/ns/default/sa/server", endpoints: [ { address: 127.0.0.1, tunnelPort: ${tunnel} } ] }`,
-      "",
-    ].join("\n"),
-  );
-  const weft = join(ROOT, "bin/weft.js");
-  const s = start(process.execPath, [
-    ...WEFT_NODE_ARGS,
-    weft,
-    "proxy",
-    "--config",
-    join(work, "weft-server.yaml"),
-  ]);
-  const c = start(process.execPath, [
-    ...WEFT_NODE_ARGS,
-    weft,
-    "proxy",
-    "--config",
-    join(work, "weft-client.yaml"),
-  ]);
-  await Promise.all([waitForPort(tunnel!), waitForPort(eEcho!), waitForPort(eSink!)]);
-  return { name: "Weft", echoPort: eEcho!, sinkPort: eSink!, pids: [s.pid!, c.pid!] };
-}
-
-async function startHaproxy(echo: number, sink: number): Promise<Contender | undefined> {
-  try {
-    execFileSync("haproxy", ["-v"], { env: { ...process.env, PATH: `${process.env.PATH}:/usr/sbin` } });
-  } catch {
-    console.error("bench: haproxy is not installed (apt-get install haproxy); its column is empty");
-    return undefined;
-  }
-  const [tEcho, tSink, eEcho, eSink] = (await Promise.all(Array.from({ length: 4 }, freePort))) as [
-    number,
-    number,
-    number,
-    number,
-  ];
-  const tls = `ssl ca-file ${join(work, "bundle.pem")} verify required ssl-min-ver TLSv1.3`;
-  const head =
-    "global\n  maxconn 8000\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n";
-  writeFileSync(
-    join(work, "ha-server.cfg"),
-    `${head}listen echo\n  bind 127.0.0.1:${tEcho} ${tls} crt ${join(work, "server-combined.pem")}\n  server app 127.0.0.1:${echo}\nlisten sink\n  bind 127.0.0.1:${tSink} ${tls} crt ${join(work, "server-combined.pem")}\n  server app 127.0.0.1:${sink}\n`,
-  );
-  writeFileSync(
-    join(work, "ha-client.cfg"),
-    `${head}listen echo\n  bind 127.0.0.1:${eEcho}\n  server s 127.0.0.1:${tEcho} ${tls} crt ${join(work, "client-combined.pem")} no-ssl-reuse\nlisten sink\n  bind 127.0.0.1:${eSink}\n  server s 127.0.0.1:${tSink} ${tls} crt ${join(work, "client-combined.pem")}\n`,
-  );
-  const bin = "/usr/sbin/haproxy";
-  const s = start(bin, ["-db", "-f", join(work, "ha-server.cfg")]);
-  const c = start(bin, ["-db", "-f", join(work, "ha-client.cfg")]);
-  await Promise.all([waitForPort(eEcho), waitForPort(tEcho)]);
-  return { name: "HAProxy", echoPort: eEcho, sinkPort: eSink, pids: [s.pid!, c.pid!] };
-}
-
-// ---- the run --------------------------------------------------------------------------------------
 
 interface Result {
   throughputGbps: number;
   p50us: number;
   p99us: number;
+  /** New connections per second, each a full mutual-TLS handshake between the proxies. */
   connPerSec: number;
+  /** The same with session resumption, as each proxy does by default. */
+  connResumedPerSec: number;
   kibPerIdleConn: number;
 }
 
@@ -368,7 +247,7 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
       return { p50us: p50, p99us: p99 };
     }
     case "connections":
-      return { connPerSec: await connRate(c.echoPort) };
+      return { connPerSec: await connRate(c.echoFullPort), connResumedPerSec: await connRate(c.echoPort) };
     case "memory":
       return c.pids.length > 0 ? { kibPerIdleConn: await idleMemory(c) } : {};
     default:
@@ -384,10 +263,10 @@ function median(values: number[]): number {
 }
 
 /** Higher is better for these; lower for the rest. */
-const HIGHER_BETTER: ReadonlySet<Metric> = new Set(["throughputGbps", "connPerSec"]);
+const HIGHER_BETTER: ReadonlySet<Metric> = new Set(["throughputGbps", "connPerSec", "connResumedPerSec"]);
 
 async function main(): Promise<void> {
-  await certs();
+  await writePeerCerts(work);
   const echoServer = createServer({ allowHalfOpen: true }, (s) => {
     s.setNoDelay(true);
     s.on("error", () => {});
@@ -400,13 +279,47 @@ async function main(): Promise<void> {
   });
   const echo = await listen(echoServer);
   const sink = await listen(sinkServer);
-  const direct: Contender = { name: "direct TCP", echoPort: echo, sinkPort: sink, pids: [] };
-  const weft = await startWeft(echo, sink);
-  const peers = (await Promise.all([startHaproxy(echo, sink)])).filter((p): p is Contender => !!p);
+  const direct: Contender = {
+    name: "direct TCP",
+    echoPort: echo,
+    sinkPort: sink,
+    echoFullPort: echo,
+    pids: [],
+  };
+  const routes = [
+    { name: "echo", appPort: echo },
+    { name: "sink", appPort: sink },
+    { name: "echo-full", appPort: echo, sessionReuse: false },
+  ];
+  const opts = { workDir: work, routes, onMessage: (m: string) => console.error(`bench: ${m}`) };
+  const track = <T extends PeerPair | undefined>(p: T): T => {
+    if (p) pairs.push(p);
+    return p;
+  };
+  // Weft's resumption switch is per sidecar: a second pair (idle but for the full-handshake runs) makes
+  // every connection a full handshake.
+  const weftPair = track(await startWeftPair({ ...opts, nodeArgs: WEFT_NODE_ARGS }));
+  const weftFull = track(
+    await startWeftPair({
+      ...opts,
+      routes: [{ name: "echo", appPort: echo }],
+      nodeArgs: WEFT_NODE_ARGS,
+      sessionResumption: false,
+    }),
+  );
+  const weft = contender(weftPair, weftFull);
+  const peers = [track(await startHaproxyPair(opts)), track(await startStunnelPair(opts))]
+    .filter((p): p is PeerPair => p !== undefined)
+    .map((p) => contender(p));
   const contenders = [direct, weft, ...peers];
   console.error(
-    `bench: ${QUICK ? "quick" : "full"} run, ${ROUNDS} interleaved round(s), each ${BULK_BYTES >> 20} MiB bulk, ${LAT_CONNS}×${LAT_ROUNDS} pings, ${CONN_SECONDS}s of new connections, ${IDLE_CONNS} idle connections; medians`,
+    `bench: ${[weftPair, ...pairs.slice(2)].map((p) => p.version).join(", ")}; ${QUICK ? "quick" : "full"} run, ${ROUNDS} interleaved round(s), each ${BULK_BYTES >> 20} MiB bulk, ${LAT_CONNS}×${LAT_ROUNDS} pings, ${CONN_SECONDS}s of new connections, ${IDLE_CONNS} idle connections; medians`,
   );
+  for (const c of contenders) {
+    process.stderr.write(`  warm-up ${c.name}`);
+    await warmUp(c);
+    process.stderr.write("\n");
+  }
   const samples = new Map<string, Map<Metric, number[]>>(contenders.map((c) => [c.name, new Map()]));
   for (let round = 1; round <= ROUNDS; round++) {
     for (const m of ["throughput", "latency", "connections", "memory"].filter((x) => ONLY.has(x))) {
@@ -426,7 +339,8 @@ async function main(): Promise<void> {
   }
   echoServer.close();
   sinkServer.close();
-  await stopAll();
+  // SIGTERM first, so that `--cpu-prof` profiles get written.
+  await Promise.all(pairs.map((p) => p.stop(25_000)));
 
   const value = (c: Contender, k: Metric) => median(samples.get(c.name)!.get(k) ?? []);
   const best = (k: Metric): number => {
@@ -441,7 +355,8 @@ async function main(): Promise<void> {
     ["throughput, 1 stream (Gbit/s)", "throughputGbps", 2, "≥ 0.60× best peer"],
     ["latency p50 (µs)", "p50us", 0, ""],
     ["latency p99 (µs)", "p99us", 0, "added ≤ 2× best peer's added"],
-    ["new connections/s (mTLS each)", "connPerSec", 0, "≥ 0.50× best peer"],
+    ["new connections/s, full mTLS handshake each", "connPerSec", 0, "≥ 0.50× best peer"],
+    ["new connections/s, TLS session resumed", "connResumedPerSec", 0, ""],
     ["proxy KiB per idle connection", "kibPerIdleConn", 1, "< 64 KiB"],
   ];
   const lines = [
