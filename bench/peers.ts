@@ -92,6 +92,8 @@ export interface WeftPairOptions extends PeerOptions {
    * route, so a route's `sessionReuse` is ignored; start a second pair for full handshakes.
    */
   readonly sessionResumption?: boolean;
+  /** `upstream.transport` of the client side (default per-connection). */
+  readonly transport?: "per-connection" | "pooled";
 }
 
 /** A running pair. `stop()` ends both processes (SIGTERM, then SIGKILL after `graceMs`). */
@@ -478,6 +480,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     `  files: { cert: ${f(side === "client" ? "clientChain" : "serverChain")}, key: ${f(side === "client" ? "clientKey" : "serverKey")}, bundle: ${f("bundle")} }`,
     `log: { level: ${o.logLevel ?? "warn"}, accessLog: false }`,
     ...(side === "client" && o.sessionResumption === false ? ["tls: { sessionResumption: false }"] : []),
+    ...(side === "client" && o.transport ? [`upstream: { transport: ${o.transport} }`] : []),
     "listeners:",
     "  outbound: { enabled: false }",
     "  inbound: { enabled: false }",

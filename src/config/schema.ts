@@ -173,6 +173,21 @@ export const configSchema = z.strictObject({
       sessionResumption: z.boolean().default(true),
     })
     .prefault({}),
+  upstream: z
+    .strictObject({
+      /**
+       * How this sidecar carries app connections to other sidecars: `per-connection` opens one mutual-TLS
+       * connection per app connection (PROXY v2 header, then the bytes); `pooled` keeps one mutual-TLS
+       * HTTP/2 session per peer sidecar and opens one CONNECT stream per app connection, so a new app
+       * connection costs no handshake. Tunnel listeners accept both (ALPN weft/1 or h2).
+       */
+      transport: z.enum(["per-connection", "pooled"]).default("per-connection"),
+      /** Pooled: app connections carried by one session before another is opened to the same peer. */
+      maxStreamsPerSession: z.number().int().min(1).max(10_000).default(100),
+      /** Pooled: a session with no streams for this long is closed. */
+      sessionIdleTimeout: duration.default(300_000),
+    })
+    .prefault({}),
   limits: z
     .strictObject({
       /**

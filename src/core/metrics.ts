@@ -78,6 +78,21 @@ export class WeftMetrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5],
     registers: [this.registry],
   });
+  readonly upstreamPooledSessions = new Gauge({
+    name: "weft_upstream_pooled_sessions",
+    help: "Pooled mTLS HTTP/2 tunnel sessions open now to peer sidecars (upstream.transport: pooled).",
+    registers: [this.registry],
+  });
+  readonly upstreamPooledSessionsOpened = new Counter({
+    name: "weft_upstream_pooled_sessions_opened_total",
+    help: "Pooled tunnel sessions opened (each one mutual-TLS handshake).",
+    registers: [this.registry],
+  });
+  readonly tunnelPooledSessions = new Gauge({
+    name: "weft_tunnel_pooled_sessions",
+    help: "Pooled tunnel sessions accepted from peer sidecars and open now.",
+    registers: [this.registry],
+  });
   readonly endpointActive = new Gauge({
     name: "weft_endpoint_active_connections",
     help: "Connections open now to each endpoint.",

@@ -198,6 +198,18 @@ export class ConnectionRecord implements ByteSink {
   }
 
   /**
+   * This record turned out not to be a connection (a TLS connection that carries a pooled tunnel session,
+   * whose streams get records of their own): forget it without metrics or a log line. No-op once opened.
+   */
+  discard(): void {
+    if (this.finished || this.opened) return;
+    this.finished = true;
+    this.phase = "done";
+    this.closer = undefined;
+    this.deps.tracker.delete(this);
+  }
+
+  /**
    * The connection is over: metrics and one access-log line, exactly once (later calls are ignored).
    * `err` is logged (routine socket errors are not errors for a proxy; only their reason counts).
    */

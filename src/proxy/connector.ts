@@ -28,6 +28,8 @@ export interface Upstream {
   readonly connectMs: number;
   readonly handshakeMs: number | undefined;
   readonly resumed: boolean;
+  /** A Weft tunnel (per-connection or pooled stream): the PROXY v2 header goes first. */
+  readonly tunnel: boolean;
 }
 
 export interface UpstreamTarget {
@@ -39,6 +41,8 @@ export interface UpstreamTarget {
 /** Given an endpoint and an identity, a connected mTLS duplex, or a WeftError with a bounded reason. */
 export interface Connector {
   connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream>;
+  /** Release what the connector keeps between connections (pooled sessions), at shutdown. */
+  close?(): void;
 }
 
 /**
@@ -106,126 +110,144 @@ export interface MtlsConnectorOptions {
   readonly metrics: WeftMetrics;
 }
 
-/** Mutual-TLS dial to an endpoint's sidecar; see the module comment. */
+/** A mutual-TLS connection to an endpoint's sidecar whose server proved the expected identity. */
+export interface VerifiedTls {
+  readonly sock: tls.TLSSocket;
+  readonly raw: net.Socket;
+  readonly peer: string;
+  readonly connectMs: number;
+  readonly handshakeMs: number;
+  readonly resumed: boolean;
+  /** The SecureContext it was made with: after a rotation, pooled sessions on an older one retire. */
+  readonly context: tls.SecureContext;
+}
+
+/** Mutual-TLS dial to an endpoint's sidecar, one connection per app connection; see the module comment. */
 export class MtlsConnector implements Connector {
   constructor(private readonly options: MtlsConnectorOptions) {}
 
-  connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream> {
-    const { tls: state, clock, metrics } = this.options;
-    const ep = target.endpoint;
-    const where = formatAddr(ep.address, ep.tunnelPort);
-    return new Promise((resolve, reject) => {
-      if (signal.aborted) {
-        reject(abortError(signal, "connect", where));
+  async connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream> {
+    const v = await dialMtls(this.options, target, signal, ALPN_WEFT);
+    return {
+      side: { stream: v.sock, raw: v.raw },
+      peerIdentity: v.peer,
+      connectMs: v.connectMs,
+      handshakeMs: v.handshakeMs,
+      resumed: v.resumed,
+      tunnel: true,
+    };
+  }
+}
+
+/**
+ * TCP connect plus TLS 1.3 handshake with ALPN `alpn` under `signal`'s deadline; the server must present
+ * an SVID for `target.expectedIdentity` (or resume a session in which it did).
+ */
+export function dialMtls(
+  options: MtlsConnectorOptions,
+  target: UpstreamTarget,
+  signal: AbortSignal,
+  alpn: string,
+): Promise<VerifiedTls> {
+  const { tls: state, clock, metrics } = options;
+  const ep = target.endpoint;
+  const where = formatAddr(ep.address, ep.tunnelPort);
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(abortError(signal, "connect", where));
+      return;
+    }
+    let context: tls.SecureContext;
+    try {
+      context = state.context();
+    } catch (err) {
+      reject(failure("not_ready", "no workload certificate yet", err));
+      return;
+    }
+    const t0 = clock.monotonic();
+    let connectMs: number | undefined;
+    let settled = false;
+    const kept = state.session(where, target.expectedIdentity);
+    const raw = net.connect({ host: ep.address, port: ep.tunnelPort, allowHalfOpen: true, noDelay: true });
+    const sock = tls.connect({
+      socket: raw,
+      secureContext: context,
+      ALPNProtocols: [alpn],
+      rejectUnauthorized: false,
+      session: kept,
+      allowHalfOpen: true,
+    } as tls.ConnectionOptions);
+    const fail = (err: WeftError): void => {
+      if (settled) return;
+      settled = true;
+      signal.removeEventListener("abort", onAbort);
+      state.forgetSession(where);
+      // The TLS socket first: destroying the TCP socket under a live TLS wrap can crash Node.
+      sock.destroy();
+      raw.destroy();
+      reject(err);
+    };
+    const onAbort = (): void =>
+      fail(abortError(signal, connectMs === undefined ? "connect" : "handshake", where));
+    const onError = (err: NodeJS.ErrnoException): void => {
+      if (connectMs === undefined && err.code?.startsWith("E") && !err.code.startsWith("ERR_")) {
+        fail(connectError(err, where));
+      } else {
+        fail(
+          failure("handshake_failed", `TLS handshake with ${where} failed: ${err.code ?? err.message}`, err),
+        );
+      }
+    };
+    raw.once("connect", () => {
+      connectMs = clock.monotonic() - t0;
+    });
+    raw.on("error", onError);
+    sock.on("error", onError);
+    sock.once("close", () => {
+      if (!settled) fail(failure("handshake_failed", `${where} closed the connection during the handshake`));
+    });
+    signal.addEventListener("abort", onAbort, { once: true });
+    sock.once("secureConnect", () => {
+      if (settled) return;
+      const handshakeMs = clock.monotonic() - t0 - (connectMs ?? 0);
+      // tls.connect does not apply noDelay to the socket it wraps; without it p99 was ~3x worse.
+      sock.setNoDelay(true);
+      if (sock.alpnProtocol !== alpn) {
+        fail(failure("bad_alpn", `${where} did not agree to ${alpn}`));
         return;
       }
-      let context: tls.SecureContext;
-      try {
-        context = state.context();
-      } catch (err) {
-        reject(failure("not_ready", "no workload certificate yet", err));
-        return;
-      }
-      const t0 = clock.monotonic();
-      let connectMs: number | undefined;
-      let settled = false;
-      const kept = state.session(where, target.expectedIdentity);
-      const raw = net.connect({ host: ep.address, port: ep.tunnelPort, allowHalfOpen: true, noDelay: true });
-      const sock = tls.connect({
-        socket: raw,
-        secureContext: context,
-        ALPNProtocols: [ALPN_WEFT],
-        rejectUnauthorized: false,
-        session: kept,
-        allowHalfOpen: true,
-      } as tls.ConnectionOptions);
-      const fail = (err: WeftError): void => {
-        if (settled) return;
-        settled = true;
-        signal.removeEventListener("abort", onAbort);
-        state.forgetSession(where);
-        // The TLS socket first: destroying the TCP socket under a live TLS wrap can crash Node.
-        sock.destroy();
-        raw.destroy();
-        reject(err);
-      };
-      const onAbort = (): void =>
-        fail(abortError(signal, connectMs === undefined ? "connect" : "handshake", where));
-      const onError = (err: NodeJS.ErrnoException): void => {
-        if (connectMs === undefined && err.code?.startsWith("E") && !err.code.startsWith("ERR_")) {
-          fail(connectError(err, where));
-        } else {
-          fail(
-            failure(
-              "handshake_failed",
-              `TLS handshake with ${where} failed: ${err.code ?? err.message}`,
-              err,
-            ),
-          );
-        }
-      };
-      raw.once("connect", () => {
-        connectMs = clock.monotonic() - t0;
-      });
-      raw.on("error", onError);
-      sock.on("error", onError);
-      sock.once("close", () => {
-        if (!settled)
-          fail(failure("handshake_failed", `${where} closed the connection during the handshake`));
-      });
-      signal.addEventListener("abort", onAbort, { once: true });
-      sock.once("secureConnect", () => {
-        if (settled) return;
-        const handshakeMs = clock.monotonic() - t0 - (connectMs ?? 0);
-        // tls.connect does not apply noDelay to the socket it wraps; without it p99 was ~3x worse.
-        sock.setNoDelay(true);
-        if (sock.alpnProtocol !== ALPN_WEFT) {
-          fail(failure("bad_alpn", `${where} did not agree to ${ALPN_WEFT}`));
+      const resumed = sock.isSessionReused();
+      let peer: string;
+      if (resumed && kept) {
+        // A resumed session carries no server certificate; it was verified in the full handshake.
+        peer = target.expectedIdentity;
+      } else {
+        try {
+          peer = state.verifyPeer(sock);
+        } catch (err) {
+          const reason = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
+          fail(failure(reason, `${where} presented an unusable certificate: ${(err as Error).message}`, err));
           return;
         }
-        const resumed = sock.isSessionReused();
-        let peer: string;
-        if (resumed && kept) {
-          // A resumed session carries no server certificate; it was verified in the full handshake.
-          peer = target.expectedIdentity;
-        } else {
-          try {
-            peer = state.verifyPeer(sock);
-          } catch (err) {
-            const reason = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
-            fail(
-              failure(reason, `${where} presented an unusable certificate: ${(err as Error).message}`, err),
-            );
-            return;
-          }
-          if (peer !== target.expectedIdentity) {
-            fail(
-              failure("identity_mismatch", `${where} presented ${peer}, expected ${target.expectedIdentity}`),
-            );
-            return;
-          }
-          const cert = sock.getPeerCertificate();
-          const notAfter = Date.parse(cert.valid_to);
-          sock.once("session", (session: Buffer) =>
-            state.keepSession(where, peer, session, notAfter, context),
+        if (peer !== target.expectedIdentity) {
+          fail(
+            failure("identity_mismatch", `${where} presented ${peer}, expected ${target.expectedIdentity}`),
           );
+          return;
         }
-        settled = true;
-        signal.removeEventListener("abort", onAbort);
-        raw.removeListener("error", onError);
-        sock.removeListener("error", onError);
-        metrics.tlsHandshakeDuration.observe(
-          { direction: "outbound", resumed: String(resumed) },
-          handshakeMs / 1000,
-        );
-        resolve({
-          side: { stream: sock, raw },
-          peerIdentity: peer,
-          connectMs: connectMs ?? 0,
-          handshakeMs,
-          resumed,
-        });
-      });
+        const cert = sock.getPeerCertificate();
+        const notAfter = Date.parse(cert.valid_to);
+        sock.once("session", (session: Buffer) => state.keepSession(where, peer, session, notAfter, context));
+      }
+      settled = true;
+      signal.removeEventListener("abort", onAbort);
+      raw.removeListener("error", onError);
+      sock.removeListener("error", onError);
+      metrics.tlsHandshakeDuration.observe(
+        { direction: "outbound", resumed: String(resumed) },
+        handshakeMs / 1000,
+      );
+      resolve({ sock, raw, peer, connectMs: connectMs ?? 0, handshakeMs, resumed, context });
     });
-  }
+  });
 }

@@ -152,6 +152,7 @@ class OutboundConnection {
         connectMs: rec.connectMs,
         handshakeMs: undefined,
         resumed: false,
+        tunnel: false,
       });
     } catch (err) {
       this.failed(err);
@@ -211,6 +212,7 @@ class OutboundConnection {
               connectMs: o.clock.monotonic() - t0,
               handshakeMs: undefined,
               resumed: false,
+              tunnel: false,
             };
           }
           const ms = o.clock.monotonic() - t0;
@@ -252,7 +254,7 @@ class OutboundConnection {
       this.failed(this.controller.signal.reason ?? new WeftError("E_CONNECT", "client went away"));
       return;
     }
-    if (upstream.side.stream !== upstream.side.raw) {
+    if (upstream.tunnel) {
       // Only sidecars get a PROXY header; an endpoint without one gets the app's bytes alone.
       const ep = this.lease!.endpoint;
       upstream.side.stream.write(

@@ -26,6 +26,7 @@ import { InboundCaptureHandler } from "./inbound-capture.ts";
 import { Listener } from "./listener.ts";
 import { LinuxOriginalDst, type OriginalDstResolver } from "./original-dst.ts";
 import { OutboundHandler } from "./outbound.ts";
+import { PooledConnector } from "./pool.ts";
 import { platformSocketErrors, type SocketErrors } from "./sockopt.ts";
 import { TunnelTls } from "./tls-context.ts";
 import { TunnelHandler } from "./tunnel.ts";
@@ -75,6 +76,8 @@ export class Sidecar {
   readonly identity: IdentitySource;
   private routes: RouteTable | Discovery | undefined;
   private readonly listeners: Listener[] = [];
+  private connector: Connector | undefined;
+  private tunnelHandler: TunnelHandler | undefined;
   private admin: AdminServer | undefined;
   private expiry: ExpiryWatch | undefined;
   private addrs: SidecarAddresses | undefined;
@@ -216,7 +219,18 @@ export class Sidecar {
       socketErrors: this.deps.socketErrors ?? platformSocketErrors(),
     };
     const connector =
-      this.deps.connector ?? new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics });
+      this.deps.connector ??
+      (c.upstream.transport === "pooled"
+        ? new PooledConnector({
+            tls: this.tls,
+            clock: this.clock,
+            metrics: this.metrics,
+            maxStreamsPerSession: c.upstream.maxStreamsPerSession,
+            sessionIdleTimeoutMs: c.upstream.sessionIdleTimeout,
+            connectTimeoutMs: c.timeouts.connect,
+          })
+        : new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics }));
+    this.connector = connector;
     const listenerAddrs = (): SocketAddr[] =>
       this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined);
     const timeouts = c.timeouts;
@@ -256,26 +270,25 @@ export class Sidecar {
       return l;
     };
 
-    const tunnel = c.listeners.tunnel.enabled
-      ? add(
-          "tunnel",
-          c.listeners.tunnel,
-          new TunnelHandler({
-            tls: this.tls,
-            clock: this.clock,
-            logger: this.logger.child({ component: "tunnel" }),
-            metrics: this.metrics,
-            connection: connDeps,
-            settings: {
-              trustDomain: c.trustDomain,
-              policy: c.policy,
-              ports: c.inbound.ports,
-              reservedPorts: reserved,
-            },
-            appAddress: c.inbound.appAddress,
-            timeouts,
-          }).handle,
-        )
+    this.tunnelHandler = c.listeners.tunnel.enabled
+      ? new TunnelHandler({
+          tls: this.tls,
+          clock: this.clock,
+          logger: this.logger.child({ component: "tunnel" }),
+          metrics: this.metrics,
+          connection: connDeps,
+          settings: {
+            trustDomain: c.trustDomain,
+            policy: c.policy,
+            ports: c.inbound.ports,
+            reservedPorts: reserved,
+          },
+          appAddress: c.inbound.appAddress,
+          timeouts,
+        })
+      : undefined;
+    const tunnel = this.tunnelHandler
+      ? add("tunnel", c.listeners.tunnel, this.tunnelHandler.handle)
       : undefined;
     const outbound = c.listeners.outbound.enabled
       ? add(
@@ -411,6 +424,8 @@ export class Sidecar {
     this.publishReady();
     this.logger.info({ live: this.tracker.size, deadline_ms: deadlineMs }, "draining");
     await Promise.all(this.listeners.map((l) => l.close()));
+    // Pooled sessions from peers get GOAWAY: their live streams finish, new ones go elsewhere.
+    this.tunnelHandler?.closeSessions(false);
     const idle = await this.tracker.waitIdle(this.clock, deadlineMs);
     const forced = idle ? 0 : this.tracker.size;
     if (!idle) {
@@ -427,6 +442,8 @@ export class Sidecar {
     this.draining = true;
     await Promise.all(this.listeners.map((l) => l.close()));
     this.tracker.abortAll("shutdown");
+    this.tunnelHandler?.closeSessions(true);
+    this.connector?.close?.();
     await this.admin?.close();
     this.expiry?.stop();
     this.identity.stop();

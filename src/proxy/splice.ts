@@ -28,11 +28,19 @@ import type { Duplex } from "node:stream";
 import type { Clock, TimerHandle } from "../core/clock.ts";
 import { NO_SOCKET_ERRORS, type SocketErrors } from "./sockopt.ts";
 
-/** One side of a splice: the stream that carries bytes and the TCP socket under it (the same for plain TCP). */
+/**
+ * One side of a splice: the stream that carries bytes and the TCP socket under it (the same for plain
+ * TCP). A stream of a pooled HTTP/2 tunnel has no socket of its own: it brings its own `reset`
+ * (RST_STREAM with CONNECT_ERROR) instead.
+ */
 export interface SpliceSide {
   readonly stream: Duplex;
   /** The kernel socket, reset with SO_LINGER 0 to carry a reset. For TLS, the socket TLS runs over. */
-  readonly raw: Socket;
+  readonly raw?: Socket;
+  /** How to carry a reset when there is no socket of this side's own. */
+  readonly reset?: () => void;
+  /** Without a socket: whether the peer ended this stream with a reset (an HTTP/2 RST_STREAM). */
+  readonly resetByPeer?: () => boolean;
 }
 
 /** Why a splice ended; the connection maps these onto its closed set of reasons. */
@@ -71,12 +79,21 @@ export interface SpliceOptions {
 
 const DEFAULT_MAX_BUFFERED = 256 * 1024;
 
-const RESET_CODES = new Set(["ECONNRESET", "EPIPE", "ECONNABORTED", "ETIMEDOUT"]);
+/** Error codes that mean "the peer reset": TCP's, and an HTTP/2 stream closed with an error code. */
+const RESET_CODES = new Set(["ECONNRESET", "EPIPE", "ECONNABORTED", "ETIMEDOUT", "ERR_HTTP2_STREAM_ERROR"]);
 
 /** Close `side` so that its peer sees a TCP reset (falls back to destroy when the socket is gone). */
 export function resetSide(side: SpliceSide): void {
   const raw = side.raw;
-  if (!raw.destroyed && (raw as { _handle?: unknown })._handle) {
+  if (!raw) {
+    if (side.reset) side.reset();
+    else side.stream.destroy();
+    return;
+  }
+  // While our FIN is still queued (end() called, shutdown not done) libuv refuses SO_LINGER 0 (EINVAL)
+  // and Node would then never close the handle: plain destroy is all that is left.
+  const shuttingDown = raw.writableEnded && !raw.writableFinished;
+  if (!raw.destroyed && !shuttingDown && (raw as { _handle?: unknown })._handle) {
     try {
       raw.resetAndDestroy();
     } catch {
@@ -91,6 +108,8 @@ export function resetSide(side: SpliceSide): void {
 /** One direction: src -> dst. */
 class Pump {
   ended = false;
+  /** 'end' was emitted; `ended` once it is known to be a FIN and forwarded. */
+  eofSeen = false;
   private corked = false;
   private inTurn = false;
   private waiting = false;
@@ -147,6 +166,18 @@ class Pump {
   };
 
   readonly onEnd = (): void => {
+    this.eofSeen = true;
+    if (!this.srcSide.raw) {
+      // An HTTP/2 stream emits 'end' before the RST_STREAM that ended it is visible (rstCode, then
+      // 'aborted' and 'error'); decide once those have had their turn.
+      setImmediate(this.afterEnd);
+      return;
+    }
+    this.afterEnd();
+  };
+
+  private readonly afterEnd = (): void => {
+    if (this.owner.isDone) return;
     if (wasReset(this.owner.socketErrors, this.srcSide)) {
       // The peer reset the connection; its FIN-looking EOF must not be forwarded as a clean end.
       this.owner.resetFrom(this.upload ? "downstream" : "upstream");
@@ -219,10 +250,10 @@ export class Splice {
       this.closedSockets++;
       const pump = name === "downstream" ? this.up : this.down;
       // Closed without its FIN having been read: the peer went away abruptly. Carry it as a reset.
-      if (!pump.ended && !this.end) this.fail(`${name}_reset`, undefined);
+      if (!pump.ended && !pump.eofSeen && !this.end) this.fail(`${name}_reset`, undefined);
       if (this.closedSockets === 2) this.finish();
     });
-    if (side.raw !== side.stream) side.raw.on("error", noop);
+    if (side.raw && side.raw !== side.stream) side.raw.on("error", noop);
   }
 
   private readonly onIdle = (): void => {
@@ -279,6 +310,10 @@ export class Splice {
     return d.writableLength + d.readableLength + u.writableLength + u.readableLength;
   }
 
+  get isDone(): boolean {
+    return this.done || this.end !== undefined;
+  }
+
   private finish(): void {
     if (this.done) return;
     this.done = true;
@@ -297,6 +332,7 @@ const TCP_CLOSE = 7;
  * test covers an error already taken by someone else's read.
  */
 export function wasReset(probe: SocketErrors, side: SpliceSide): boolean {
+  if (!side.raw) return side.resetByPeer?.() ?? false;
   if (probe.pending(side.raw) !== 0) return true;
   return !side.stream.writableEnded && probe.tcpState(side.raw) === TCP_CLOSE;
 }

@@ -16,6 +16,7 @@
  * `weft_tls_handshake_failures_total{reason}` and logged. Non-TLS bytes, stalled handshakes, resets and
  * garbage headers all end in a counted reason; nothing a peer sends can throw out of this module.
  */
+import http2 from "node:http2";
 import type { Socket } from "node:net";
 import tls from "node:tls";
 import type { Clock } from "../core/clock.ts";
@@ -25,6 +26,7 @@ import type { WeftMetrics } from "../core/metrics.ts";
 import { normalizeAddress } from "../discovery/types.ts";
 import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceReason } from "./connection.ts";
 import { connectTcp } from "./connector.ts";
+import { ALPN_H2, resetStream, SESSION_WINDOW, streamWasReset, TUNNEL_H2_SETTINGS } from "./pool.ts";
 import {
   encodeProxyV1,
   encodeProxyV2,
@@ -70,7 +72,18 @@ const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Handles connections accepted on the tunnel port; `handle` is the listener's `onConnection`. */
 export class TunnelHandler {
+  /** Pooled sessions accepted from peer sidecars and still open. */
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
+
   constructor(private readonly options: TunnelOptions) {}
+
+  /** Drain: GOAWAY to every pooled session (live streams finish); `now`: destroy them. */
+  closeSessions(now: boolean): void {
+    for (const s of this.sessions) {
+      if (now) s.destroy();
+      else s.close();
+    }
+  }
 
   readonly handle = (raw: Socket): void => {
     const o = this.options;
@@ -88,10 +101,10 @@ export class TunnelHandler {
       secureContext: o.tls.context(),
       requestCert: true,
       rejectUnauthorized: false,
-      ALPNProtocols: [ALPN_WEFT],
+      ALPNProtocols: [ALPN_WEFT, ALPN_H2],
       allowHalfOpen: true,
     } as tls.TLSSocketOptions);
-    new TunnelConnection(o, rec, raw, sock).start();
+    new TunnelConnection(o, rec, raw, sock, this.sessions).start();
   };
 
   private refuseHandshake(rec: ConnectionRecord, reason: CloseReason, label: string): void {
@@ -103,9 +116,6 @@ export class TunnelHandler {
 /** The inbound life of one tunnel connection (see the module comment). */
 class TunnelConnection {
   private timer: { cancel(): void } | undefined;
-  private appSocket: Socket | undefined;
-  private splice: Splice | undefined;
-  private forced: CloseReason | undefined;
   private readonly started: number;
 
   constructor(
@@ -113,6 +123,7 @@ class TunnelConnection {
     private readonly rec: ConnectionRecord,
     private readonly raw: Socket,
     private readonly sock: tls.TLSSocket,
+    private readonly sessions: Set<http2.ServerHttp2Session>,
   ) {
     this.started = o.clock.monotonic();
   }
@@ -144,9 +155,8 @@ class TunnelConnection {
   };
 
   private readonly onEarlyClose = (): void => {
-    if (this.rec.isFinished || this.splice) return;
+    if (this.rec.isFinished) return;
     if (this.rec.phase === "handshake") this.refuse("client_closed", "client_closed");
-    else if (this.rec.phase === "proxy_header") this.close("proxy_header_truncated", "destroy");
     else this.close("downstream_reset", "destroy");
   };
 
@@ -166,13 +176,9 @@ class TunnelConnection {
     this.close(reason, "destroy", err);
   }
 
+  /** Before the hand-off to a TunnelStream (handshake, verification). */
   private close(reason: CloseReason, how: "reset" | "destroy", err?: unknown): void {
     this.timer?.cancel();
-    if (this.splice) {
-      this.forced = reason;
-      this.splice.abort("aborted");
-      return;
-    }
     // Record first: resetting a socket can emit its close synchronously, and the record keeps the
     // first reason it is given.
     this.rec.finish(reason, err);
@@ -181,7 +187,6 @@ class TunnelConnection {
       this.sock.destroy();
       this.raw.destroy();
     }
-    this.appSocket?.destroy();
   }
 
   private async onSecure(): Promise<void> {
@@ -190,7 +195,8 @@ class TunnelConnection {
     this.timer?.cancel();
     rec.handshakeMs = o.clock.monotonic() - this.started;
     sock.setNoDelay(true);
-    if (sock.alpnProtocol !== ALPN_WEFT) {
+    const alpn = sock.alpnProtocol;
+    if (alpn !== ALPN_WEFT && alpn !== ALPN_H2) {
       this.refuse("bad_alpn", "bad_alpn");
       return;
     }
@@ -210,11 +216,110 @@ class TunnelConnection {
       rec.handshakeMs / 1000,
     );
     rec.setPeer(peer);
+    sock.removeListener("error", this.onEarlyError);
+    sock.removeListener("close", this.onEarlyClose);
+    if (alpn === ALPN_H2) {
+      // A pooled session: its streams are the connections; this TLS connection is not one.
+      rec.discard();
+      this.servePooled(peer);
+      return;
+    }
+    await new TunnelStream(o, rec, { stream: sock, raw: this.raw }, peer).start();
+  }
+
+  /** An HTTP/2 session from a peer sidecar that pools its connections: one TunnelStream per CONNECT. */
+  private servePooled(peer: string): void {
+    const { o, sock, rec } = this;
+    sock.on("error", noop);
+    // A server-side TLSSocket made by hand (not by tls.Server) keeps secureConnecting true after its
+    // handshake; Node's HTTP/2 session would then wait for a 'secureConnect' that never comes.
+    (sock as unknown as { secureConnecting: boolean }).secureConnecting = false;
+    const session = http2.performServerHandshake(sock, { settings: TUNNEL_H2_SETTINGS });
+    session.on("error", noop);
+    o.metrics.tunnelPooledSessions.inc();
+    this.sessions.add(session);
+    session.once("close", () => {
+      this.sessions.delete(session);
+      o.metrics.tunnelPooledSessions.dec();
+    });
+    session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
+    session.on("stream", (stream, headers) => {
+      stream.on("error", noop);
+      if (headers[":method"] !== "CONNECT") {
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        return;
+      }
+      const srec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
+      srec.src = rec.src;
+      srec.peerSerial = rec.peerSerial;
+      srec.setPeer(peer);
+      stream.respond({ ":status": 200 });
+      const side: SpliceSide = {
+        stream,
+        reset: () => resetStream(stream),
+        resetByPeer: () => streamWasReset(stream),
+      };
+      void new TunnelStream(o, srec, side, peer).start();
+    });
+  }
+}
+
+/**
+ * One tunnel stream after the peer is verified, whether it is a whole TLS connection (`weft/1`) or one
+ * CONNECT stream of a pooled session (`h2`): PROXY header -> policy -> app -> splice.
+ */
+class TunnelStream {
+  private timer: { cancel(): void } | undefined;
+  private appSocket: Socket | undefined;
+  private splice: Splice | undefined;
+  private forced: CloseReason | undefined;
+
+  constructor(
+    private readonly o: TunnelOptions,
+    private readonly rec: ConnectionRecord,
+    private readonly down: SpliceSide,
+    private readonly peer: string,
+  ) {}
+
+  private readonly onEarlyError = (err: NodeJS.ErrnoException): void => {
+    if (!this.rec.isFinished) this.close("downstream_reset", "destroy", err);
+  };
+
+  private readonly onEarlyClose = (): void => {
+    if (this.rec.isFinished || this.splice) return;
+    if (this.rec.phase === "proxy_header") this.close("proxy_header_truncated", "destroy");
+    else this.close("downstream_reset", "destroy");
+  };
+
+  private close(reason: CloseReason, how: "reset" | "destroy", err?: unknown): void {
+    this.timer?.cancel();
+    if (this.splice) {
+      this.forced = reason;
+      this.splice.abort("aborted");
+      return;
+    }
+    // Record first: resetting a socket can emit its close synchronously, and the record keeps the
+    // first reason it is given.
+    this.rec.finish(reason, err);
+    if (how === "reset") resetSide(this.down);
+    else {
+      this.down.stream.destroy();
+      this.down.raw?.destroy();
+    }
+    this.appSocket?.destroy();
+  }
+
+  async start(): Promise<void> {
+    const { o, rec, down, peer } = this;
+    const stream = down.stream;
+    rec.closer = (reason) => this.close(reason, "reset");
+    stream.on("error", this.onEarlyError);
+    stream.once("close", this.onEarlyClose);
 
     rec.phase = "proxy_header";
     let header: ProxyHeader;
     try {
-      header = await readProxyHeader(sock, {
+      header = await readProxyHeader(stream, {
         timeoutMs: o.timeouts.proxyHeader,
         clock: o.clock,
         allowV1: false,
@@ -261,7 +366,7 @@ class TunnelConnection {
     this.timer = deadline;
     // While connecting to the app, a peer that goes away aborts the connect.
     const abortOnClose = (): void => controller.abort(new WeftError("E_CONNECT", "peer went away"));
-    sock.once("close", abortOnClose);
+    stream.once("close", abortOnClose);
     let app: Socket;
     try {
       app = await connectTcp({ address: o.appAddress, port }, controller.signal);
@@ -272,11 +377,11 @@ class TunnelConnection {
       this.close("app_connect_failed", "reset", err);
       return;
     } finally {
-      sock.removeListener("close", abortOnClose);
+      stream.removeListener("close", abortOnClose);
     }
     deadline.cancel();
     this.appSocket = app;
-    if (rec.isFinished || sock.destroyed) {
+    if (rec.isFinished || stream.destroyed) {
       app.destroy();
       if (!rec.isFinished) this.close("downstream_reset", "destroy");
       return;
@@ -286,18 +391,20 @@ class TunnelConnection {
     else if (decision.proxyProtocol === "v2") app.write(encodeProxyV2({ ...header, tlvs: [] }));
 
     rec.phase = "streaming";
-    sock.removeListener("error", this.onEarlyError);
-    sock.removeListener("close", this.onEarlyClose);
-    const down: SpliceSide = { stream: sock, raw: this.raw };
-    const up: SpliceSide = { stream: app, raw: app };
-    this.splice = new Splice(down, up, {
-      clock: o.clock,
-      idleTimeoutMs: o.timeouts.idle,
-      halfCloseTimeoutMs: o.timeouts.halfClose,
-      socketErrors: o.connection.socketErrors,
-      bytes: rec,
-      onDone: (end, err) => rec.finish(this.forced ?? spliceReason(end), err),
-    });
+    stream.removeListener("error", this.onEarlyError);
+    stream.removeListener("close", this.onEarlyClose);
+    this.splice = new Splice(
+      down,
+      { stream: app, raw: app },
+      {
+        clock: o.clock,
+        idleTimeoutMs: o.timeouts.idle,
+        halfCloseTimeoutMs: o.timeouts.halfClose,
+        socketErrors: o.connection.socketErrors,
+        bytes: rec,
+        onDone: (end, err) => rec.finish(this.forced ?? spliceReason(end), err),
+      },
+    );
     rec.buffered = () => this.splice?.buffered() ?? 0;
   }
 }

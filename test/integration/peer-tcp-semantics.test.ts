@@ -484,18 +484,27 @@ function table(columns: readonly Column[]): string[] {
   return [head, sep, ...rows];
 }
 
-test("TCP semantics through two proxies: Weft holds every scenario; HAProxy and stunnel are recorded", async (t) => {
+test("TCP semantics through two proxies: Weft (both transports) holds every scenario; HAProxy and stunnel are recorded", async (t) => {
   const work = await mkdtemp(join(tmpdir(), "weft-peers-"));
   t.after(() => rm(work, { recursive: true, force: true }));
   await writePeerCerts(work, TRUST_DOMAIN);
 
   const weft = await runPeer("Weft", (o) => startWeftPair({ ...o, trustDomain: TRUST_DOMAIN }), work);
   assert.equal(weft.missing, undefined, `the Weft pair did not start: ${weft.missing}`);
+  const pooled = await runPeer(
+    "Weft (pooled)",
+    async (o) => {
+      const p = await startWeftPair({ ...o, trustDomain: TRUST_DOMAIN, transport: "pooled" });
+      return { ...p, version: `${p.version} pooled` };
+    },
+    work,
+  );
+  assert.equal(pooled.missing, undefined, `the pooled Weft pair did not start: ${pooled.missing}`);
   const peers = [
     await runPeer("HAProxy", startHaproxyPair, work),
     await runPeer("stunnel", startStunnelPair, work),
   ];
-  const columns = [weft, ...peers];
+  const columns = [weft, pooled, ...peers];
   for (const line of table(columns)) t.diagnostic(line);
   for (const p of peers) {
     if (!p.missing) continue;
@@ -507,6 +516,9 @@ test("TCP semantics through two proxies: Weft holds every scenario; HAProxy and 
   for (const sc of scenarios) {
     await t.test(`Weft: ${sc.title}`, () => {
       assert.equal(weft.outcomes.get(sc.id), OK);
+    });
+    await t.test(`Weft, pooled tunnel: ${sc.title}`, () => {
+      assert.equal(pooled.outcomes.get(sc.id), OK);
     });
   }
 });

@@ -1,0 +1,282 @@
+/**
+ * The pooled upstream transport (`upstream.transport: pooled`): one mutual-TLS HTTP/2 session per peer
+ * sidecar (an endpoint's tunnel address and the identity it must prove), one CONNECT stream per app
+ * connection. The handshake and the identity check happen once per session, so a new app connection
+ * costs one stream, not one handshake; the stream carries the PROXY v2 header and then the app's bytes,
+ * exactly as a per-connection tunnel does, and the peer's tunnel listener applies policy per stream.
+ *
+ * - Sessions are opened on demand (concurrent callers for the same peer share one opening), filled up
+ *   to `maxStreamsPerSession`, closed after `sessionIdleTimeoutMs` without streams, and retired (closed
+ *   gracefully, live streams finish) when the sidecar's certificate rotates or the peer sends GOAWAY.
+ * - Flow control: 1 MiB per stream, 4 MiB per session. A paused stream stops window updates, so a slow
+ *   reader holds its own sender back without stalling the other streams of the session.
+ * - Half-close is END_STREAM; a reset is RST_STREAM (`resetStream`), carried by the splice like a TCP
+ *   reset.
+ * - A session that cannot be opened is an upstream failure of that endpoint (outlier detection); a
+ *   session that dies takes its streams with it, and each of them ends as a reset.
+ */
+import http2 from "node:http2";
+import type tls from "node:tls";
+import type { TimerHandle } from "../core/clock.ts";
+import { WeftError } from "../core/errors.ts";
+import { formatAddr } from "../discovery/types.ts";
+import {
+  type Connector,
+  dialMtls,
+  type MtlsConnectorOptions,
+  type Upstream,
+  type UpstreamTarget,
+} from "./connector.ts";
+
+/** The ALPN of a pooled tunnel session. */
+export const ALPN_H2 = "h2";
+/** Per-stream and per-session receive windows (larger ones stalled parallel transfers when measured). */
+export const STREAM_WINDOW = 1 << 20;
+export const SESSION_WINDOW = 4 << 20;
+/** HTTP/2 settings both ends of a tunnel session use. */
+export const TUNNEL_H2_SETTINGS: http2.Settings = {
+  initialWindowSize: STREAM_WINDOW,
+  enablePush: false,
+  maxConcurrentStreams: 10_000,
+};
+
+export interface PooledConnectorOptions extends MtlsConnectorOptions {
+  readonly maxStreamsPerSession: number;
+  readonly sessionIdleTimeoutMs: number;
+  /** Deadline for opening a session (TCP connect plus handshake). */
+  readonly connectTimeoutMs: number;
+}
+
+interface PooledSession {
+  readonly session: http2.ClientHttp2Session;
+  readonly peer: string;
+  readonly context: tls.SecureContext;
+  active: number;
+  retiring: boolean;
+  idle: TimerHandle | undefined;
+}
+
+interface Opened {
+  readonly entry: PooledSession;
+  readonly connectMs: number;
+  readonly handshakeMs: number;
+  readonly resumed: boolean;
+}
+
+/** Upstream streams over pooled mutual-TLS HTTP/2 sessions; see the module comment. */
+export class PooledConnector implements Connector {
+  private readonly pools = new Map<string, PooledSession[]>();
+  private readonly opening = new Map<string, Promise<Opened>>();
+  private closed = false;
+
+  constructor(private readonly o: PooledConnectorOptions) {}
+
+  /** Sessions open right now (for tests and /debug). */
+  get sessionCount(): number {
+    let n = 0;
+    for (const list of this.pools.values()) n += list.length;
+    return n;
+  }
+
+  async connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream> {
+    const ep = target.endpoint;
+    const key = `${formatAddr(ep.address, ep.tunnelPort)}|${target.expectedIdentity}`;
+    let entry = this.usable(key);
+    let opened: Opened | undefined;
+    if (!entry) {
+      opened = await raceAbort(this.openShared(key, target), signal);
+      entry = opened.entry;
+      // Another caller may have filled it meanwhile; one stream over the limit is harmless.
+    }
+    const stream = this.request(entry, target);
+    return {
+      side: {
+        stream,
+        reset: () => resetStream(stream),
+        resetByPeer: () => streamWasReset(stream),
+      },
+      peerIdentity: entry.peer,
+      connectMs: opened?.connectMs ?? 0,
+      handshakeMs: opened?.handshakeMs,
+      resumed: opened?.resumed ?? false,
+      tunnel: true,
+    };
+  }
+
+  /** Close every session now (sidecar shutdown); their streams end as resets. */
+  close(): void {
+    this.closed = true;
+    for (const list of this.pools.values()) for (const e of list) e.session.destroy();
+    this.pools.clear();
+  }
+
+  private usable(key: string): PooledSession | undefined {
+    const list = this.pools.get(key);
+    if (!list) return undefined;
+    let current: tls.SecureContext | undefined;
+    try {
+      current = this.o.tls.context();
+    } catch {
+      current = undefined;
+    }
+    for (const e of list) {
+      if (!e.retiring && e.context !== current) this.retire(e);
+      if (e.retiring || e.session.closed || e.session.destroyed) continue;
+      if (e.active < this.o.maxStreamsPerSession) return e;
+    }
+    return undefined;
+  }
+
+  private openShared(key: string, target: UpstreamTarget): Promise<Opened> {
+    let p = this.opening.get(key);
+    if (!p) {
+      p = this.open(key, target).finally(() => this.opening.delete(key));
+      this.opening.set(key, p);
+    }
+    return p;
+  }
+
+  private async open(key: string, target: UpstreamTarget): Promise<Opened> {
+    if (this.closed) throw new WeftError("E_CONNECT", "the sidecar is stopping", { reason: "aborted" });
+    const ctl = new AbortController();
+    const timer = this.o.clock.setTimeout(
+      () => ctl.abort(new WeftError("E_TIMEOUT", "session connect deadline")),
+      this.o.connectTimeoutMs,
+    );
+    let v: Awaited<ReturnType<typeof dialMtls>>;
+    try {
+      v = await dialMtls(this.o, target, ctl.signal, ALPN_H2);
+    } finally {
+      timer.cancel();
+    }
+    const session = http2.connect(
+      `https://${formatAddr(target.endpoint.address, target.endpoint.tunnelPort)}`,
+      {
+        createConnection: () => v.sock,
+        settings: TUNNEL_H2_SETTINGS,
+      },
+    );
+    session.on("error", noop);
+    session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
+    const entry: PooledSession = {
+      session,
+      peer: v.peer,
+      context: v.context,
+      active: 0,
+      retiring: false,
+      idle: undefined,
+    };
+    session.once("goaway", () => {
+      entry.retiring = true;
+    });
+    session.once("close", () => {
+      entry.idle?.cancel();
+      const list = this.pools.get(key);
+      if (!list) return;
+      const rest = list.filter((e) => e !== entry);
+      if (rest.length > 0) this.pools.set(key, rest);
+      else this.pools.delete(key);
+      this.o.metrics.upstreamPooledSessions.dec();
+    });
+    const list = this.pools.get(key) ?? [];
+    list.push(entry);
+    this.pools.set(key, list);
+    this.o.metrics.upstreamPooledSessions.inc();
+    this.o.metrics.upstreamPooledSessionsOpened.inc();
+    return { entry, connectMs: v.connectMs, handshakeMs: v.handshakeMs, resumed: v.resumed };
+  }
+
+  private request(entry: PooledSession, target: UpstreamTarget): http2.ClientHttp2Stream {
+    const ep = target.endpoint;
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = entry.session.request(
+        { ":method": "CONNECT", ":authority": formatAddr(ep.address, ep.tunnelPort) },
+        { endStream: false },
+      );
+    } catch (err) {
+      // The session died between the check and the request (GOAWAY, socket gone).
+      this.retire(entry);
+      throw new WeftError(
+        "E_CONNECT",
+        `the tunnel session to ${formatAddr(ep.address, ep.tunnelPort)} is gone`,
+        {
+          reason: "connect_failed",
+          cause: err,
+        },
+      );
+    }
+    stream.on("error", noop);
+    entry.active++;
+    entry.idle?.cancel();
+    entry.idle = undefined;
+    stream.once("close", () => {
+      entry.active--;
+      if (entry.active > 0) return;
+      if (entry.retiring) {
+        entry.session.close();
+        return;
+      }
+      entry.idle = this.o.clock.setTimeout(() => {
+        if (entry.active === 0) this.retire(entry);
+      }, this.o.sessionIdleTimeoutMs);
+    });
+    return stream;
+  }
+
+  /** No new streams; the session closes once its live streams are done. */
+  private retire(entry: PooledSession): void {
+    entry.retiring = true;
+    if (entry.active === 0 && !entry.session.closed) entry.session.close();
+  }
+}
+
+/**
+ * Carry a reset over a tunnel stream: RST_STREAM alone. Not `close(CONNECT_ERROR)`: Node sends
+ * END_STREAM before that RST_STREAM, so the peer would see a clean end first. `destroy(err)` sends the
+ * RST_STREAM (code INTERNAL_ERROR) with nothing before it; both sidecars read any non-zero code as a reset.
+ */
+export function resetStream(stream: http2.Http2Stream): void {
+  if (!stream.destroyed)
+    stream.destroy(new WeftError("E_CONNECT", "the tunnel stream was reset", { reason: "reset" }));
+}
+
+/**
+ * Whether the peer ended `stream` with RST_STREAM. Node ends the readable side ('end') before it reports
+ * the reset as an error, so the splice asks at 'end' (as it asks the kernel for TCP sockets).
+ */
+export function streamWasReset(stream: http2.Http2Stream): boolean {
+  return (stream.rstCode ?? 0) !== http2.constants.NGHTTP2_NO_ERROR;
+}
+
+/** `p`, or a rejection as soon as `signal` aborts (the shared opening goes on for the others). */
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(abortReason(signal));
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(abortReason(signal));
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+function abortReason(signal: AbortSignal): WeftError {
+  const r = signal.reason as unknown;
+  if (r instanceof WeftError && r.code === "E_TIMEOUT") {
+    return new WeftError("E_TIMEOUT", "no tunnel session before the deadline", {
+      reason: "connect_timeout",
+      cause: r,
+    });
+  }
+  return new WeftError("E_CONNECT", "tunnel session abandoned", { reason: "aborted", cause: r });
+}
+
+function noop(): void {}
