@@ -308,12 +308,24 @@ async function main(): Promise<void> {
     }),
   );
   const weft = contender(weftPair, weftFull);
+  // Pooled: app connections are streams of one mTLS session per peer, so a new connection costs no
+  // handshake; both connection rows measure the same thing for it.
+  const pooledPair = track(
+    await startWeftPair({
+      ...opts,
+      routes: routes.filter((r) => r.name !== "echo-full"),
+      nodeArgs: WEFT_NODE_ARGS,
+      transport: "pooled",
+    }),
+  );
+  const pooled = { ...contender(pooledPair), name: "Weft pooled" };
+  const wefts = [weft, pooled];
   const peers = [track(await startHaproxyPair(opts)), track(await startStunnelPair(opts))]
     .filter((p): p is PeerPair => p !== undefined)
     .map((p) => contender(p));
-  const contenders = [direct, weft, ...peers];
+  const contenders = [direct, ...wefts, ...peers];
   console.error(
-    `bench: ${[weftPair, ...pairs.slice(2)].map((p) => p.version).join(", ")}; ${QUICK ? "quick" : "full"} run, ${ROUNDS} interleaved round(s), each ${BULK_BYTES >> 20} MiB bulk, ${LAT_CONNS}×${LAT_ROUNDS} pings, ${CONN_SECONDS}s of new connections, ${IDLE_CONNS} idle connections; medians`,
+    `bench: ${[weftPair, ...pairs.slice(3)].map((p) => p.version).join(", ")}; ${QUICK ? "quick" : "full"} run, ${ROUNDS} interleaved round(s), each ${BULK_BYTES >> 20} MiB bulk, ${LAT_CONNS}×${LAT_ROUNDS} pings, ${CONN_SECONDS}s of new connections, ${IDLE_CONNS} idle connections; medians`,
   );
   for (const c of contenders) {
     process.stderr.write(`  warm-up ${c.name}`);
@@ -360,31 +372,33 @@ async function main(): Promise<void> {
     ["proxy KiB per idle connection", "kibPerIdleConn", 1, "< 64 KiB"],
   ];
   const lines = [
-    `| metric | direct TCP | Weft | ${peers.map((p) => p.name).join(" | ")} | Weft / best peer | Weft / direct | target |`,
-    `|---|---|---|${peers.map(() => "---|").join("")}---|---|---|`,
+    `| metric | direct TCP | ${wefts.map((w) => w.name).join(" | ")} | ${peers.map((p) => p.name).join(" | ")} | ${wefts.map((w) => `${w.name} / best peer`).join(" | ")} | target |`,
+    `|---|---|${wefts.map(() => "---|").join("")}${peers.map(() => "---|").join("")}${wefts.map(() => "---|").join("")}---|`,
     ...rows.map(([label, k, digits, target]) => {
       const isMem = k === "kibPerIdleConn";
-      return `| ${label} | ${isMem ? "—" : fmt(value(direct, k), digits)} | ${fmt(value(weft, k), digits)} | ${peers.map((p) => fmt(value(p, k), digits)).join(" | ")} | ${ratio(value(weft, k), best(k))} | ${isMem ? "—" : ratio(value(weft, k), value(direct, k))} | ${target} |`;
+      return `| ${label} | ${isMem ? "—" : fmt(value(direct, k), digits)} | ${wefts.map((w) => fmt(value(w, k), digits)).join(" | ")} | ${peers.map((p) => fmt(value(p, k), digits)).join(" | ")} | ${wefts.map((w) => ratio(value(w, k), best(k))).join(" | ")} | ${target} |`;
     }),
   ];
   const verdict = (ok: boolean | undefined) => (ok === undefined ? "n/a" : ok ? "PASS" : "FAIL");
-  const has = (k: Metric) => Number.isFinite(value(weft, k)) && Number.isFinite(best(k));
   // Added p99: each contender's p99 minus direct TCP's, per round, then the median.
   const addedP99 = (c: Contender) => {
     const mine = samples.get(c.name)!.get("p99us") ?? [];
     const base = samples.get(direct.name)!.get("p99us") ?? [];
     return median(mine.map((v, i) => v - (base[i] ?? Number.NaN)).filter((v) => Number.isFinite(v)));
   };
-  const addedW = addedP99(weft);
   const addedBest = Math.min(...peers.map(addedP99).filter((v) => Number.isFinite(v)));
-  const verdicts = [
-    `throughput ${verdict(has("throughputGbps") ? value(weft, "throughputGbps") >= 0.6 * best("throughputGbps") : undefined)}`,
-    `new connections ${verdict(has("connPerSec") ? value(weft, "connPerSec") >= 0.5 * best("connPerSec") : undefined)}`,
-    `p99 added latency ${verdict(has("p99us") && Number.isFinite(addedBest) ? addedW <= 2 * Math.max(addedBest, 1) : undefined)} (Weft +${fmt(addedW, 0)} µs, best peer +${fmt(addedBest, 0)} µs)`,
-    `memory ${verdict(Number.isFinite(value(weft, "kibPerIdleConn")) ? value(weft, "kibPerIdleConn") < 64 : undefined)} (${fmt(value(weft, "kibPerIdleConn"), 1)} KiB)`,
-  ];
+  const verdicts = wefts.map((w) => {
+    const has = (k: Metric) => Number.isFinite(value(w, k)) && Number.isFinite(best(k));
+    const addedW = addedP99(w);
+    return `${w.name}: ${[
+      `throughput ${verdict(has("throughputGbps") ? value(w, "throughputGbps") >= 0.6 * best("throughputGbps") : undefined)}`,
+      `new connections ${verdict(has("connPerSec") ? value(w, "connPerSec") >= 0.5 * best("connPerSec") : undefined)}`,
+      `p99 added latency ${verdict(has("p99us") && Number.isFinite(addedBest) ? addedW <= 2 * Math.max(addedBest, 1) : undefined)} (+${fmt(addedW, 0)} µs vs best peer +${fmt(addedBest, 0)} µs)`,
+      `memory ${verdict(Number.isFinite(value(w, "kibPerIdleConn")) ? value(w, "kibPerIdleConn") < 64 : undefined)} (${fmt(value(w, "kibPerIdleConn"), 1)} KiB)`,
+    ].join(", ")}`;
+  });
   console.log(lines.join("\n"));
-  console.log(`\ntargets: ${verdicts.join("; ")}`);
+  console.log(`\ntargets:\n  ${verdicts.join("\n  ")}`);
   mkdirSync(join(ROOT, "bench/results"), { recursive: true });
   const file = join(ROOT, "bench/results", `${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
   const raw = Object.fromEntries([...samples].map(([n, m]) => [n, Object.fromEntries(m)]));

@@ -38,6 +38,8 @@ export const TUNNEL_H2_SETTINGS: http2.Settings = {
   initialWindowSize: STREAM_WINDOW,
   enablePush: false,
   maxConcurrentStreams: 10_000,
+  // 64 KiB DATA frames instead of 16 KiB: a quarter of the frames (and JS callbacks) per byte.
+  maxFrameSize: 65_536,
 };
 
 export interface PooledConnectorOptions extends MtlsConnectorOptions {
