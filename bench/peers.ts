@@ -12,12 +12,12 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { accessSync, constants, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { delimiter, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import "reflect-metadata";
 import { CertificateAuthority, createTrustDomain } from "../src/ca/authority.ts";
+import { freePort } from "../src/core/ports.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 
@@ -110,18 +110,6 @@ export interface PeerPair {
   stop(graceMs?: number): Promise<void>;
   /** SIGKILL both at once, synchronously (for a `process.on("exit")` handler). */
   kill(): void;
-}
-
-/** A free TCP port on 127.0.0.1 (bound and released; the usual small race applies). */
-export function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => res(p));
-    });
-  });
 }
 
 /** The first of `names` that is an executable file on PATH, /usr/sbin or /usr/bin; undefined if none. */

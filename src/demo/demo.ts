@@ -17,6 +17,7 @@ import { CaStore } from "../ca/store.ts";
 import { TokenStore } from "../ca/tokens.ts";
 import { systemClock } from "../core/clock.ts";
 import { silentLogger } from "../core/log.ts";
+import { freePort } from "../core/ports.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const TD = "weft.local";
@@ -27,17 +28,6 @@ export interface DemoOptions {
   readonly out: (line: string) => void;
   /** Resolves when the user asks to stop (Ctrl-C). */
   readonly interrupted: Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => res(p));
-    });
-  });
 }
 
 /** A backend app that knows nothing of Weft: answers every line with its own name. */

@@ -8,7 +8,14 @@
  * namespace it made is gone when it ends, also on Ctrl-C.
  */
 import { WeftError } from "../core/errors.ts";
-import { apps, createPodCluster, type Pod, type PodCluster, pollUntil } from "../netns/pods.ts";
+import {
+  apps,
+  backendService,
+  createPodCluster,
+  type Pod,
+  type PodCluster,
+  pollUntil,
+} from "../netns/pods.ts";
 
 export interface TransparentDemoOptions {
   readonly out: (line: string) => void;
@@ -91,20 +98,7 @@ export async function runDemoTransparent(o: TransparentDemoOptions): Promise<voi
       backends.push(await act(c.addPod({ name, sa: "backend", app: (dir) => apps.nginx(dir, 8080, name) })));
     }
     const vip = c.vip();
-    await step(
-      c.writeServices([
-        {
-          name: "backend",
-          ports: [8080],
-          vips: [vip],
-          balancer: "round-robin",
-          endpoints: backends.map((b) => ({ address: b.ip4 })),
-          retries: { attempts: 3, deadline: "5s" },
-          outlierDetection: { consecutiveFailures: 2, baseEjectionTime: "4s", maxEjectionPercent: 50 },
-          healthCheck: { interval: "1s", timeout: "500ms", healthyThreshold: 1, unhealthyThreshold: 2 },
-        },
-      ]),
-    );
+    await step(c.writeServices([backendService(vip, backends, "4s")]));
     out(
       `   services file ${c.servicesFile}: backend VIP ${vip}:8080 → ${backends.map((b) => b.ip4).join(", ")}`,
     );

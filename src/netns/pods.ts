@@ -154,6 +154,27 @@ export interface Pod {
 }
 
 /** One HTTP GET with curl from inside a pod; never throws: `failed: ...` when curl fails. */
+/**
+ * The `backend` service of the demo and the namespace tests: round-robin over `pods` behind `vip`:8080,
+ * with short outlier-detection and health-check times so an ejection and a return fit in seconds.
+ */
+export function backendService(
+  vip: string,
+  pods: readonly Pick<Pod, "ip4">[],
+  baseEjectionTime: string,
+): Record<string, unknown> {
+  return {
+    name: "backend",
+    ports: [8080],
+    vips: [vip],
+    balancer: "round-robin",
+    endpoints: pods.map((b) => ({ address: b.ip4 })),
+    retries: { attempts: 3, deadline: "5s" },
+    outlierDetection: { consecutiveFailures: 2, baseEjectionTime, maxEjectionPercent: 50 },
+    healthCheck: { interval: "1s", timeout: "500ms", healthyThreshold: 1, unhealthyThreshold: 2 },
+  };
+}
+
 export async function curlFrom(pod: Pod, url: string, maxTimeS = 5): Promise<string> {
   return pod
     .exec("curl", ["-sS", "--max-time", String(maxTimeS), url])

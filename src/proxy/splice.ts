@@ -8,10 +8,10 @@
  *   `write() === false` instead would pause after every single 16 KiB TLS record (a stream's default
  *   high-water mark is 16 KiB, and a write of that size always returns false): strace showed one
  *   readStop/readStart pair (epoll_ctl) and one event-loop turn per record, which capped throughput.
- * - Writes are batched per event-loop turn: the first chunk of a turn is written at once (a lone
- *   request or reply waits for nothing), later chunks of the same turn are corked and go out together
- *   when the turn ends (`setImmediate`). Node's TLS layer hands JS one chunk per 16 KiB record; corking
- *   turns those many `write` syscalls into one `writev` (see docs/benchmarks.md).
+ * - Writes are batched per event-loop turn when a turn brings many chunks: a full chunk (16 KiB, one TLS
+ *   record's plaintext, or more) corks the destination until the turn ends (`setImmediate`), so the
+ *   records of one read go out in one `writev`. A short chunk while not corked is written at once and
+ *   schedules nothing, so a request or a reply costs no extra loop turn (see docs/benchmarks.md).
  * - Half-close is carried: `'end'` on one side becomes `end()` on the other (FIN on TCP, close_notify
  *   then FIN on TLS). Both sockets are created with `allowHalfOpen: true`, so the other direction keeps
  *   flowing until it ends too, or until the half-close timeout reaps it.
@@ -78,6 +78,8 @@ export interface SpliceOptions {
 }
 
 const DEFAULT_MAX_BUFFERED = 256 * 1024;
+/** The largest chunk Node's TLS layer hands over (one record's plaintext); at least this much is "full". */
+const FULL_CHUNK = 16 * 1024;
 
 /** Error codes that mean "the peer reset": TCP's, and an HTTP/2 stream closed with an error code. */
 const RESET_CODES = new Set(["ECONNRESET", "EPIPE", "ECONNABORTED", "ETIMEDOUT", "ERR_HTTP2_STREAM_ERROR"]);
@@ -111,7 +113,6 @@ class Pump {
   /** 'end' was emitted; `ended` once it is known to be a FIN and forwarded. */
   eofSeen = false;
   private corked = false;
-  private inTurn = false;
   private waiting = false;
   private readonly src: Duplex;
   /** Never below the destination's high-water mark: crossing it must have made write() return false. */
@@ -132,15 +133,15 @@ class Pump {
     if (this.upload) this.owner.bytes.addReceived(n);
     else this.owner.bytes.addSent(n);
     this.owner.activity = true;
-    if (!this.inTurn) {
-      // The first chunk of a turn goes out at once: a lone request or reply pays no batching delay.
-      this.inTurn = true;
-      setImmediate(this.endTurn);
-    } else if (!this.corked) {
-      // More chunks in the same turn (one per 16 KiB TLS record): gather them into one writev.
+    if (!this.corked && n >= FULL_CHUNK) {
+      // A full chunk (a whole 16 KiB TLS record, or a big socket read) says more is coming in this
+      // turn: gather the turn's chunks into one writev, flushed when the turn ends.
       this.corked = true;
       this.dst.cork();
+      setImmediate(this.endTurn);
     }
+    // A short chunk while not corked is the end of what was there (a request, a reply): it goes out at
+    // once, with no extra turn of the event loop.
     this.dst.write(chunk);
     // A write that crosses the limit also returned false (the limit is at least the high-water mark),
     // so the destination will emit 'drain' once its buffer is empty.
@@ -151,7 +152,6 @@ class Pump {
   };
 
   readonly endTurn = (): void => {
-    this.inTurn = false;
     if (this.corked) {
       this.corked = false;
       this.dst.uncork();

@@ -11,7 +11,14 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { apps, createPodCluster, curlFrom, type Pod, pollUntil } from "../../src/netns/pods.ts";
+import {
+  apps,
+  backendService,
+  createPodCluster,
+  curlFrom,
+  type Pod,
+  pollUntil,
+} from "../../src/netns/pods.ts";
 import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 interface EndpointView {
@@ -58,18 +65,7 @@ test("netns: connections spread over three backend pods; a killed pod is failed 
     backends.push(await cluster.addPod({ name, sa: "backend", app: (dir) => apps.nginx(dir, 8080, name) }));
   }
   const vip = cluster.vip();
-  await cluster.writeServices([
-    {
-      name: "backend",
-      ports: [8080],
-      vips: [vip],
-      balancer: "round-robin",
-      endpoints: backends.map((b) => ({ address: b.ip4 })),
-      retries: { attempts: 3, deadline: "5s" },
-      outlierDetection: { consecutiveFailures: 2, baseEjectionTime: "3s", maxEjectionPercent: 50 },
-      healthCheck: { interval: "1s", timeout: "500ms", healthyThreshold: 1, unhealthyThreshold: 2 },
-    },
-  ]);
+  await cluster.writeServices([backendService(vip, backends, "3s")]);
   const client = await cluster.addPod({ name: "client", sa: "frontend" });
   const url = `http://${vip}:8080/`;
   await pollUntil("the client sidecar to know three backend endpoints", async () => {
