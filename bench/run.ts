@@ -196,19 +196,20 @@ async function openIdle(port: number, n: number): Promise<Socket[]> {
 }
 
 /**
- * RSS growth of the proxy processes per idle proxied connection. One cycle of the same number of
- * connections is opened and closed first, so heaps and allocator arenas have grown to their working size
- * and the figure is the cost of the connections, not of the first use.
+ * RSS growth of the proxy processes per idle proxied connection, measured at the margin: N connections
+ * are opened and kept, then N more, and the growth over the second N is divided by N. The first batch
+ * brings heaps and allocator arenas to their working size, and since it stays open, the second cannot
+ * reuse its memory: the figure is what each further live connection holds.
  */
 async function idleMemory(c: Contender): Promise<number> {
   if (c.pids.length === 0) return 0;
-  for (const s of await openIdle(c.echoPort, IDLE_CONNS)) s.destroy();
+  const first = await openIdle(c.echoPort, IDLE_CONNS);
   await sleep(1000);
   const before = c.pids.reduce((n, p) => n + rssKiB(p), 0);
-  const socks = await openIdle(c.echoPort, IDLE_CONNS);
+  const second = await openIdle(c.echoPort, IDLE_CONNS);
   await sleep(1000);
   const after = c.pids.reduce((n, p) => n + rssKiB(p), 0);
-  for (const s of socks) s.destroy();
+  for (const s of [...first, ...second]) s.destroy();
   await sleep(500);
   return (after - before) / IDLE_CONNS;
 }
@@ -335,8 +336,6 @@ async function main(): Promise<void> {
   const samples = new Map<string, Map<Metric, number[]>>(contenders.map((c) => [c.name, new Map()]));
   for (let round = 1; round <= ROUNDS; round++) {
     for (const m of ["throughput", "latency", "connections", "memory"].filter((x) => ONLY.has(x))) {
-      // Memory is a property of the design, not of the load: one round is enough.
-      if (m === "memory" && round > 1) continue;
       for (const c of contenders) {
         process.stderr.write(`  round ${round} ${m} ${c.name}`);
         const r = await measureOne(m, c);
