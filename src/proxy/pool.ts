@@ -173,12 +173,12 @@ export class PooledConnector implements Connector {
     });
     session.once("close", () => {
       entry.idle?.cancel();
+      this.o.metrics.upstreamPooledSessions.dec();
       const list = this.pools.get(key);
       if (!list) return;
       const rest = list.filter((e) => e !== entry);
       if (rest.length > 0) this.pools.set(key, rest);
       else this.pools.delete(key);
-      this.o.metrics.upstreamPooledSessions.dec();
     });
     const list = this.pools.get(key) ?? [];
     list.push(entry);

@@ -243,6 +243,9 @@ class TunnelConnection {
       o.metrics.tunnelPooledSessions.dec();
     });
     session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
+    // A peer that vanished without a FIN must not hold a session forever: after `timeouts.idle` with no
+    // frames, GOAWAY (live streams may still finish; the peer opens a new session for new ones).
+    if (o.timeouts.idle > 0) session.setTimeout(o.timeouts.idle, () => session.close());
     session.on("stream", (stream, headers) => {
       stream.on("error", noop);
       if (headers[":method"] !== "CONNECT") {
