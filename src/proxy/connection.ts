@@ -9,7 +9,7 @@ import type { Logger } from "../core/log.ts";
 import type { Direction, WeftMetrics } from "../core/metrics.ts";
 import { formatAddr, type SocketAddr } from "../discovery/types.ts";
 import type { SocketErrors } from "./sockopt.ts";
-import type { ByteSink, SpliceEnd } from "./splice.ts";
+import { type ByteSink, Splice, type SpliceEnd, type SpliceSide } from "./splice.ts";
 
 /**
  * Every reason a connection can end with; also the `reason` label of `weft_tcp_connections_closed_total`.
@@ -99,6 +99,41 @@ const SPLICE_REASON: Record<SpliceEnd, CloseReason> = {
 /** The close reason for how a splice ended. */
 export function spliceReason(end: SpliceEnd): CloseReason {
   return SPLICE_REASON[end];
+}
+
+/** What a handler knows that every splice of its connections needs. */
+export interface SpliceDeps {
+  readonly clock: Clock;
+  readonly timeouts: { readonly idle: number; readonly halfClose: number };
+  readonly connection: ConnectionDeps;
+}
+
+/**
+ * Start the splice of `rec`'s connection: bytes are counted on `rec`, and when both sides are closed
+ * `rec` is finished with `forced()` if the owner forced the end, else with the splice's own reason
+ * (after `beforeFinish`, e.g. releasing an endpoint lease).
+ */
+export function spliceConnection(
+  rec: ConnectionRecord,
+  down: SpliceSide,
+  up: SpliceSide,
+  o: SpliceDeps,
+  forced: () => CloseReason | undefined,
+  beforeFinish?: () => void,
+): Splice {
+  const splice = new Splice(down, up, {
+    clock: o.clock,
+    idleTimeoutMs: o.timeouts.idle,
+    halfCloseTimeoutMs: o.timeouts.halfClose,
+    socketErrors: o.connection.socketErrors,
+    bytes: rec,
+    onDone: (end, err) => {
+      beforeFinish?.();
+      rec.finish(forced() ?? spliceReason(end), err);
+    },
+  });
+  rec.buffered = () => splice.buffered();
+  return splice;
 }
 
 /** One connection's record; see the module comment. */

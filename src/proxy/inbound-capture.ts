@@ -10,10 +10,10 @@ import { WeftError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { WeftMetrics } from "../core/metrics.ts";
 import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
-import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceReason } from "./connection.ts";
+import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
 import { connectTcp } from "./connector.ts";
 import { isLoop, type OriginalDstResolver } from "./original-dst.ts";
-import { resetSide, Splice } from "./splice.ts";
+import { resetSide } from "./splice.ts";
 
 export interface InboundCaptureOptions {
   readonly mode: "strict" | "permissive";
@@ -90,23 +90,17 @@ export class InboundCaptureHandler {
     }
     rec.endpoint = `${o.appAddress}:${port}`;
     rec.phase = "streaming";
-    const splice = new Splice(
+    const splice = spliceConnection(
+      rec,
       { stream: client, raw: client },
       { stream: app, raw: app },
-      {
-        clock: o.clock,
-        idleTimeoutMs: o.timeouts.idle,
-        halfCloseTimeoutMs: o.timeouts.halfClose,
-        socketErrors: o.connection.socketErrors,
-        bytes: rec,
-        onDone: (end, err) => rec.finish(forced ?? spliceReason(end), err),
-      },
+      o,
+      () => forced,
     );
     rec.closer = (reason) => {
       forced = reason;
       splice.abort("aborted");
     };
-    rec.buffered = () => splice.buffered();
   }
 }
 

@@ -30,12 +30,12 @@ import {
   type RouteTarget,
   type SocketAddr,
 } from "../discovery/types.ts";
-import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceReason } from "./connection.ts";
+import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
 import { type Connector, connectTcp, type Upstream } from "./connector.ts";
 import { isLoop, type OriginalDstResolver } from "./original-dst.ts";
 import { encodeProxyV2, PP2_TYPE_WEFT_SERVICE } from "./proxy-protocol.ts";
 import { decideOutbound, endpointAppPort, type OutboundRoute } from "./route.ts";
-import { resetSide, Splice } from "./splice.ts";
+import { resetSide, type Splice } from "./splice.ts";
 
 export interface OutboundOptions {
   /** `outbound` for the transparent capture port, `explicit` for a configured listener. */
@@ -275,18 +275,14 @@ class OutboundConnection {
     client.removeListener("close", this.onClientGone);
     rec.setPeer(up.peerIdentity);
     rec.phase = "streaming";
-    this.splice = new Splice({ stream: client, raw: client }, up.side, {
-      clock: o.clock,
-      idleTimeoutMs: o.timeouts.idle,
-      halfCloseTimeoutMs: o.timeouts.halfClose,
-      socketErrors: o.connection.socketErrors,
-      bytes: rec,
-      onDone: (end, err) => {
-        this.lease?.release();
-        rec.finish(this.forced ?? spliceReason(end), err);
-      },
-    });
-    rec.buffered = () => this.splice?.buffered() ?? 0;
+    this.splice = spliceConnection(
+      rec,
+      { stream: client, raw: client },
+      up.side,
+      o,
+      () => this.forced,
+      () => this.lease?.release(),
+    );
   }
 
   private failed(err: unknown): void {

@@ -31,7 +31,7 @@ import { NO_SOCKET_ERRORS, type SocketErrors } from "./sockopt.ts";
 /**
  * One side of a splice: the stream that carries bytes and the TCP socket under it (the same for plain
  * TCP). A stream of a pooled HTTP/2 tunnel has no socket of its own: it brings its own `reset`
- * (RST_STREAM with CONNECT_ERROR) instead.
+ * (RST_STREAM, see pool.ts) and `resetByPeer` instead.
  */
 export interface SpliceSide {
   readonly stream: Duplex;

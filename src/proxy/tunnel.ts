@@ -24,7 +24,7 @@ import { isWeftError, WeftError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { WeftMetrics } from "../core/metrics.ts";
 import { normalizeAddress } from "../discovery/types.ts";
-import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceReason } from "./connection.ts";
+import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
 import { connectTcp } from "./connector.ts";
 import { ALPN_H2, resetStream, SESSION_WINDOW, streamWasReset, TUNNEL_H2_SETTINGS } from "./pool.ts";
 import {
@@ -35,7 +35,7 @@ import {
   readProxyHeader,
 } from "./proxy-protocol.ts";
 import { decideInbound, type InboundSettings } from "./route.ts";
-import { resetSide, Splice, type SpliceSide } from "./splice.ts";
+import { resetSide, type Splice, type SpliceSide } from "./splice.ts";
 import { ALPN_WEFT, type TunnelTls } from "./tls-context.ts";
 
 export interface TunnelOptions {
@@ -396,19 +396,7 @@ class TunnelStream {
     rec.phase = "streaming";
     stream.removeListener("error", this.onEarlyError);
     stream.removeListener("close", this.onEarlyClose);
-    this.splice = new Splice(
-      down,
-      { stream: app, raw: app },
-      {
-        clock: o.clock,
-        idleTimeoutMs: o.timeouts.idle,
-        halfCloseTimeoutMs: o.timeouts.halfClose,
-        socketErrors: o.connection.socketErrors,
-        bytes: rec,
-        onDone: (end, err) => rec.finish(this.forced ?? spliceReason(end), err),
-      },
-    );
-    rec.buffered = () => this.splice?.buffered() ?? 0;
+    this.splice = spliceConnection(rec, down, { stream: app, raw: app }, o, () => this.forced);
   }
 }
 
