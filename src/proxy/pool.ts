@@ -90,7 +90,17 @@ export class PooledConnector implements Connector {
       entry = opened.entry;
       // Another caller may have filled it meanwhile; one stream over the limit is harmless.
     }
-    const stream = this.request(entry, target);
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = this.request(entry, target);
+    } catch (err) {
+      // A pooled session that died under us (GOAWAY, socket gone) is not the endpoint's fault: one
+      // fresh session is tried before the attempt counts as failed.
+      if (opened) throw err;
+      opened = await raceAbort(this.openShared(key, target), signal);
+      entry = opened.entry;
+      stream = this.request(entry, target);
+    }
     return {
       side: {
         stream,

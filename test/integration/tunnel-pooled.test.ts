@@ -6,7 +6,9 @@
  *   - policy is decided per stream: a denied stream is reset and counted, the session stays up;
  *   - the server must still prove the service's identity when the session is opened;
  *   - after a certificate rotation new connections get a new session (the peer sees the new serial)
- *     while a stream on the old session keeps flowing.
+ *     while a stream on the old session keeps flowing;
+ *   - a session idle for `sessionIdleTimeout` is closed on both sides, and the next connection opens a
+ *     new one.
  * TCP semantics (half-close, resets, server-first, byte-exact) are asserted for this transport in
  * peer-tcp-semantics.test.ts.
  */
@@ -147,4 +149,31 @@ test("pooled: after a rotation new connections use a new session; a stream on th
     [newSerial, oldSerial].sort(),
     "each stream carries its session's certificate",
   );
+});
+
+test("pooled: a session idle for sessionIdleTimeout is closed; the next connection opens a new one", async (t) => {
+  const app = await startEchoServer();
+  t.after(() => app.close());
+  const pair = await startSidecarPair(t, {
+    appPort: app.port,
+    clientConfig: { upstream: { transport: "pooled", sessionIdleTimeout: "200ms" } },
+  });
+  const roundTrip = async (msg: string): Promise<void> => {
+    const s = await connect(pair.explicitPort);
+    s.write(msg);
+    assert.equal((await readBytes(s, msg.length)).toString(), msg);
+    s.end();
+  };
+  await roundTrip("one");
+  await waitForLog(pair.serverLog, () => accessLines(pair.serverLog).length === 1);
+  // Bounded wait for the idle close (the gauge drops to 0 on both sides).
+  for (let i = 0; i < 100; i++) {
+    if (metric((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions") === 0) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(metric((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions"), 0);
+  assert.equal(metric((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions"), 0);
+  await roundTrip("two");
+  const client = (await adminGet(pair.client, "/metrics")).body;
+  assert.equal(metric(client, "weft_upstream_pooled_sessions_opened_total"), 2);
 });
