@@ -8,13 +8,17 @@
  *   - after a certificate rotation new connections get a new session (the peer sees the new serial)
  *     while a stream on the old session keeps flowing;
  *   - a session idle for `sessionIdleTimeout` is closed on both sides, and the next connection opens a
- *     new one.
+ *     new one;
+ *   - a verified peer that sends HTTP/2 garbage, or a garbage PROXY header on a stream, is dropped (the
+ *     stream reset and counted) and the sidecar keeps serving.
  * TCP semantics (half-close, resets, server-first, byte-exact) are asserted for this transport in
  * peer-tcp-semantics.test.ts.
  */
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
+import http2 from "node:http2";
 import { test } from "node:test";
+import tls from "node:tls";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import {
   accessLines,
@@ -176,4 +180,54 @@ test("pooled: a session idle for sessionIdleTimeout is closed; the next connecti
   await roundTrip("two");
   const client = (await adminGet(pair.client, "/metrics")).body;
   assert.equal(metric(client, "weft_upstream_pooled_sessions_opened_total"), 2);
+});
+
+test("pooled: a verified peer that sends HTTP/2 garbage, or a garbage PROXY header on a stream, is dropped; the tunnel keeps serving", async (t) => {
+  const app = await startEchoServer();
+  t.after(() => app.close());
+  const pair = await startSidecarPair(t, { appPort: app.port, clientConfig: POOLED });
+  const creds = { key: pair.clientIssued.keyPem, cert: pair.clientIssued.chainPem };
+  const dial = (): Promise<tls.TLSSocket> =>
+    new Promise((resolve, reject) => {
+      const s = tls.connect({
+        host: "127.0.0.1",
+        port: pair.tunnelPort,
+        ALPNProtocols: ["h2"],
+        rejectUnauthorized: false,
+        ...creds,
+      });
+      s.once("secureConnect", () => resolve(s));
+      s.once("error", reject);
+    });
+
+  // 1. Not HTTP/2 at all after ALPN h2: the session fails and the connection is closed.
+  const raw = await dial();
+  raw.on("error", () => {});
+  const gone = new Promise<void>((r) => raw.once("close", () => r()));
+  raw.resume(); // read what the server answers (SETTINGS, GOAWAY) and its FIN
+  raw.write(Buffer.alloc(4096, 0xab));
+  await gone;
+
+  // 2. A real session whose stream carries a garbage PROXY header: that stream is reset and counted.
+  const sock = await dial();
+  const session = http2.connect(`https://127.0.0.1:${pair.tunnelPort}`, { createConnection: () => sock });
+  session.on("error", () => {});
+  t.after(() => session.destroy());
+  const stream = session.request({ ":method": "CONNECT", ":authority": "127.0.0.1:1" }, { endStream: false });
+  const ended = new Promise<string>((resolve) => {
+    stream.on("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? "error"));
+    stream.on("close", () => resolve(`close ${stream.rstCode}`));
+  });
+  stream.on("data", () => {});
+  stream.write(Buffer.from("GET / HTTP/1.1\r\n\r\n".repeat(10)));
+  assert.match(await ended, /ERR_HTTP2_STREAM_ERROR|close [1-9]/, "the stream was reset, not ended");
+  const line = await waitForLog(pair.serverLog, (r) => r.msg === "connection closed");
+  assert.equal(line.reason, "proxy_header_malformed");
+  assert.equal(line.peer_identity, "spiffe://weft.local/ns/default/sa/frontend");
+
+  // 3. The sidecar still serves real traffic.
+  const s = await connect(pair.explicitPort);
+  s.write("still here");
+  assert.equal((await readBytes(s, 10)).toString(), "still here");
+  s.end();
 });
