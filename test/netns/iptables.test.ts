@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { buildRules, CHAINS, type Exec, installRules, uninstallRules } from "../../src/proxy/iptables.ts";
-import { createNetwork, type Host, namespacesOf, requireRoot, run } from "../helpers/netns.ts";
+import { type Host, requireRoot, run, testNetwork } from "../helpers/netns.ts";
 
 const probe = fileURLToPath(new URL("./probes/original-dst-probe.ts", import.meta.url));
 const tsx = fileURLToPath(new URL("../../node_modules/tsx/dist/cli.mjs", import.meta.url));
@@ -43,11 +43,7 @@ test("print shows the exact rules, with exclusions, for both families", () => {
 for (const backend of ["nft", "legacy"] as const) {
   test(`install is idempotent, redirects non-proxy traffic only, and uninstall removes everything (${backend})`, async (t) => {
     if (!requireRoot(t)) return;
-    const net = await createNetwork();
-    t.after(async () => {
-      await net.destroy();
-      assert.deepEqual(await namespacesOf(net.id), [], "no namespace left behind");
-    });
+    const net = await testNetwork(t);
     const pod = await net.addHost("pod");
     const exec = execIn(pod);
     const save4 = () => pod.exec(`iptables-${backend}-save`, ["-t", "nat"]);

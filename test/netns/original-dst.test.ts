@@ -1,18 +1,14 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { createNetwork, namespacesOf, requireRoot } from "../helpers/netns.ts";
+import { requireRoot, testNetwork } from "../helpers/netns.ts";
 
 const probe = fileURLToPath(new URL("./probes/original-dst-probe.ts", import.meta.url));
 const tsx = fileURLToPath(new URL("../../node_modules/tsx/dist/cli.mjs", import.meta.url));
 
 test("outbound capture reads the original destination for IPv4 and IPv6 after an iptables REDIRECT", async (t) => {
   if (!requireRoot(t)) return;
-  const net = await createNetwork();
-  t.after(async () => {
-    await net.destroy();
-    assert.deepEqual(await namespacesOf(net.id), [], "no namespace left behind");
-  });
+  const net = await testNetwork(t);
   const pod = await net.addHost("pod");
   const v4 = pod.ip4.replace(/\.\d+$/, ".99");
   const v6 = pod.ip6.replace(/::[0-9a-f]+$/, "::99");
