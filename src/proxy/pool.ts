@@ -73,13 +73,6 @@ export class PooledConnector implements Connector {
 
   constructor(private readonly o: PooledConnectorOptions) {}
 
-  /** Sessions open right now (for tests and /debug). */
-  get sessionCount(): number {
-    let n = 0;
-    for (const list of this.pools.values()) n += list.length;
-    return n;
-  }
-
   async connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream> {
     const ep = target.endpoint;
     const key = `${formatAddr(ep.address, ep.tunnelPort)}|${target.expectedIdentity}`;
