@@ -136,6 +136,8 @@ export class PooledConnector implements Connector {
     let p = this.opening.get(key);
     if (!p) {
       p = this.open(key, target).finally(() => this.opening.delete(key));
+      // Waiters may all have gone (aborted) by the time it fails: never an unhandled rejection.
+      p.catch(noop);
       this.opening.set(key, p);
     }
     return p;
@@ -153,6 +155,11 @@ export class PooledConnector implements Connector {
       v = await dialMtls(this.o, target, ctl.signal, ALPN_H2);
     } finally {
       timer.cancel();
+    }
+    if (this.closed) {
+      // close() ran while we dialled: nobody would ever close this session.
+      v.sock.destroy();
+      throw new WeftError("E_CONNECT", "the sidecar is stopping", { reason: "aborted" });
     }
     const session = http2.connect(
       `https://${formatAddr(target.endpoint.address, target.endpoint.tunnelPort)}`,
@@ -183,6 +190,8 @@ export class PooledConnector implements Connector {
       if (rest.length > 0) this.pools.set(key, rest);
       else this.pools.delete(key);
     });
+    // Idle from birth: a session whose only waiter gave up must not live until it is reused.
+    this.armIdle(entry);
     const list = this.pools.get(key) ?? [];
     list.push(entry);
     this.pools.set(key, list);
@@ -222,11 +231,16 @@ export class PooledConnector implements Connector {
         entry.session.close();
         return;
       }
-      entry.idle = this.o.clock.setTimeout(() => {
-        if (entry.active === 0) this.retire(entry);
-      }, this.o.sessionIdleTimeoutMs);
+      this.armIdle(entry);
     });
     return stream;
+  }
+
+  private armIdle(entry: PooledSession): void {
+    entry.idle?.cancel();
+    entry.idle = this.o.clock.setTimeout(() => {
+      if (entry.active === 0) this.retire(entry);
+    }, this.o.sessionIdleTimeoutMs);
   }
 
   /** No new streams; the session closes once its live streams are done. */

@@ -246,11 +246,20 @@ export class Splice {
       const code = (err as { code?: string }).code ?? "";
       this.fail(RESET_CODES.has(code) ? `${name}_reset` : `${name}_error`, err);
     });
+    if (!side.raw) {
+      // An HTTP/2 stream killed by RST_STREAM CANCEL/NO_ERROR or by its session dying reports no
+      // 'error', only 'aborted': still a reset, even after its 'end' was forwarded.
+      side.stream.on("aborted", () => {
+        if (!this.end) this.fail(`${name}_reset`, undefined);
+      });
+    }
     side.stream.on("close", () => {
       this.closedSockets++;
       const pump = name === "downstream" ? this.up : this.down;
       // Closed without its FIN having been read: the peer went away abruptly. Carry it as a reset.
-      if (!pump.ended && !pump.eofSeen && !this.end) this.fail(`${name}_reset`, undefined);
+      // A socketless stream closed before our own writes finished was cut off too.
+      const cutOff = !side.raw && !side.stream.writableFinished;
+      if (((!pump.ended && !pump.eofSeen) || cutOff) && !this.end) this.fail(`${name}_reset`, undefined);
       if (this.closedSockets === 2) this.finish();
     });
     if (side.raw && side.raw !== side.stream) side.raw.on("error", noop);

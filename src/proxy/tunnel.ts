@@ -74,11 +74,14 @@ const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 export class TunnelHandler {
   /** Pooled sessions accepted from peer sidecars and still open. */
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** Set once the sessions were told to close: a session that completes its handshake later is too. */
+  private draining = false;
 
   constructor(private readonly options: TunnelOptions) {}
 
   /** Drain: GOAWAY to every pooled session (live streams finish); `now`: destroy them. */
   closeSessions(now: boolean): void {
+    this.draining = true;
     for (const s of this.sessions) {
       if (now) s.destroy();
       else s.close();
@@ -104,7 +107,7 @@ export class TunnelHandler {
       ALPNProtocols: [ALPN_WEFT, ALPN_H2],
       allowHalfOpen: true,
     } as tls.TLSSocketOptions);
-    new TunnelConnection(o, rec, raw, sock, this.sessions).start();
+    new TunnelConnection(o, rec, raw, sock, this.sessions, () => this.draining).start();
   };
 
   private refuseHandshake(rec: ConnectionRecord, reason: CloseReason, label: string): void {
@@ -124,6 +127,7 @@ class TunnelConnection {
     private readonly raw: Socket,
     private readonly sock: tls.TLSSocket,
     private readonly sessions: Set<http2.ServerHttp2Session>,
+    private readonly draining: () => boolean,
   ) {
     this.started = o.clock.monotonic();
   }
@@ -243,6 +247,7 @@ class TunnelConnection {
       o.metrics.tunnelPooledSessions.dec();
     });
     session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
+    if (this.draining()) session.close();
     // A peer that vanished without a FIN must not hold a session forever: after `timeouts.idle` with no
     // frames, GOAWAY (live streams may still finish; the peer opens a new session for new ones).
     if (o.timeouts.idle > 0) session.setTimeout(o.timeouts.idle, () => session.close());
