@@ -3,7 +3,7 @@
  * peer) and the upstream (the tunnel, or the local app). It owns TCP semantics through the proxy:
  *
  * - Backpressure is exact and bounded: a direction pauses its source as soon as the destination holds
- *   `maxBufferedBytes` (default 256 KiB) not yet taken by the kernel, and resumes on `'drain'`. So a slow
+ *   `MAX_BUFFERED` (256 KiB) not yet taken by the kernel, and resumes on `'drain'`. So a slow
  *   reader never makes the proxy buffer more than that (plus one read) per direction. Pausing on
  *   `write() === false` instead would pause after every single 16 KiB TLS record (a stream's default
  *   high-water mark is 16 KiB, and a write of that size always returns false): strace showed one
@@ -71,13 +71,11 @@ export interface SpliceOptions {
   readonly bytes: ByteSink;
   /** Asked at end of stream whether the kernel holds a reset for the socket (default: never). */
   readonly socketErrors?: SocketErrors;
-  /** Bytes a destination may hold before its source is paused (default 256 KiB). */
-  readonly maxBufferedBytes?: number;
   /** Called exactly once, after both sockets are closed, with why the splice ended and the first error. */
   readonly onDone: (end: SpliceEnd, err: Error | undefined) => void;
 }
 
-const DEFAULT_MAX_BUFFERED = 256 * 1024;
+const MAX_BUFFERED = 256 * 1024;
 /** The largest chunk Node's TLS layer hands over (one record's plaintext); at least this much is "full". */
 const FULL_CHUNK = 16 * 1024;
 
@@ -125,7 +123,7 @@ class Pump {
     private readonly upload: boolean,
   ) {
     this.src = srcSide.stream;
-    this.limit = Math.max(owner.maxBuffered, dst.writableHighWaterMark);
+    this.limit = Math.max(MAX_BUFFERED, dst.writableHighWaterMark);
   }
 
   readonly onData = (chunk: Buffer): void => {
@@ -204,7 +202,6 @@ export class Splice {
   /** Set on every chunk; the idle timer clears it and re-arms while it keeps being set. */
   activity = false;
   readonly bytes: ByteSink;
-  readonly maxBuffered: number;
   readonly socketErrors: SocketErrors;
   private readonly up: Pump;
   private readonly down: Pump;
@@ -221,7 +218,6 @@ export class Splice {
     private readonly options: SpliceOptions,
   ) {
     this.bytes = options.bytes;
-    this.maxBuffered = Math.max(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 1);
     this.socketErrors = options.socketErrors ?? NO_SOCKET_ERRORS;
     this.up = new Pump(this, downstream, upstream.stream, true);
     this.down = new Pump(this, upstream, downstream.stream, false);
