@@ -71,8 +71,14 @@ export function testConfig(
   return parseConfig(JSON.stringify(merged));
 }
 
+/** The client sidecar's upstream transports; data-plane acceptance tests run once for each. */
+export const TRANSPORTS = ["per-connection", "pooled"] as const;
+export type Transport = (typeof TRANSPORTS)[number];
+
 export interface PairOptions {
   readonly ca?: TestCa;
+  /** The client sidecar's `upstream.transport` (default: the config's default). */
+  readonly transport?: Transport;
   /** What the server sidecar presents (default default/backend). */
   readonly serverIdentity?: string;
   /** What the client sidecar presents (default default/frontend). */
@@ -148,6 +154,9 @@ export async function startSidecarPair(t: TestContext, options: PairOptions): Pr
     t,
     testConfig(ca.trustDomain, clientFiles, {
       ...options.clientConfig,
+      ...(options.transport && {
+        upstream: { ...(options.clientConfig?.upstream as object | undefined), transport: options.transport },
+      }),
       listeners: { explicit: [{ listen: "127.0.0.1:0", service: "backend" }] },
     }),
     routes,
