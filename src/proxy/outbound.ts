@@ -228,10 +228,21 @@ class OutboundConnection {
           lastErr = err;
           const reason = isWeftError(err) ? err.reason : "connect_failed";
           if (reason !== "aborted") {
-            lease.reportFailure(reason);
-            o.metrics.upstreamConnectFailures.inc({ service: service.name, endpoint: ep.key, reason });
+            // Many connections may share one failure (a pooled session opening): it is counted once.
+            const alreadyCounted = isWeftError(err) && err.alreadyCounted;
+            if (!alreadyCounted) {
+              lease.reportFailure(reason);
+              o.metrics.upstreamConnectFailures.inc({ service: service.name, endpoint: ep.key, reason });
+            }
             o.logger.debug(
-              { conn_id: rec.id, endpoint: ep.key, attempt, reason, err: errorMessage(err) },
+              {
+                conn_id: rec.id,
+                endpoint: ep.key,
+                attempt,
+                reason,
+                already_counted: alreadyCounted,
+                err: errorMessage(err),
+              },
               "upstream attempt failed",
             );
           }

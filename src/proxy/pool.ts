@@ -18,7 +18,7 @@
 import http2 from "node:http2";
 import type tls from "node:tls";
 import type { TimerHandle } from "../core/clock.ts";
-import { WeftError } from "../core/errors.ts";
+import { isWeftError, WeftError } from "../core/errors.ts";
 import { formatAddr } from "../discovery/types.ts";
 import {
   type Connector,
@@ -65,10 +65,17 @@ interface Opened {
   readonly resumed: boolean;
 }
 
+/** One session opening in progress, shared by every connection to the same peer that waits for it. */
+interface Opening {
+  readonly promise: Promise<Opened>;
+  /** A waiter already carries this opening's failure (the opening's error, or its own deadline). */
+  failureCounted: boolean;
+}
+
 /** Upstream streams over pooled mutual-TLS HTTP/2 sessions; see the module comment. */
 export class PooledConnector implements Connector {
   private readonly pools = new Map<string, PooledSession[]>();
-  private readonly opening = new Map<string, Promise<Opened>>();
+  private readonly opening = new Map<string, Opening>();
   private closed = false;
 
   constructor(private readonly o: PooledConnectorOptions) {}
@@ -76,36 +83,38 @@ export class PooledConnector implements Connector {
   async connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream> {
     const ep = target.endpoint;
     const key = `${formatAddr(ep.address, ep.tunnelPort)}|${target.expectedIdentity}`;
-    let entry = this.usable(key);
-    let opened: Opened | undefined;
-    if (!entry) {
-      opened = await raceAbort(this.openShared(key, target), signal);
-      entry = opened.entry;
-      // Another caller may have filled it meanwhile; one stream over the limit is harmless.
+    // Each round either takes a stream or waits for an opening; `signal` (the attempt's deadline) ends it.
+    let mustOpen = false;
+    for (;;) {
+      let opened: Opened | undefined;
+      let entry = mustOpen ? undefined : this.usable(key);
+      if (!entry) {
+        opened = await this.join(key, target, signal);
+        entry = opened.entry;
+      }
+      let stream: http2.ClientHttp2Stream;
+      try {
+        stream = this.request(entry, target);
+      } catch (err) {
+        // A pooled session that died under us (GOAWAY, socket gone) is not the endpoint's fault: one
+        // fresh session is tried before the attempt counts as failed.
+        if (opened) throw err;
+        mustOpen = true;
+        continue;
+      }
+      return {
+        side: {
+          stream,
+          reset: () => resetStream(stream),
+          resetByPeer: () => streamWasReset(stream),
+        },
+        peerIdentity: entry.peer,
+        connectMs: opened?.connectMs ?? 0,
+        handshakeMs: opened?.handshakeMs,
+        resumed: opened?.resumed ?? false,
+        tunnel: true,
+      };
     }
-    let stream: http2.ClientHttp2Stream;
-    try {
-      stream = this.request(entry, target);
-    } catch (err) {
-      // A pooled session that died under us (GOAWAY, socket gone) is not the endpoint's fault: one
-      // fresh session is tried before the attempt counts as failed.
-      if (opened) throw err;
-      opened = await raceAbort(this.openShared(key, target), signal);
-      entry = opened.entry;
-      stream = this.request(entry, target);
-    }
-    return {
-      side: {
-        stream,
-        reset: () => resetStream(stream),
-        resetByPeer: () => streamWasReset(stream),
-      },
-      peerIdentity: entry.peer,
-      connectMs: opened?.connectMs ?? 0,
-      handshakeMs: opened?.handshakeMs,
-      resumed: opened?.resumed ?? false,
-      tunnel: true,
-    };
   }
 
   /** Close every session now (sidecar shutdown); their streams end as resets. */
@@ -132,15 +141,21 @@ export class PooledConnector implements Connector {
     return undefined;
   }
 
-  private openShared(key: string, target: UpstreamTarget): Promise<Opened> {
-    let p = this.opening.get(key);
-    if (!p) {
-      p = this.open(key, target).finally(() => this.opening.delete(key));
+  /** Wait on the opening in progress for `key` (or start one), within `signal`. */
+  private async join(key: string, target: UpstreamTarget, signal: AbortSignal): Promise<Opened> {
+    let opening = this.opening.get(key);
+    if (!opening) {
+      const promise = this.open(key, target).finally(() => this.opening.delete(key));
       // Waiters may all have gone (aborted) by the time it fails: never an unhandled rejection.
-      p.catch(noop);
-      this.opening.set(key, p);
+      promise.catch(noop);
+      opening = { promise, failureCounted: false };
+      this.opening.set(key, opening);
     }
-    return p;
+    try {
+      return await raceAbort(opening.promise, signal);
+    } catch (err) {
+      throw countOnce(opening, err, formatAddr(target.endpoint.address, target.endpoint.tunnelPort));
+    }
   }
 
   private async open(key: string, target: UpstreamTarget): Promise<Opened> {
@@ -285,6 +300,24 @@ function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     );
   });
+}
+
+/**
+ * One failed opening is one failure of the endpoint, however many connections waited on it: the first
+ * waiter to fail carries the error as it is (and counts it), the others get it marked `alreadyCounted`.
+ * A waiter that gave up (`aborted`: its client went away) counts nothing and leaves it to the others.
+ */
+function countOnce(opening: Opening, err: unknown, where: string): unknown {
+  if (!isWeftError(err) || err.reason === "aborted") return err;
+  if (!opening.failureCounted) {
+    opening.failureCounted = true;
+    return err;
+  }
+  return new WeftError(
+    err.code,
+    `the tunnel session opening to ${where} that this connection waited on failed (${err.reason}); another connection counted it`,
+    { reason: err.reason, cause: err, alreadyCounted: true },
+  );
 }
 
 function abortReason(signal: AbortSignal): WeftError {
