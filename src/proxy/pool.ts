@@ -5,14 +5,16 @@
  * costs one stream, not one handshake; the stream carries the PROXY v2 header and then the app's bytes,
  * exactly as a per-connection tunnel does, and the peer's tunnel listener applies policy per stream.
  *
- * - Sessions are opened on demand (concurrent callers for the same peer share one opening), filled up
- *   to `maxStreamsPerSession`, closed after `sessionIdleTimeoutMs` without streams, and retired (closed
+ * - Sessions are opened on demand (concurrent callers for the same peer share one opening; callers
+ *   that find the new session already full share the next one), filled up to `maxStreamsPerSession`
+ *   and never beyond, closed after `sessionIdleTimeoutMs` without streams, and retired (closed
  *   gracefully, live streams finish) when the sidecar's certificate rotates or the peer sends GOAWAY.
  * - Flow control: 1 MiB per stream, 4 MiB per session. A paused stream stops window updates, so a slow
  *   reader holds its own sender back without stalling the other streams of the session.
  * - Half-close is END_STREAM; a reset is RST_STREAM (`resetStream`), carried by the splice like a TCP
  *   reset.
- * - A session that cannot be opened is an upstream failure of that endpoint (outlier detection); a
+ * - A session that cannot be opened is one upstream failure of that endpoint (outlier detection),
+ *   however many connections waited on it (`alreadyCounted` on the errors of the others); a
  *   session that dies takes its streams with it, and each of them ends as a reset.
  */
 import http2 from "node:http2";
@@ -90,6 +92,9 @@ export class PooledConnector implements Connector {
       let entry = mustOpen ? undefined : this.usable(key);
       if (!entry) {
         opened = await this.join(key, target, signal);
+        // The other waiters of that opening may have filled the session: never exceed the limit, share
+        // the next opening instead.
+        if (opened.entry.active >= this.o.maxStreamsPerSession) continue;
         entry = opened.entry;
       }
       let stream: http2.ClientHttp2Stream;

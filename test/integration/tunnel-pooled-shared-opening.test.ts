@@ -3,6 +3,8 @@
  * TLS, a relay holding the opening until every caller waits on it):
  *   - the opening fails: that is ONE failure of the endpoint for outlier detection and the failure
  *     metric, however many connections waited; the waiters retry on another endpoint and get through;
+ *   - the opening succeeds: waiters beyond `maxStreamsPerSession` do not pile onto the new session, they
+ *     share the next opening, so no session carries more than the limit.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -11,9 +13,10 @@ import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
 import { ServiceRegistry } from "../../src/discovery/registry.ts";
 import { connect, readBytes, startEchoServer } from "../helpers/apps.ts";
-import { startRelay } from "../helpers/relay.ts";
+import { type Relay, startRelay } from "../helpers/relay.ts";
 import {
   accessLines,
+  adminGet,
   identityDir,
   startSidecar,
   startSidecarPair,
@@ -129,4 +132,57 @@ test("pooled: an opening that fails counts once against the endpoint, however ma
     "with the opening's own reason",
   );
   await waitForLog(pair.serverLog, () => accessLines(pair.serverLog).length === CONNECTIONS);
+});
+
+test("pooled: waiters of one opening beyond maxStreamsPerSession share the next opening instead of overfilling", async (t) => {
+  const app = await startEchoServer();
+  t.after(() => app.close());
+  let relay!: Relay;
+  const pair = await startSidecarPair(t, {
+    appPort: app.port,
+    clientConfig: { upstream: { transport: "pooled", maxStreamsPerSession: 3 } },
+    clientTunnelPort: async (tunnelPort) => {
+      relay = await startRelay(tunnelPort);
+      t.after(() => relay.close());
+      return relay.port;
+    },
+  });
+  relay.hold();
+
+  const n = 10;
+  const socks = await Promise.all(Array.from({ length: n }, () => connect(pair.explicitPort)));
+  const msgs = socks.map((s, i) => {
+    const msg = `conn-${i}`;
+    s.write(msg);
+    return msg;
+  });
+  await until("every connection waits on the first opening", () => pair.client.tracker.size === n);
+  assert.equal(relay.accepted, 1);
+  relay.release();
+  const echoed = await Promise.all(
+    socks.map(async (s, i) => (await readBytes(s, msgs[i]!.length)).toString()),
+  );
+  assert.deepEqual(echoed, msgs);
+
+  const opens = async (): Promise<number> =>
+    Number(
+      /^weft_upstream_pooled_sessions_opened_total (\d+)/m.exec(
+        (await adminGet(pair.client, "/metrics")).body,
+      )?.[1],
+    );
+  assert.equal(await opens(), Math.ceil(n / 3), "10 connections at 3 streams per session: 4 sessions");
+  assert.equal(relay.accepted, Math.ceil(n / 3), "4 TCP connections reached the peer");
+  const server = (await adminGet(pair.server, "/metrics")).body;
+  assert.match(server, /^weft_tunnel_pooled_sessions 4$/m);
+  // Two more fit the fourth session's free slots; the 13th finds all four at 3 and opens a fifth: 12
+  // streams over 4 sessions, each at exactly the limit.
+  for (let i = 0; i < 3; i++) {
+    const s = await connect(pair.explicitPort);
+    s.write(`more-${i}`);
+    assert.equal((await readBytes(s, 6)).toString(), `more-${i}`);
+    socks.push(s);
+    assert.equal(await opens(), i < 2 ? 4 : 5, `after connection ${n + i + 1}`);
+  }
+  for (const s of socks) s.end();
+  await waitForLog(pair.serverLog, () => accessLines(pair.serverLog).length === n + 3);
 });
