@@ -13,6 +13,9 @@
  *   reader holds its own sender back without stalling the other streams of the session.
  * - Half-close is END_STREAM; a reset is RST_STREAM (`resetStream`), carried by the splice like a TCP
  *   reset.
+ * - Liveness: a session that received nothing for `keepalive.intervalMs` gets a PING; without an ACK
+ *   in `keepalive.timeoutMs` it is destroyed and counted once as a failure of its endpoint, and no new
+ *   stream goes to it while the PING is outstanding (session-keepalive.ts).
  * - A session that cannot be opened is one upstream failure of that endpoint (outlier detection),
  *   however many connections waited on it (`alreadyCounted` on the errors of the others); a
  *   session that dies takes its streams with it, and each of them ends as a reset.
@@ -21,6 +24,7 @@ import http2 from "node:http2";
 import type tls from "node:tls";
 import type { TimerHandle } from "../core/clock.ts";
 import { isWeftError, WeftError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
 import { formatAddr } from "../discovery/types.ts";
 import {
   type Connector,
@@ -29,6 +33,7 @@ import {
   type Upstream,
   type UpstreamTarget,
 } from "./connector.ts";
+import { type KeepaliveSettings, SessionKeepalive } from "./session-keepalive.ts";
 
 /** The ALPN of a pooled tunnel session. */
 export const ALPN_H2 = "h2";
@@ -49,12 +54,18 @@ export interface PooledConnectorOptions extends MtlsConnectorOptions {
   readonly sessionIdleTimeoutMs: number;
   /** Deadline for opening a session (TCP connect plus handshake). */
   readonly connectTimeoutMs: number;
+  /** PING a silent session; close it when the ACK does not come (see session-keepalive.ts). */
+  readonly keepalive: KeepaliveSettings;
+  readonly logger: Logger;
 }
 
 interface PooledSession {
   readonly session: http2.ClientHttp2Session;
   readonly peer: string;
   readonly context: tls.SecureContext;
+  readonly keepalive: SessionKeepalive;
+  /** Counts the session's death against its endpoint (given by the connection that opened it). */
+  readonly reportLost: ((err: WeftError) => void) | undefined;
   active: number;
   retiring: boolean;
   idle: TimerHandle | undefined;
@@ -140,7 +151,7 @@ export class PooledConnector implements Connector {
     }
     for (const e of list) {
       if (!e.retiring && e.context !== current) this.retire(e);
-      if (e.retiring || e.session.closed || e.session.destroyed) continue;
+      if (e.retiring || e.session.closed || e.session.destroyed || e.keepalive.suspect) continue;
       if (e.active < this.o.maxStreamsPerSession) return e;
     }
     return undefined;
@@ -190,14 +201,30 @@ export class PooledConnector implements Connector {
     );
     session.on("error", noop);
     session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
+    const where = formatAddr(target.endpoint.address, target.endpoint.tunnelPort);
+    const keepalive = new SessionKeepalive(session, v.raw, this.o.clock, this.o.keepalive, (err) => {
+      // The peer stopped answering: no new streams, the live ones end as resets, and the endpoint is
+      // charged one failure.
+      entry.retiring = true;
+      this.o.metrics.pooledSessionKeepaliveTimeouts.inc({ direction: "outbound" });
+      this.o.logger.warn(
+        { peer: where, peer_identity: v.peer, streams: entry.active, reason: err.reason },
+        "pooled session stopped answering PING; closing it",
+      );
+      entry.reportLost?.(err);
+      session.destroy();
+    });
     const entry: PooledSession = {
       session,
       peer: v.peer,
       context: v.context,
+      keepalive,
+      reportLost: target.reportLost,
       active: 0,
       retiring: false,
       idle: undefined,
     };
+    keepalive.start();
     session.once("goaway", () => {
       entry.retiring = true;
     });

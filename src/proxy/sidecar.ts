@@ -218,6 +218,10 @@ export class Sidecar {
       tracker: this.tracker,
       socketErrors: this.deps.socketErrors ?? platformSocketErrors(),
     };
+    const keepalive = {
+      intervalMs: c.upstream.sessionKeepalive.interval,
+      timeoutMs: c.upstream.sessionKeepalive.timeout,
+    };
     const connector =
       this.deps.connector ??
       (c.upstream.transport === "pooled"
@@ -228,6 +232,8 @@ export class Sidecar {
             maxStreamsPerSession: c.upstream.maxStreamsPerSession,
             sessionIdleTimeoutMs: c.upstream.sessionIdleTimeout,
             connectTimeoutMs: c.timeouts.connect,
+            keepalive,
+            logger: this.logger.child({ component: "pool" }),
           })
         : new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics }));
     this.connector = connector;
@@ -285,6 +291,7 @@ export class Sidecar {
           },
           appAddress: c.inbound.appAddress,
           timeouts,
+          keepalive,
         })
       : undefined;
     const tunnel = this.tunnelHandler

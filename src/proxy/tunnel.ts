@@ -35,6 +35,7 @@ import {
   readProxyHeader,
 } from "./proxy-protocol.ts";
 import { decideInbound, type InboundSettings } from "./route.ts";
+import { type KeepaliveSettings, SessionKeepalive } from "./session-keepalive.ts";
 import { resetSide, type Splice, type SpliceSide } from "./splice.ts";
 import { ALPN_WEFT, type TunnelTls } from "./tls-context.ts";
 
@@ -53,6 +54,8 @@ export interface TunnelOptions {
     readonly idle: number;
     readonly halfClose: number;
   };
+  /** Pooled sessions: PING a silent peer, close the session when it does not answer. */
+  readonly keepalive: KeepaliveSettings;
 }
 
 /** OpenSSL errors that mean the bytes were not TLS at all (plaintext, HTTP, garbage). */
@@ -251,6 +254,15 @@ class TunnelConnection {
     // A peer that vanished without a FIN must not hold a session forever: after `timeouts.idle` with no
     // frames, GOAWAY (live streams may still finish; the peer opens a new session for new ones).
     if (o.timeouts.idle > 0) session.setTimeout(o.timeouts.idle, () => session.close());
+    // A peer that is gone (no FIN, packets dropped) is found sooner by PING: its streams end as resets.
+    new SessionKeepalive(session, this.raw, o.clock, o.keepalive, (err) => {
+      o.metrics.pooledSessionKeepaliveTimeouts.inc({ direction: "inbound" });
+      o.logger.warn(
+        { src: rec.src, peer_identity: peer, reason: err.reason },
+        "pooled session stopped answering PING; closing it",
+      );
+      session.destroy();
+    }).start();
     session.on("stream", (stream, headers) => {
       stream.on("error", noop);
       if (headers[":method"] !== "CONNECT") {
