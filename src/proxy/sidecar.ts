@@ -276,7 +276,10 @@ export class Sidecar {
       return l;
     };
 
-    this.tunnelHandler = c.listeners.tunnel.enabled
+    const tunnel = c.listeners.tunnel.enabled
+      ? add("tunnel", c.listeners.tunnel, (s) => this.tunnelHandler!.handle(s))
+      : undefined;
+    this.tunnelHandler = tunnel
       ? new TunnelHandler({
           tls: this.tls,
           clock: this.clock,
@@ -292,10 +295,8 @@ export class Sidecar {
           appAddress: c.inbound.appAddress,
           timeouts,
           keepalive,
+          slots: tunnel,
         })
-      : undefined;
-    const tunnel = this.tunnelHandler
-      ? add("tunnel", c.listeners.tunnel, this.tunnelHandler.handle)
       : undefined;
     const outbound = c.listeners.outbound.enabled
       ? add(

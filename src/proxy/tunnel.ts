@@ -26,6 +26,7 @@ import type { WeftMetrics } from "../core/metrics.ts";
 import { normalizeAddress } from "../discovery/types.ts";
 import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
 import { connectTcp } from "./connector.ts";
+import type { ConnectionSlots } from "./listener.ts";
 import { ALPN_H2, resetStream, SESSION_WINDOW, streamWasReset, TUNNEL_H2_SETTINGS } from "./pool.ts";
 import {
   encodeProxyV1,
@@ -56,6 +57,11 @@ export interface TunnelOptions {
   };
   /** Pooled sessions: PING a silent peer, close the session when it does not answer. */
   readonly keepalive: KeepaliveSettings;
+  /**
+   * The tunnel listener's `maxConnections`, which pooled streams count against too (one each, across
+   * every session); none = streams are bounded only per session.
+   */
+  readonly slots?: ConnectionSlots;
 }
 
 /** OpenSSL errors that mean the bytes were not TLS at all (plaintext, HTTP, garbage). */
@@ -268,6 +274,27 @@ class TunnelConnection {
       if (headers[":method"] !== "CONNECT") {
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
         return;
+      }
+      // Each stream is a connection for the listener's limit, so a peer cannot multiply its sessions'
+      // 10,000 streams: over the limit, RST_STREAM REFUSED_STREAM (nothing was processed, RFC 9113
+      // §8.7), counted as the per-connection path counts a refused accept.
+      if (o.slots && !o.slots.tryAcquire()) {
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        o.metrics.connectionsClosed.inc({
+          direction: "inbound",
+          service: "unknown",
+          peer_identity: peer,
+          reason: "connection_limit",
+        });
+        o.logger.debug(
+          { src: rec.src, peer_identity: peer, reason: "connection_limit" },
+          "tunnel stream refused",
+        );
+        return;
+      }
+      if (o.slots) {
+        const slots = o.slots;
+        stream.once("close", () => slots.release());
       }
       const srec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
       srec.src = rec.src;
