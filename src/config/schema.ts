@@ -186,6 +186,19 @@ export const configSchema = z.strictObject({
       maxStreamsPerSession: z.number().int().min(1).max(10_000).default(100),
       /** Pooled: a session with no streams for this long is closed. */
       sessionIdleTimeout: duration.default(300_000),
+      /**
+       * Pooled, on both ends of a session (the sessions this sidecar opens and those its tunnel port
+       * accepts): a session that received nothing for `interval` gets an HTTP/2 PING; no ACK within
+       * `timeout` closes it, its streams end as resets, and (client side) its endpoint is counted one
+       * failure. Finds a peer that vanished without a FIN in at most 2 × interval + timeout. 0 = off.
+       */
+      sessionKeepalive: z
+        .strictObject({ interval: duration.default(10_000), timeout: duration.default(5_000) })
+        .refine((k) => k.interval === 0 || k.timeout > 0, {
+          message: "timeout must be > 0 when interval is set",
+          path: ["timeout"],
+        })
+        .prefault({}),
     })
     .prefault({}),
   limits: z

@@ -93,6 +93,12 @@ export class WeftMetrics {
     help: "Pooled tunnel sessions accepted from peer sidecars and open now.",
     registers: [this.registry],
   });
+  readonly pooledSessionKeepaliveTimeouts = new Counter({
+    name: "weft_pooled_session_keepalive_timeouts_total",
+    help: "Pooled tunnel sessions closed because the peer did not acknowledge an HTTP/2 PING in time (outbound: sessions this sidecar opened; inbound: accepted on the tunnel port).",
+    labelNames: ["direction"] as const,
+    registers: [this.registry],
+  });
   readonly endpointActive = new Gauge({
     name: "weft_endpoint_active_connections",
     help: "Connections open now to each endpoint.",

@@ -36,6 +36,11 @@ export interface UpstreamTarget {
   readonly endpoint: Endpoint;
   /** The SPIFFE ID the endpoint's sidecar must present. */
   readonly expectedIdentity: string;
+  /**
+   * Pooled transport: counts one failure of the endpoint if a session this connection opened dies later
+   * because the peer stopped answering (keepalive). Called at most once per session.
+   */
+  readonly reportLost?: (err: WeftError) => void;
 }
 
 /** Given an endpoint and an identity, a connected mTLS duplex, or a WeftError with a bounded reason. */
@@ -48,7 +53,8 @@ export interface Connector {
 /**
  * Upstream failure reasons (labels of `weft_upstream_connect_failures_total`): connect_refused,
  * connect_failed, connect_timeout, handshake_failed, handshake_timeout, bad_alpn, identity_mismatch,
- * svid_<verifier reason>, aborted, not_ready.
+ * svid_<verifier reason>, aborted, not_ready; and keepalive_timeout for a pooled session that stopped
+ * answering PING after it was opened.
  */
 function failure(reason: string, message: string, cause?: unknown): WeftError {
   const code = reason.endsWith("_timeout")

@@ -1,7 +1,8 @@
 /**
  * The accept loop of one listening port (tunnel, outbound, inbound capture, explicit): sockets are
  * accepted with `allowHalfOpen: true` (half-close is forwarded by the splice, never answered by Node),
- * concurrency is bounded per listener (connections over the limit are closed at once and reported), and
+ * concurrency is bounded per listener (connections over the limit are closed at once and reported; the
+ * tunnel also counts each pooled stream through `tryAcquire`), and
  * accept errors (EMFILE, ENFILE, ...) back off: the listening socket is closed and reopened on the same
  * address after 10 ms, doubling up to 1 s, instead of spinning. `listen()` resolves once bound, with the
  * real address (port 0 in tests).
@@ -34,7 +35,15 @@ export interface ListenerOptions {
   readonly onAcceptError?: (err: Error) => void;
 }
 
-export class Listener {
+/** A listener's connection budget, for connections that are not accepted sockets (pooled tunnel streams). */
+export interface ConnectionSlots {
+  /** Take one slot; false when the listener is at its `maxConnections`. */
+  tryAcquire(): boolean;
+  /** Give back a slot taken with `tryAcquire`. */
+  release(): void;
+}
+
+export class Listener implements ConnectionSlots {
   private server: net.Server | undefined;
   private bound: SocketAddr | undefined;
   private activeCount = 0;
@@ -56,9 +65,23 @@ export class Listener {
     return this.bound;
   }
 
-  /** Connections accepted and not yet closed. */
+  /** Connections accepted and not yet closed, plus slots taken with `tryAcquire`. */
   get active(): number {
     return this.activeCount;
+  }
+
+  /**
+   * Count a connection that is not an accepted socket against `maxConnections`: every live stream of a
+   * pooled tunnel session is one connection, beside the socket that carries the session.
+   */
+  tryAcquire(): boolean {
+    if (this.activeCount >= this.options.maxConnections) return false;
+    this.activeCount++;
+    return true;
+  }
+
+  release(): void {
+    this.activeCount--;
   }
 
   get listening(): boolean {

@@ -200,7 +200,11 @@ class OutboundConnection {
         try {
           if (ep.sidecar) {
             upstream = await o.connector.connect(
-              { endpoint: ep, expectedIdentity: ep.identity },
+              {
+                endpoint: ep,
+                expectedIdentity: ep.identity,
+                reportLost: lostReporter(o, lease, service.name),
+              },
               attemptCtl.signal,
             );
           } else {
@@ -228,10 +232,18 @@ class OutboundConnection {
           lastErr = err;
           const reason = isWeftError(err) ? err.reason : "connect_failed";
           if (reason !== "aborted") {
-            lease.reportFailure(reason);
-            o.metrics.upstreamConnectFailures.inc({ service: service.name, endpoint: ep.key, reason });
+            // Many connections may share one failure (a pooled session opening): it is counted once.
+            const alreadyCounted = isWeftError(err) && err.alreadyCounted;
+            if (!alreadyCounted) countFailure(o, lease, service.name, reason);
             o.logger.debug(
-              { conn_id: rec.id, endpoint: ep.key, attempt, reason, err: errorMessage(err) },
+              {
+                conn_id: rec.id,
+                endpoint: ep.key,
+                attempt,
+                reason,
+                already_counted: alreadyCounted,
+                err: errorMessage(err),
+              },
               "upstream attempt failed",
             );
           }
@@ -290,6 +302,20 @@ class OutboundConnection {
     resetSide({ stream: client, raw: client });
     rec.finish(this.forced ?? upstreamReason(err, client.destroyed), err);
   }
+}
+
+/** One failure of the lease's endpoint: outlier detection and `weft_upstream_connect_failures_total`. */
+function countFailure(o: OutboundOptions, lease: EndpointLease, service: string, reason: string): void {
+  lease.reportFailure(reason);
+  o.metrics.upstreamConnectFailures.inc({ service, endpoint: lease.endpoint.key, reason });
+}
+
+/**
+ * For a pooled session this connection may open: its later death (keepalive) is one failure of the
+ * endpoint. Built here, outside the connection's closures, so a session keeps nothing else alive.
+ */
+function lostReporter(o: OutboundOptions, lease: EndpointLease, service: string): (err: WeftError) => void {
+  return (err) => countFailure(o, lease, service, err.reason);
 }
 
 function upstreamReason(err: unknown, clientGone: boolean): CloseReason {

@@ -5,20 +5,26 @@
  * costs one stream, not one handshake; the stream carries the PROXY v2 header and then the app's bytes,
  * exactly as a per-connection tunnel does, and the peer's tunnel listener applies policy per stream.
  *
- * - Sessions are opened on demand (concurrent callers for the same peer share one opening), filled up
- *   to `maxStreamsPerSession`, closed after `sessionIdleTimeoutMs` without streams, and retired (closed
+ * - Sessions are opened on demand (concurrent callers for the same peer share one opening; callers
+ *   that find the new session already full share the next one), filled up to `maxStreamsPerSession`
+ *   and never beyond, closed after `sessionIdleTimeoutMs` without streams, and retired (closed
  *   gracefully, live streams finish) when the sidecar's certificate rotates or the peer sends GOAWAY.
  * - Flow control: 1 MiB per stream, 4 MiB per session. A paused stream stops window updates, so a slow
  *   reader holds its own sender back without stalling the other streams of the session.
  * - Half-close is END_STREAM; a reset is RST_STREAM (`resetStream`), carried by the splice like a TCP
  *   reset.
- * - A session that cannot be opened is an upstream failure of that endpoint (outlier detection); a
+ * - Liveness: a session that received nothing for `keepalive.intervalMs` gets a PING; without an ACK
+ *   in `keepalive.timeoutMs` it is destroyed and counted once as a failure of its endpoint, and no new
+ *   stream goes to it while the PING is outstanding (session-keepalive.ts).
+ * - A session that cannot be opened is one upstream failure of that endpoint (outlier detection),
+ *   however many connections waited on it (`alreadyCounted` on the errors of the others); a
  *   session that dies takes its streams with it, and each of them ends as a reset.
  */
 import http2 from "node:http2";
 import type tls from "node:tls";
 import type { TimerHandle } from "../core/clock.ts";
-import { WeftError } from "../core/errors.ts";
+import { isWeftError, WeftError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
 import { formatAddr } from "../discovery/types.ts";
 import {
   type Connector,
@@ -27,6 +33,7 @@ import {
   type Upstream,
   type UpstreamTarget,
 } from "./connector.ts";
+import { type KeepaliveSettings, SessionKeepalive } from "./session-keepalive.ts";
 
 /** The ALPN of a pooled tunnel session. */
 export const ALPN_H2 = "h2";
@@ -47,12 +54,18 @@ export interface PooledConnectorOptions extends MtlsConnectorOptions {
   readonly sessionIdleTimeoutMs: number;
   /** Deadline for opening a session (TCP connect plus handshake). */
   readonly connectTimeoutMs: number;
+  /** PING a silent session; close it when the ACK does not come (see session-keepalive.ts). */
+  readonly keepalive: KeepaliveSettings;
+  readonly logger: Logger;
 }
 
 interface PooledSession {
   readonly session: http2.ClientHttp2Session;
   readonly peer: string;
   readonly context: tls.SecureContext;
+  readonly keepalive: SessionKeepalive;
+  /** Counts the session's death against its endpoint (given by the connection that opened it). */
+  readonly reportLost: ((err: WeftError) => void) | undefined;
   active: number;
   retiring: boolean;
   idle: TimerHandle | undefined;
@@ -65,10 +78,17 @@ interface Opened {
   readonly resumed: boolean;
 }
 
+/** One session opening in progress, shared by every connection to the same peer that waits for it. */
+interface Opening {
+  readonly promise: Promise<Opened>;
+  /** A waiter already carries this opening's failure (the opening's error, or its own deadline). */
+  failureCounted: boolean;
+}
+
 /** Upstream streams over pooled mutual-TLS HTTP/2 sessions; see the module comment. */
 export class PooledConnector implements Connector {
   private readonly pools = new Map<string, PooledSession[]>();
-  private readonly opening = new Map<string, Promise<Opened>>();
+  private readonly opening = new Map<string, Opening>();
   private closed = false;
 
   constructor(private readonly o: PooledConnectorOptions) {}
@@ -76,36 +96,41 @@ export class PooledConnector implements Connector {
   async connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream> {
     const ep = target.endpoint;
     const key = `${formatAddr(ep.address, ep.tunnelPort)}|${target.expectedIdentity}`;
-    let entry = this.usable(key);
-    let opened: Opened | undefined;
-    if (!entry) {
-      opened = await raceAbort(this.openShared(key, target), signal);
-      entry = opened.entry;
-      // Another caller may have filled it meanwhile; one stream over the limit is harmless.
+    // Each round either takes a stream or waits for an opening; `signal` (the attempt's deadline) ends it.
+    let mustOpen = false;
+    for (;;) {
+      let opened: Opened | undefined;
+      let entry = mustOpen ? undefined : this.usable(key);
+      if (!entry) {
+        opened = await this.join(key, target, signal);
+        // The other waiters of that opening may have filled the session: never exceed the limit, share
+        // the next opening instead.
+        if (opened.entry.active >= this.o.maxStreamsPerSession) continue;
+        entry = opened.entry;
+      }
+      let stream: http2.ClientHttp2Stream;
+      try {
+        stream = this.request(entry, target);
+      } catch (err) {
+        // A pooled session that died under us (GOAWAY, socket gone) is not the endpoint's fault: one
+        // fresh session is tried before the attempt counts as failed.
+        if (opened) throw err;
+        mustOpen = true;
+        continue;
+      }
+      return {
+        side: {
+          stream,
+          reset: () => resetStream(stream),
+          resetByPeer: () => streamWasReset(stream),
+        },
+        peerIdentity: entry.peer,
+        connectMs: opened?.connectMs ?? 0,
+        handshakeMs: opened?.handshakeMs,
+        resumed: opened?.resumed ?? false,
+        tunnel: true,
+      };
     }
-    let stream: http2.ClientHttp2Stream;
-    try {
-      stream = this.request(entry, target);
-    } catch (err) {
-      // A pooled session that died under us (GOAWAY, socket gone) is not the endpoint's fault: one
-      // fresh session is tried before the attempt counts as failed.
-      if (opened) throw err;
-      opened = await raceAbort(this.openShared(key, target), signal);
-      entry = opened.entry;
-      stream = this.request(entry, target);
-    }
-    return {
-      side: {
-        stream,
-        reset: () => resetStream(stream),
-        resetByPeer: () => streamWasReset(stream),
-      },
-      peerIdentity: entry.peer,
-      connectMs: opened?.connectMs ?? 0,
-      handshakeMs: opened?.handshakeMs,
-      resumed: opened?.resumed ?? false,
-      tunnel: true,
-    };
   }
 
   /** Close every session now (sidecar shutdown); their streams end as resets. */
@@ -126,21 +151,27 @@ export class PooledConnector implements Connector {
     }
     for (const e of list) {
       if (!e.retiring && e.context !== current) this.retire(e);
-      if (e.retiring || e.session.closed || e.session.destroyed) continue;
+      if (e.retiring || e.session.closed || e.session.destroyed || e.keepalive.suspect) continue;
       if (e.active < this.o.maxStreamsPerSession) return e;
     }
     return undefined;
   }
 
-  private openShared(key: string, target: UpstreamTarget): Promise<Opened> {
-    let p = this.opening.get(key);
-    if (!p) {
-      p = this.open(key, target).finally(() => this.opening.delete(key));
+  /** Wait on the opening in progress for `key` (or start one), within `signal`. */
+  private async join(key: string, target: UpstreamTarget, signal: AbortSignal): Promise<Opened> {
+    let opening = this.opening.get(key);
+    if (!opening) {
+      const promise = this.open(key, target).finally(() => this.opening.delete(key));
       // Waiters may all have gone (aborted) by the time it fails: never an unhandled rejection.
-      p.catch(noop);
-      this.opening.set(key, p);
+      promise.catch(noop);
+      opening = { promise, failureCounted: false };
+      this.opening.set(key, opening);
     }
-    return p;
+    try {
+      return await raceAbort(opening.promise, signal);
+    } catch (err) {
+      throw countOnce(opening, err, formatAddr(target.endpoint.address, target.endpoint.tunnelPort));
+    }
   }
 
   private async open(key: string, target: UpstreamTarget): Promise<Opened> {
@@ -170,14 +201,30 @@ export class PooledConnector implements Connector {
     );
     session.on("error", noop);
     session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
+    const where = formatAddr(target.endpoint.address, target.endpoint.tunnelPort);
+    const keepalive = new SessionKeepalive(session, v.raw, this.o.clock, this.o.keepalive, (err) => {
+      // The peer stopped answering: no new streams, the live ones end as resets, and the endpoint is
+      // charged one failure.
+      entry.retiring = true;
+      this.o.metrics.pooledSessionKeepaliveTimeouts.inc({ direction: "outbound" });
+      this.o.logger.warn(
+        { peer: where, peer_identity: v.peer, streams: entry.active, reason: err.reason },
+        "pooled session stopped answering PING; closing it",
+      );
+      entry.reportLost?.(err);
+      session.destroy();
+    });
     const entry: PooledSession = {
       session,
       peer: v.peer,
       context: v.context,
+      keepalive,
+      reportLost: target.reportLost,
       active: 0,
       retiring: false,
       idle: undefined,
     };
+    keepalive.start();
     session.once("goaway", () => {
       entry.retiring = true;
     });
@@ -285,6 +332,24 @@ function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     );
   });
+}
+
+/**
+ * One failed opening is one failure of the endpoint, however many connections waited on it: the first
+ * waiter to fail carries the error as it is (and counts it), the others get it marked `alreadyCounted`.
+ * A waiter that gave up (`aborted`: its client went away) counts nothing and leaves it to the others.
+ */
+function countOnce(opening: Opening, err: unknown, where: string): unknown {
+  if (!isWeftError(err) || err.reason === "aborted") return err;
+  if (!opening.failureCounted) {
+    opening.failureCounted = true;
+    return err;
+  }
+  return new WeftError(
+    err.code,
+    `the tunnel session opening to ${where} that this connection waited on failed (${err.reason}); another connection counted it`,
+    { reason: err.reason, cause: err, alreadyCounted: true },
+  );
 }
 
 function abortReason(signal: AbortSignal): WeftError {

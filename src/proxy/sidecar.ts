@@ -218,6 +218,10 @@ export class Sidecar {
       tracker: this.tracker,
       socketErrors: this.deps.socketErrors ?? platformSocketErrors(),
     };
+    const keepalive = {
+      intervalMs: c.upstream.sessionKeepalive.interval,
+      timeoutMs: c.upstream.sessionKeepalive.timeout,
+    };
     const connector =
       this.deps.connector ??
       (c.upstream.transport === "pooled"
@@ -228,6 +232,8 @@ export class Sidecar {
             maxStreamsPerSession: c.upstream.maxStreamsPerSession,
             sessionIdleTimeoutMs: c.upstream.sessionIdleTimeout,
             connectTimeoutMs: c.timeouts.connect,
+            keepalive,
+            logger: this.logger.child({ component: "pool" }),
           })
         : new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics }));
     this.connector = connector;
@@ -270,7 +276,10 @@ export class Sidecar {
       return l;
     };
 
-    this.tunnelHandler = c.listeners.tunnel.enabled
+    const tunnel = c.listeners.tunnel.enabled
+      ? add("tunnel", c.listeners.tunnel, (s) => this.tunnelHandler!.handle(s))
+      : undefined;
+    this.tunnelHandler = tunnel
       ? new TunnelHandler({
           tls: this.tls,
           clock: this.clock,
@@ -285,10 +294,9 @@ export class Sidecar {
           },
           appAddress: c.inbound.appAddress,
           timeouts,
+          keepalive,
+          slots: tunnel,
         })
-      : undefined;
-    const tunnel = this.tunnelHandler
-      ? add("tunnel", c.listeners.tunnel, this.tunnelHandler.handle)
       : undefined;
     const outbound = c.listeners.outbound.enabled
       ? add(

@@ -26,6 +26,7 @@ import type { WeftMetrics } from "../core/metrics.ts";
 import { normalizeAddress } from "../discovery/types.ts";
 import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
 import { connectTcp } from "./connector.ts";
+import type { ConnectionSlots } from "./listener.ts";
 import { ALPN_H2, resetStream, SESSION_WINDOW, streamWasReset, TUNNEL_H2_SETTINGS } from "./pool.ts";
 import {
   encodeProxyV1,
@@ -35,6 +36,7 @@ import {
   readProxyHeader,
 } from "./proxy-protocol.ts";
 import { decideInbound, type InboundSettings } from "./route.ts";
+import { type KeepaliveSettings, SessionKeepalive } from "./session-keepalive.ts";
 import { resetSide, type Splice, type SpliceSide } from "./splice.ts";
 import { ALPN_WEFT, type TunnelTls } from "./tls-context.ts";
 
@@ -53,6 +55,13 @@ export interface TunnelOptions {
     readonly idle: number;
     readonly halfClose: number;
   };
+  /** Pooled sessions: PING a silent peer, close the session when it does not answer. */
+  readonly keepalive: KeepaliveSettings;
+  /**
+   * The tunnel listener's `maxConnections`, which pooled streams count against too (one each, across
+   * every session); none = streams are bounded only per session.
+   */
+  readonly slots?: ConnectionSlots;
 }
 
 /** OpenSSL errors that mean the bytes were not TLS at all (plaintext, HTTP, garbage). */
@@ -251,11 +260,41 @@ class TunnelConnection {
     // A peer that vanished without a FIN must not hold a session forever: after `timeouts.idle` with no
     // frames, GOAWAY (live streams may still finish; the peer opens a new session for new ones).
     if (o.timeouts.idle > 0) session.setTimeout(o.timeouts.idle, () => session.close());
+    // A peer that is gone (no FIN, packets dropped) is found sooner by PING: its streams end as resets.
+    new SessionKeepalive(session, this.raw, o.clock, o.keepalive, (err) => {
+      o.metrics.pooledSessionKeepaliveTimeouts.inc({ direction: "inbound" });
+      o.logger.warn(
+        { src: rec.src, peer_identity: peer, reason: err.reason },
+        "pooled session stopped answering PING; closing it",
+      );
+      session.destroy();
+    }).start();
     session.on("stream", (stream, headers) => {
       stream.on("error", noop);
       if (headers[":method"] !== "CONNECT") {
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
         return;
+      }
+      // Each stream is a connection for the listener's limit, so a peer cannot multiply its sessions'
+      // 10,000 streams: over the limit, RST_STREAM REFUSED_STREAM (nothing was processed, RFC 9113
+      // §8.7), counted as the per-connection path counts a refused accept.
+      if (o.slots && !o.slots.tryAcquire()) {
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        o.metrics.connectionsClosed.inc({
+          direction: "inbound",
+          service: "unknown",
+          peer_identity: peer,
+          reason: "connection_limit",
+        });
+        o.logger.debug(
+          { src: rec.src, peer_identity: peer, reason: "connection_limit" },
+          "tunnel stream refused",
+        );
+        return;
+      }
+      if (o.slots) {
+        const slots = o.slots;
+        stream.once("close", () => slots.release());
       }
       const srec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
       srec.src = rec.src;

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { TestContext } from "node:test";
 import { parseConfig } from "../../src/config/load.ts";
 import type { Config } from "../../src/config/schema.ts";
+import type { Clock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import type { RouteTable } from "../../src/discovery/types.ts";
 import { FileIdentitySource } from "../../src/proxy/identity.ts";
@@ -90,6 +91,10 @@ export interface PairOptions {
   readonly serverConfig?: Record<string, unknown>;
   readonly clientConfig?: Record<string, unknown>;
   readonly retries?: { attempts: number; deadlineMs: number };
+  /** The clock of both sidecars (default the system clock). */
+  readonly clock?: Clock;
+  /** The port the client dials for the server's tunnel, e.g. a relay in front of it (default the tunnel port). */
+  readonly clientTunnelPort?: (serverTunnelPort: number) => Promise<number>;
 }
 
 export interface Pair {
@@ -138,14 +143,22 @@ export async function startSidecarPair(t: TestContext, options: PairOptions): Pr
     testConfig(ca.trustDomain, serverFiles, options.serverConfig),
     new StaticRouteTable([]),
     serverLog,
+    { clock: options.clock },
   );
   const tunnelPort = server.addresses.tunnel!.port;
+  const dialPort = options.clientTunnelPort ? await options.clientTunnelPort(tunnelPort) : tunnelPort;
   const routes = new StaticRouteTable([
     {
       name: "backend",
       identity: options.expectIdentity ?? serverIssued.id.toString(),
       ports: [8080],
-      endpoints: [{ address: "127.0.0.1", port: options.appPort, tunnelPort }],
+      endpoints: [
+        {
+          address: "127.0.0.1",
+          port: options.appPort,
+          tunnelPort: dialPort,
+        },
+      ],
       retries: options.retries,
     },
   ]);
@@ -161,6 +174,7 @@ export async function startSidecarPair(t: TestContext, options: PairOptions): Pr
     }),
     routes,
     clientLog,
+    { clock: options.clock },
   );
   return {
     ca,

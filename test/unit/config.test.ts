@@ -23,6 +23,7 @@ test("a minimal config gets every default, in milliseconds and bytes", () => {
   assert.equal(c.outlierDetection.baseEjectionTime, 30_000);
   assert.equal(c.outlierDetection.maxEjectionPercent, 10);
   assert.equal(c.retries.attempts, 3);
+  assert.deepEqual(c.upstream.sessionKeepalive, { interval: 10_000, timeout: 5_000 });
   assert.equal(c.inbound.mode, "strict");
   assert.equal(c.outboundPolicy, "allow-any");
   assert.ok(Object.isFrozen(c.timeouts));
@@ -33,6 +34,7 @@ test("every error is reported at once, each naming its key", () => {
 trustDomain: Weft Local
 identity: {}
 timeouts: { idle: 1x, connect: -5 }
+upstream: { sessionKeepalive: { interval: 30s, timeout: 0 } }
 listeners:
   tunnel: { port: 70000 }
   explicit: [ { listen: "nohost", service: backend } ]
@@ -60,6 +62,7 @@ services:
         "listeners.explicit[0].listen",
         "services[0].endpoints[0].address",
         "services[1].name",
+        "upstream.sessionKeepalive.timeout",
       ]) {
         assert.ok(keys.includes(k), `expected an error for ${k}, got ${keys.join(", ")}`);
       }
