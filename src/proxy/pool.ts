@@ -21,8 +21,9 @@
  *   session that dies takes its streams with it, and each of them ends as a reset.
  */
 import http2 from "node:http2";
+import type { Duplex } from "node:stream";
 import type tls from "node:tls";
-import type { TimerHandle } from "../core/clock.ts";
+import type { Clock, TimerHandle } from "../core/clock.ts";
 import { isWeftError, WeftError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { formatAddr } from "../discovery/types.ts";
@@ -61,6 +62,8 @@ export interface PooledConnectorOptions extends MtlsConnectorOptions {
 
 interface PooledSession {
   readonly session: http2.ClientHttp2Session;
+  /** The mutual-TLS socket the session runs over. */
+  readonly sock: Duplex;
   readonly peer: string;
   readonly context: tls.SecureContext;
   readonly keepalive: SessionKeepalive;
@@ -83,6 +86,40 @@ interface Opening {
   readonly promise: Promise<Opened>;
   /** A waiter already carries this opening's failure (the opening's error, or its own deadline). */
   failureCounted: boolean;
+}
+
+/**
+ * How long the socket of an ended session may take to flush. When an HTTP/2 session ends (closed after
+ * its last stream, destroyed on a protocol error), Node waits for the session's write in progress and
+ * then for the socket's queued writes before it closes the socket: with a peer that reads nothing
+ * (stalled, or hostile) that wait is forever, and the socket, its buffers and its tunnel slot leak
+ * (found by the stall watchdog of tunnel-pooled-parallel.test.ts: both sidecars kept the session's TCP
+ * connection open after stop(); pinned by pool-session-linger.test.ts).
+ */
+export const SESSION_LINGER_MS = 5_000;
+
+/**
+ * Bound the end of `session` over `sock`: once the session is destroyed (which is how Node ends every
+ * session, gracefully closed or not), its socket gets `SESSION_LINGER_MS` to flush and is then
+ * destroyed. Not at once: the last frames of a finished stream may still be on their way out.
+ */
+export function boundSessionLinger(session: http2.Http2Session, sock: Duplex, clock: Clock): void {
+  const destroy = session.destroy;
+  let armed = false;
+  session.destroy = function (this: http2.Http2Session, ...args: unknown[]) {
+    if (!armed && !sock.destroyed) {
+      armed = true;
+      const timer = clock.setTimeout(() => sock.destroy(), SESSION_LINGER_MS);
+      sock.once("close", () => timer.cancel());
+    }
+    return (destroy as (...a: unknown[]) => void).apply(this, args);
+  } as http2.Http2Session["destroy"];
+}
+
+/** Destroy a session and its socket now (Node's `destroy()` alone waits for the socket's writes). */
+export function destroySession(session: http2.Http2Session, sock: Duplex): void {
+  session.destroy();
+  sock.destroy();
 }
 
 /** Upstream streams over pooled mutual-TLS HTTP/2 sessions; see the module comment. */
@@ -136,7 +173,7 @@ export class PooledConnector implements Connector {
   /** Close every session now (sidecar shutdown); their streams end as resets. */
   close(): void {
     this.closed = true;
-    for (const list of this.pools.values()) for (const e of list) e.session.destroy();
+    for (const list of this.pools.values()) for (const e of list) destroySession(e.session, e.sock);
     this.pools.clear();
   }
 
@@ -212,10 +249,12 @@ export class PooledConnector implements Connector {
         "pooled session stopped answering PING; closing it",
       );
       entry.reportLost?.(err);
-      session.destroy();
+      destroySession(session, v.sock);
     });
+    boundSessionLinger(session, v.sock, this.o.clock);
     const entry: PooledSession = {
       session,
+      sock: v.sock,
       peer: v.peer,
       context: v.context,
       keepalive,

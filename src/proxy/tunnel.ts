@@ -27,7 +27,15 @@ import { normalizeAddress } from "../discovery/types.ts";
 import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
 import { connectTcp } from "./connector.ts";
 import type { ConnectionSlots } from "./listener.ts";
-import { ALPN_H2, resetStream, SESSION_WINDOW, streamWasReset, TUNNEL_H2_SETTINGS } from "./pool.ts";
+import {
+  ALPN_H2,
+  boundSessionLinger,
+  destroySession,
+  resetStream,
+  SESSION_WINDOW,
+  streamWasReset,
+  TUNNEL_H2_SETTINGS,
+} from "./pool.ts";
 import {
   encodeProxyV1,
   encodeProxyV2,
@@ -82,7 +90,7 @@ const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 /** Handles connections accepted on the tunnel port; `handle` is the listener's `onConnection`. */
 export class TunnelHandler {
   /** Pooled sessions accepted from peer sidecars and still open. */
-  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly sessions = new Map<http2.ServerHttp2Session, tls.TLSSocket>();
   /** Set once the sessions were told to close: a session that completes its handshake later is too. */
   private draining = false;
 
@@ -91,8 +99,8 @@ export class TunnelHandler {
   /** Drain: GOAWAY to every pooled session (live streams finish); `now`: destroy them. */
   closeSessions(now: boolean): void {
     this.draining = true;
-    for (const s of this.sessions) {
-      if (now) s.destroy();
+    for (const [s, sock] of this.sessions) {
+      if (now) destroySession(s, sock);
       else s.close();
     }
   }
@@ -135,7 +143,7 @@ class TunnelConnection {
     private readonly rec: ConnectionRecord,
     private readonly raw: Socket,
     private readonly sock: tls.TLSSocket,
-    private readonly sessions: Set<http2.ServerHttp2Session>,
+    private readonly sessions: Map<http2.ServerHttp2Session, tls.TLSSocket>,
     private readonly draining: () => boolean,
   ) {
     this.started = o.clock.monotonic();
@@ -250,7 +258,8 @@ class TunnelConnection {
     const session = http2.performServerHandshake(sock, { settings: TUNNEL_H2_SETTINGS });
     session.on("error", noop);
     o.metrics.tunnelPooledSessions.inc();
-    this.sessions.add(session);
+    this.sessions.set(session, sock);
+    boundSessionLinger(session, sock, o.clock);
     session.once("close", () => {
       this.sessions.delete(session);
       o.metrics.tunnelPooledSessions.dec();
@@ -267,7 +276,7 @@ class TunnelConnection {
         { src: rec.src, peer_identity: peer, reason: err.reason },
         "pooled session stopped answering PING; closing it",
       );
-      session.destroy();
+      destroySession(session, sock);
     }).start();
     session.on("stream", (stream, headers) => {
       stream.on("error", noop);
