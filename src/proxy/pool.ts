@@ -267,6 +267,14 @@ export class PooledConnector implements Connector {
     session.once("goaway", () => {
       entry.retiring = true;
     });
+    // The peer's FIN ends the session: its sidecar is gone (killed: the kernel closed its socket) or done,
+    // and will send no more frames. The socket is half-open capable (dialMtls serves both transports), so
+    // HTTP/2 would not notice by itself and would put new streams on it (found by mesh-balancing: a
+    // killed pod failed 4 of 30 requests). Ended now, its streams end as resets.
+    v.sock.once("end", () => {
+      entry.retiring = true;
+      session.destroy();
+    });
     session.once("close", () => {
       entry.idle?.cancel();
       this.o.metrics.upstreamPooledSessions.dec();

@@ -260,6 +260,9 @@ class TunnelConnection {
     o.metrics.tunnelPooledSessions.inc();
     this.sessions.set(session, sock);
     boundSessionLinger(session, sock, o.clock);
+    // The peer's FIN ends the session (the socket is half-open capable for the per-connection path, so
+    // HTTP/2 would not notice by itself); its streams end as resets.
+    sock.once("end", () => session.destroy());
     session.once("close", () => {
       this.sessions.delete(session);
       o.metrics.tunnelPooledSessions.dec();
