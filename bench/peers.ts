@@ -92,7 +92,7 @@ export interface WeftPairOptions extends PeerOptions {
    * route, so a route's `sessionReuse` is ignored; start a second pair for full handshakes.
    */
   readonly sessionResumption?: boolean;
-  /** `upstream.transport` of the client side (default per-connection). */
+  /** `upstream.transport` of the client side (default: Weft's default, pooled). */
   readonly transport?: "per-connection" | "pooled";
 }
 

@@ -489,7 +489,14 @@ test("TCP semantics through two proxies: Weft (both transports) holds every scen
   t.after(() => rm(work, { recursive: true, force: true }));
   await writePeerCerts(work, TRUST_DOMAIN);
 
-  const weft = await runPeer("Weft", (o) => startWeftPair({ ...o, trustDomain: TRUST_DOMAIN }), work);
+  const weft = await runPeer(
+    "Weft (per-connection)",
+    async (o) => {
+      const p = await startWeftPair({ ...o, trustDomain: TRUST_DOMAIN, transport: "per-connection" });
+      return { ...p, version: `${p.version} per-connection` };
+    },
+    work,
+  );
   assert.equal(weft.missing, undefined, `the Weft pair did not start: ${weft.missing}`);
   const pooled = await runPeer(
     "Weft (pooled)",

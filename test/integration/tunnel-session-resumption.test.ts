@@ -40,7 +40,7 @@ function handshakes(metrics: string, direction: string, resumed: boolean): numbe
 test("session resumption: one full handshake, then resumed ones; counted and logged on both sides", async (t) => {
   const app = await startEchoServer();
   t.after(() => app.close());
-  const pair = await startSidecarPair(t, { appPort: app.port });
+  const pair = await startSidecarPair(t, { transport: "per-connection", appPort: app.port });
   for (let i = 1; i <= 4; i++) await roundTrip(pair, i);
 
   const client = (await adminGet(pair.client, "/metrics")).body;
@@ -76,6 +76,7 @@ test("tls.sessionResumption: false makes every connection a full mutual-TLS hand
   const app = await startEchoServer();
   t.after(() => app.close());
   const pair = await startSidecarPair(t, {
+    transport: "per-connection",
     appPort: app.port,
     clientConfig: { tls: { sessionResumption: false } },
   });
