@@ -8,7 +8,8 @@
  *     latency a proxy adds to a request), and four at once (on 2 cores shared with the load generator
  *     that saturates the CPU, so it also shows each proxy's CPU cost per message as queueing),
  *   - new connections per second, each a full mTLS handshake, and again with session resumption,
- *   - proxy memory per idle proxied connection (RSS of both proxy processes, before and after).
+ *   - proxy memory per idle proxied connection (RSS of both proxy processes, before and after), once,
+ *     after the rounds, followed by throughput and 1-connection p99 again ("after the memory test").
  * It prints a table of ratios against direct TCP and the best peer and writes JSON to bench/results/.
  * Every process it starts is stopped.
  */
@@ -246,6 +247,9 @@ interface Result {
   /** The same with session resumption, as each proxy does by default. */
   connResumedPerSec: number;
   kibPerIdleConn: number;
+  /** Measured again after the memory measurement (3000 connections held at once, then closed). */
+  throughputAfterGbps: number;
+  p99us1After: number;
 }
 
 type Metric = keyof Result;
@@ -264,6 +268,11 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
       return { connPerSec: await connRate(c.echoFullPort), connResumedPerSec: await connRate(c.echoPort) };
     case "memory":
       return c.pids.length > 0 ? { kibPerIdleConn: await idleMemory(c) } : {};
+    case "after":
+      return {
+        throughputAfterGbps: await bulk(c.sinkPort),
+        p99us1After: (await latency(c.echoPort, LAT_ROUNDS, 1)).p99,
+      };
     default:
       throw new Error(`bench: unknown measurement ${name}`);
   }
@@ -277,7 +286,12 @@ function median(values: number[]): number {
 }
 
 /** Higher is better for these; lower for the rest. */
-const HIGHER_BETTER: ReadonlySet<Metric> = new Set(["throughputGbps", "connPerSec", "connResumedPerSec"]);
+const HIGHER_BETTER: ReadonlySet<Metric> = new Set([
+  "throughputGbps",
+  "connPerSec",
+  "connResumedPerSec",
+  "throughputAfterGbps",
+]);
 
 async function main(): Promise<void> {
   await writePeerCerts(work);
@@ -351,10 +365,14 @@ async function main(): Promise<void> {
   }
   const samples = new Map<string, Map<Metric, number[]>>(contenders.map((c) => [c.name, new Map()]));
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const m of ["throughput", "latency", "connections", "memory"].filter((x) => ONLY.has(x))) {
-      // Memory in round 1 only: later rounds mostly measure allocators reusing what round 1 freed
-      // (HAProxy's pools fell from 64 to 2 KiB per connection, Weft's heap from 99 to 53).
-      if (m === "memory" && round > 1) continue;
+    // Memory runs once, after the rounds: later rounds would mostly measure allocators reusing what it
+    // freed (HAProxy's pools fell from 64 to 2 KiB per connection), and its aftermath slows a Node
+    // sidecar for a while (glibc's malloc fragmented by 3000 connections' native state: _int_malloc went
+    // from 2 % to 30 % of a sidecar's CPU in one profile), which the rows "after ..." show on their own.
+    const last = round === ROUNDS;
+    for (const m of ["throughput", "latency", "connections", ...(last ? ["memory", "after"] : [])].filter(
+      (x) => ONLY.has(x) || (x === "after" && ONLY.has("memory")),
+    )) {
       for (const c of contenders) {
         process.stderr.write(`  round ${round} ${m} ${c.name}`);
         const r = await measureOne(m, c);
@@ -390,6 +408,8 @@ async function main(): Promise<void> {
     ["new connections/s, full mTLS handshake each", "connPerSec", 0, "≥ 0.50× best peer"],
     ["new connections/s, TLS session resumed", "connResumedPerSec", 0, ""],
     ["proxy KiB per idle connection", "kibPerIdleConn", 1, "< 64 KiB"],
+    ["throughput after the memory test (Gbit/s)", "throughputAfterGbps", 2, ""],
+    ["latency p99, 1 connection, after the memory test (µs)", "p99us1After", 0, ""],
   ];
   const lines = [
     `| metric | direct TCP | ${wefts.map((w) => w.name).join(" | ")} | ${peers.map((p) => p.name).join(" | ")} | ${wefts.map((w) => `${w.name} / best peer`).join(" | ")} | target |`,
