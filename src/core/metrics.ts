@@ -7,6 +7,9 @@
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
+/** Resolution of the event-loop delay metric (`weft_process_nodejs_eventloop_lag_*`). */
+export const EVENT_LOOP_MONITORING_MS = 500;
+
 export type Direction = "outbound" | "inbound" | "explicit" | "passthrough" | "inbound_plaintext";
 
 interface ByteCell {
@@ -186,7 +189,16 @@ export class WeftMetrics {
         for (const c of cells.values()) this.inc(c.labels, c.received);
       },
     });
-    if (options.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: "weft_process_" });
+    if (options.processMetrics) {
+      // prom-client samples event-loop delay with a 10 ms timer by default: 100 wakeups a second, which
+      // kept an idle sidecar at 1 % CPU (2400 context switches in 25 s) and disturbed its neighbours on a
+      // busy machine. A 500 ms resolution keeps the lag metric and wakes the loop twice a second.
+      collectDefaultMetrics({
+        register: this.registry,
+        prefix: "weft_process_",
+        eventLoopMonitoringPrecision: EVENT_LOOP_MONITORING_MS,
+      });
+    }
   }
 
   /** A plain-number byte cell for one label set; the data path adds to `sent`/`received` directly. */
