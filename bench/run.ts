@@ -373,7 +373,11 @@ async function main(): Promise<void> {
     for (const m of ["throughput", "latency", "connections", ...(last ? ["memory", "after"] : [])].filter(
       (x) => ONLY.has(x) || (x === "after" && ONLY.has("memory")),
     )) {
-      for (const c of contenders) {
+      // The order rotates every round, so that no contender always runs right after the same one
+      // (the first latency runs after the last bulk transfer, while the load generator is still
+      // collecting its garbage).
+      const shift = (round - 1) % contenders.length;
+      for (const c of [...contenders.slice(shift), ...contenders.slice(0, shift)]) {
         process.stderr.write(`  round ${round} ${m} ${c.name}`);
         const r = await measureOne(m, c);
         process.stderr.write("\n");

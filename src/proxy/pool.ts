@@ -101,7 +101,9 @@ export const SESSION_LINGER_MS = 5_000;
 /**
  * Bound the end of `session` over `sock`: once the session is destroyed (which is how Node ends every
  * session, gracefully closed or not), its socket gets `SESSION_LINGER_MS` to flush and is then
- * destroyed. Not at once: the last frames of a finished stream may still be on their way out.
+ * destroyed. Not at once: the last frames of a finished stream may still be on their way out. A closed
+ * session whose last stream's frames cannot leave at all is never destroyed by Node; the keepalive
+ * (no PING ACK) ends that one.
  */
 export function boundSessionLinger(session: http2.Http2Session, sock: Duplex, clock: Clock): void {
   const destroy = session.destroy;
