@@ -197,6 +197,12 @@ export async function reloadIdentity(sidecar: Sidecar): Promise<void> {
   if (sidecar.identity instanceof FileIdentitySource) await sidecar.identity.reload();
 }
 
+/** The value on the line `name N` of Prometheus text (`name` is a regex source: escape label braces); 0 if absent. */
+export function metricValue(text: string, name: string): number {
+  const m = new RegExp(`^${name} (\\d+)`, "m").exec(text);
+  return m ? Number(m[1]) : 0;
+}
+
 /** GET a path from a sidecar's admin port; resolves with status and body. */
 export async function adminGet(sidecar: Sidecar, path: string): Promise<{ status: number; body: string }> {
   const a = sidecar.addresses.admin;

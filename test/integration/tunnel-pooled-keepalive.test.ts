@@ -13,16 +13,11 @@ import { test } from "node:test";
 import { ManualClock } from "../../src/core/clock.ts";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { type Relay, startRelay } from "../helpers/relay.ts";
-import { accessLines, adminGet, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
-
-function metric(text: string, name: string): number {
-  const m = new RegExp(`^${name} (\\d+)`, "m").exec(text);
-  return m ? Number(m[1]) : 0;
-}
+import { accessLines, adminGet, metricValue, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
 
 /** Sessions closed for an unanswered PING, by the side that closed them. */
 function keepaliveTimeouts(text: string, direction: "outbound" | "inbound"): number {
-  return metric(text, `weft_pooled_session_keepalive_timeouts_total\\{direction="${direction}"\\}`);
+  return metricValue(text, `weft_pooled_session_keepalive_timeouts_total\\{direction="${direction}"\\}`);
 }
 
 test("pooled: a peer that stops answering is found by PING on both ends; new connections get a fresh session", async (t) => {
@@ -71,7 +66,7 @@ test("pooled: a peer that stops answering is found by PING on both ends; new con
   let m = await metrics();
   assert.equal(keepaliveTimeouts(m.client, "outbound"), 0, "a live peer stays");
   assert.equal(keepaliveTimeouts(m.server, "inbound"), 0);
-  assert.equal(metric(m.client, "weft_upstream_pooled_sessions_opened_total"), 1);
+  assert.equal(metricValue(m.client, "weft_upstream_pooled_sessions_opened_total"), 1);
 
   // The peer's host vanishes: nothing is forwarded any more, nothing is closed.
   relay.blackhole();
@@ -83,7 +78,7 @@ test("pooled: a peer that stops answering is found by PING on both ends; new con
   b.on("error", () => {});
   await echo(b, "fresh");
   m = await metrics();
-  assert.equal(metric(m.client, "weft_upstream_pooled_sessions_opened_total"), 2);
+  assert.equal(metricValue(m.client, "weft_upstream_pooled_sessions_opened_total"), 2);
   assert.equal(relay.accepted, 2);
   assert.equal(keepaliveTimeouts(m.client, "outbound"), 0, "not yet dead");
 
@@ -105,15 +100,15 @@ test("pooled: a peer that stops answering is found by PING on both ends; new con
   );
   const clientLine = await waitForLog(pair.clientLog, (r) => r.msg === "connection closed");
   assert.equal(clientLine.reason, "upstream_reset");
-  assert.equal(metric(m.client, "weft_upstream_pooled_sessions"), 1, "only the fresh session is left");
-  assert.equal(metric(m.server, "weft_tunnel_pooled_sessions"), 1);
+  assert.equal(metricValue(m.client, "weft_upstream_pooled_sessions"), 1, "only the fresh session is left");
+  assert.equal(metricValue(m.server, "weft_tunnel_pooled_sessions"), 1);
 
   // The fresh session carries on, and takes the next connection too.
   await echo(b, "after");
   const c = await connect(pair.explicitPort);
   c.on("error", () => {});
   await echo(c, "third");
-  assert.equal(metric((await metrics()).client, "weft_upstream_pooled_sessions_opened_total"), 2);
+  assert.equal(metricValue((await metrics()).client, "weft_upstream_pooled_sessions_opened_total"), 2);
   b.end();
   c.end();
   await waitForLog(pair.serverLog, () => accessLines(pair.serverLog).length === 3);

@@ -10,10 +10,7 @@ import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { type Relay, startRelay } from "../helpers/relay.ts";
-import { adminGet, startSidecarPair } from "../helpers/sidecar.ts";
-
-const gauge = (text: string, name: string): number =>
-  Number(new RegExp(`^${name} (\\d+)`, "m").exec(text)?.[1] ?? 0);
+import { adminGet, metricValue, startSidecarPair } from "../helpers/sidecar.ts";
 
 test("pooled: a peer's FIN ends the session on both ends; the next connection gets a fresh one and succeeds", async (t) => {
   const app = await startEchoServer();
@@ -32,15 +29,18 @@ test("pooled: a peer's FIN ends the session on both ends; the next connection ge
   a.on("error", () => {});
   a.write("one");
   assert.equal((await readBytes(a, 3)).toString(), "one");
-  assert.equal(gauge((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions"), 1);
+  assert.equal(
+    metricValue((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions"),
+    1,
+  );
 
   relay.destroyAll(); // both sidecars read a FIN on the session's connection
   let client = 1;
   let server = 1;
   for (let i = 0; i < 250 && (client > 0 || server > 0); i++) {
     await sleep(20);
-    client = gauge((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions");
-    server = gauge((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions");
+    client = metricValue((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions");
+    server = metricValue((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions");
   }
   assert.equal(client, 0, "the client sidecar closed the session whose peer sent FIN");
   assert.equal(server, 0, "so did the server sidecar");

@@ -18,6 +18,7 @@ import {
   accessLines,
   adminGet,
   identityDir,
+  metricValue,
   startSidecar,
   startSidecarPair,
   testConfig,
@@ -165,11 +166,7 @@ test("pooled: waiters of one opening beyond maxStreamsPerSession share the next 
   assert.deepEqual(echoed, msgs);
 
   const opens = async (): Promise<number> =>
-    Number(
-      /^weft_upstream_pooled_sessions_opened_total (\d+)/m.exec(
-        (await adminGet(pair.client, "/metrics")).body,
-      )?.[1],
-    );
+    metricValue((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions_opened_total");
   assert.equal(await opens(), Math.ceil(n / 3), "10 connections at 3 streams per session: 4 sessions");
   assert.equal(relay.accepted, Math.ceil(n / 3), "4 TCP connections reached the peer");
   const server = (await adminGet(pair.server, "/metrics")).body;

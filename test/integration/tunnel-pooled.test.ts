@@ -23,6 +23,7 @@ import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.
 import {
   accessLines,
   adminGet,
+  metricValue,
   reloadIdentity,
   startSidecarPair,
   waitForLog,
@@ -30,11 +31,6 @@ import {
 } from "../helpers/sidecar.ts";
 
 const POOLED = { upstream: { transport: "pooled" } };
-
-function metric(text: string, name: string): number {
-  const m = new RegExp(`^${name} (\\d+)`, "m").exec(text);
-  return m ? Number(m[1]) : 0;
-}
 
 test("pooled: twenty concurrent connections share one mTLS session and stay separate connections", async (t) => {
   const app = await startEchoServer();
@@ -51,12 +47,12 @@ test("pooled: twenty concurrent connections share one mTLS session and stay sepa
   );
   assert.deepEqual(echoed, Array(20).fill(true), "every connection got exactly its own bytes back");
   const server = (await adminGet(pair.server, "/metrics")).body;
-  assert.equal(metric(server, "weft_tunnel_pooled_sessions"), 1, "one session on the server");
+  assert.equal(metricValue(server, "weft_tunnel_pooled_sessions"), 1, "one session on the server");
   for (const s of socks) s.end();
   await waitForLog(pair.serverLog, () => accessLines(pair.serverLog).length === 20);
 
   const client = (await adminGet(pair.client, "/metrics")).body;
-  assert.equal(metric(client, "weft_upstream_pooled_sessions_opened_total"), 1, "one handshake for 20");
+  assert.equal(metricValue(client, "weft_upstream_pooled_sessions_opened_total"), 1, "one handshake for 20");
   assert.match(
     client,
     /weft_tls_handshake_duration_seconds_count\{direction="outbound",resumed="false"\} 1\n/,
@@ -100,9 +96,9 @@ test("pooled: policy per stream — a denied stream is reset and counted, the se
       `weft_policy_denied_total\\{peer_identity="spiffe://weft.local/ns/default/sa/frontend",port="${app.port}"\\} 3`,
     ),
   );
-  assert.equal(metric(server, "weft_tunnel_pooled_sessions"), 1, "the session survived three refusals");
+  assert.equal(metricValue(server, "weft_tunnel_pooled_sessions"), 1, "the session survived three refusals");
   const client = (await adminGet(pair.client, "/metrics")).body;
-  assert.equal(metric(client, "weft_upstream_pooled_sessions_opened_total"), 1);
+  assert.equal(metricValue(client, "weft_upstream_pooled_sessions_opened_total"), 1);
 });
 
 test("pooled: the session's server must prove the service's identity", async (t) => {
@@ -144,7 +140,7 @@ test("pooled: after a rotation new connections use a new session; a stream on th
   await waitForLog(pair.serverLog, () => accessLines(pair.serverLog).length === 2);
 
   const client = (await adminGet(pair.client, "/metrics")).body;
-  assert.equal(metric(client, "weft_upstream_pooled_sessions_opened_total"), 2);
+  assert.equal(metricValue(client, "weft_upstream_pooled_sessions_opened_total"), 2);
   const serials = accessLines(pair.serverLog).map((l) => String(l.peer_serial).toUpperCase());
   const newSerial = new X509Certificate(next.certPem).serialNumber.toUpperCase();
   const oldSerial = new X509Certificate(pair.clientIssued.certPem).serialNumber.toUpperCase();
@@ -172,14 +168,18 @@ test("pooled: a session idle for sessionIdleTimeout is closed; the next connecti
   await waitForLog(pair.serverLog, () => accessLines(pair.serverLog).length === 1);
   // Bounded wait for the idle close (the gauge drops to 0 on both sides).
   for (let i = 0; i < 100; i++) {
-    if (metric((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions") === 0) break;
+    if (metricValue((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions") === 0)
+      break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  assert.equal(metric((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions"), 0);
-  assert.equal(metric((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions"), 0);
+  assert.equal(metricValue((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions"), 0);
+  assert.equal(
+    metricValue((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions"),
+    0,
+  );
   await roundTrip("two");
   const client = (await adminGet(pair.client, "/metrics")).body;
-  assert.equal(metric(client, "weft_upstream_pooled_sessions_opened_total"), 2);
+  assert.equal(metricValue(client, "weft_upstream_pooled_sessions_opened_total"), 2);
 });
 
 test("pooled: a verified peer that sends HTTP/2 garbage, or a garbage PROXY header on a stream, is dropped; the tunnel keeps serving", async (t) => {
