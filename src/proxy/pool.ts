@@ -99,13 +99,18 @@ interface Opening {
 export const SESSION_LINGER_MS = 5_000;
 
 /**
- * Bound the end of `session` over `sock`: once the session is destroyed (which is how Node ends every
- * session, gracefully closed or not), its socket gets `SESSION_LINGER_MS` to flush and is then
- * destroyed. Not at once: the last frames of a finished stream may still be on their way out. A closed
- * session whose last stream's frames cannot leave at all is never destroyed by Node; the keepalive
- * (no PING ACK) ends that one.
+ * Tie the ends of `session` and the socket `sock` it runs over, on both ends of a tunnel session:
+ * - The peer's FIN ends the session: its sidecar is gone (killed: the kernel closed its socket) or done
+ *   and will send no more frames. The socket is half-open capable (it serves the per-connection path
+ *   too), so HTTP/2 would not notice by itself and would take new streams on it (found by
+ *   mesh-balancing: a killed pod failed 4 of 30 requests). Ended, its streams end as resets.
+ * - Once the session is destroyed (which is how Node ends every session, gracefully closed or not), its
+ *   socket gets `SESSION_LINGER_MS` to flush and is then destroyed. Not at once: the last frames of a
+ *   finished stream may still be on their way out. A closed session whose last stream's frames cannot
+ *   leave at all is never destroyed by Node; the keepalive (no PING ACK) ends that one.
  */
-export function boundSessionLinger(session: http2.Http2Session, sock: Duplex, clock: Clock): void {
+export function tieSessionToSocket(session: http2.Http2Session, sock: Duplex, clock: Clock): void {
+  sock.once("end", () => session.destroy());
   const destroy = session.destroy;
   let armed = false;
   session.destroy = function (this: http2.Http2Session, ...args: unknown[]) {
@@ -253,7 +258,7 @@ export class PooledConnector implements Connector {
       entry.reportLost?.(err);
       destroySession(session, v.sock);
     });
-    boundSessionLinger(session, v.sock, this.o.clock);
+    tieSessionToSocket(session, v.sock, this.o.clock);
     const entry: PooledSession = {
       session,
       sock: v.sock,
@@ -268,14 +273,6 @@ export class PooledConnector implements Connector {
     keepalive.start();
     session.once("goaway", () => {
       entry.retiring = true;
-    });
-    // The peer's FIN ends the session: its sidecar is gone (killed: the kernel closed its socket) or done,
-    // and will send no more frames. The socket is half-open capable (dialMtls serves both transports), so
-    // HTTP/2 would not notice by itself and would put new streams on it (found by mesh-balancing: a
-    // killed pod failed 4 of 30 requests). Ended now, its streams end as resets.
-    v.sock.once("end", () => {
-      entry.retiring = true;
-      session.destroy();
     });
     session.once("close", () => {
       entry.idle?.cancel();

@@ -29,12 +29,12 @@ import { connectTcp } from "./connector.ts";
 import type { ConnectionSlots } from "./listener.ts";
 import {
   ALPN_H2,
-  boundSessionLinger,
   destroySession,
   resetStream,
   SESSION_WINDOW,
   streamWasReset,
   TUNNEL_H2_SETTINGS,
+  tieSessionToSocket,
 } from "./pool.ts";
 import {
   encodeProxyV1,
@@ -259,10 +259,7 @@ class TunnelConnection {
     session.on("error", noop);
     o.metrics.tunnelPooledSessions.inc();
     this.sessions.set(session, sock);
-    boundSessionLinger(session, sock, o.clock);
-    // The peer's FIN ends the session (the socket is half-open capable for the per-connection path, so
-    // HTTP/2 would not notice by itself); its streams end as resets.
-    sock.once("end", () => session.destroy());
+    tieSessionToSocket(session, sock, o.clock);
     session.once("close", () => {
       this.sessions.delete(session);
       o.metrics.tunnelPooledSessions.dec();

@@ -11,7 +11,7 @@ import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import tls from "node:tls";
 import { ManualClock } from "../../src/core/clock.ts";
-import { boundSessionLinger, destroySession, SESSION_LINGER_MS } from "../../src/proxy/pool.ts";
+import { destroySession, SESSION_LINGER_MS, tieSessionToSocket } from "../../src/proxy/pool.ts";
 import { SessionKeepalive } from "../../src/proxy/session-keepalive.ts";
 import { createTestCa } from "../helpers/ca.ts";
 
@@ -77,10 +77,10 @@ test("destroySession closes the socket at once, whatever it still had to write",
   assert.equal(session.destroyed, true);
 });
 
-test("boundSessionLinger: an ended session's socket gets SESSION_LINGER_MS to flush, then is destroyed", async (t) => {
+test("tieSessionToSocket: an ended session's socket gets SESSION_LINGER_MS to flush, then is destroyed", async (t) => {
   const clock = new ManualClock();
   const { sock, session } = await stalledSession(t);
-  boundSessionLinger(session, sock, clock);
+  tieSessionToSocket(session, sock, clock);
   session.destroy(); // as Node does itself on a protocol error, or after a closed session's last stream
   await new Promise((r) => setTimeout(r, 100));
   assert.equal(sock.destroyed, false, "still flushing before the linger time");
@@ -95,7 +95,7 @@ test("a gracefully closed session stuck behind a peer that reads nothing is ende
   // ends the session by itself; the PING behind them gets no ACK either, and the keepalive ends it.
   const clock = new ManualClock();
   const { sock, session, stream } = await stalledSession(t);
-  boundSessionLinger(session, sock, clock);
+  tieSessionToSocket(session, sock, clock);
   let dead = 0;
   new SessionKeepalive(session, sock, clock, { intervalMs: 10_000, timeoutMs: 5_000 }, () => {
     dead++;
