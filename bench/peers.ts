@@ -131,7 +131,7 @@ export function findBinary(names: readonly string[]): string | undefined {
 }
 
 /** Ports with a LISTEN socket on this host (IPv4 and IPv6), read from /proc. */
-function listeningPorts(): Set<number> {
+export function listeningPorts(): Set<number> {
   const ports = new Set<number>();
   for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
     let text: string;

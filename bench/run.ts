@@ -13,13 +13,23 @@
  * It prints a table of ratios against direct TCP and the best peer and writes JSON to bench/results/.
  * Every process it starts is stopped.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { type PeerPair, startHaproxyPair, startStunnelPair, startWeftPair, writePeerCerts } from "./peers.ts";
+import {
+  findBinary,
+  listeningPorts,
+  type PeerPair,
+  startHaproxyPair,
+  startStunnelPair,
+  startWeftPair,
+  writePeerCerts,
+} from "./peers.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const QUICK = process.argv.includes("--quick");
@@ -27,6 +37,16 @@ const QUICK = process.argv.includes("--quick");
 const ONLY = new Set(
   (
     process.argv.find((a) => a.startsWith("--only="))?.slice(7) ?? "throughput,latency,connections,memory"
+  ).split(","),
+);
+/**
+ * `--contenders=pooled,haproxy` starts and measures only those (direct TCP always runs): pooled,
+ * per-connection, haproxy, stunnel. Fewer processes on the machine, for finding what disturbs what.
+ */
+const CONTENDERS = new Set(
+  (
+    process.argv.find((a) => a.startsWith("--contenders="))?.slice(13) ??
+    "pooled,per-connection,haproxy,stunnel"
   ).split(","),
 );
 /** Interleaved repetitions; the table shows medians (`--rounds=N`, default 3). */
@@ -37,6 +57,10 @@ const BULK_BYTES = (QUICK ? 256 : 1024) * 1024 * 1024;
 /** Connections pinging at once in the loaded latency measurement. */
 const LAT_CONNS = 4;
 const LAT_ROUNDS = QUICK ? 1500 : 4000;
+/** Seconds of ping-pong per latency measurement with sockperf (after its own 0.4 s warm-up). */
+const LAT_SECONDS = QUICK ? 2 : 4;
+/** The latency load generator, if installed (BENCH_NODE_PINGS=1: always this process instead). */
+const SOCKPERF = process.env.BENCH_NODE_PINGS ? undefined : findBinary(["sockperf"]);
 const CONN_SECONDS = QUICK ? 3 : 6;
 const CONN_WORKERS = 8;
 const IDLE_CONNS = QUICK ? 500 : 1500;
@@ -45,6 +69,39 @@ function listen(server: Server): Promise<number> {
   return new Promise((res) =>
     server.listen(0, "127.0.0.1", () => res((server.address() as { port: number }).port)),
   );
+}
+
+/**
+ * CPU time (µs) per thread of `pids` so far, keyed "<index in pids>:<main|thread name>" (Node's V8 and
+ * libuv helper threads are all named "node"). For BENCH_THREADS=1, which shows where a proxy's CPU per
+ * ping goes.
+ */
+function threadCpu(pids: readonly number[]): Map<string, number> {
+  const m = new Map<string, number>();
+  pids.forEach((pid, i) => {
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        const raw = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+        const comm = raw.slice(raw.indexOf("(") + 1, raw.lastIndexOf(")"));
+        const f = raw.slice(raw.lastIndexOf(")") + 2).split(" ");
+        const k = `${i}:${t === String(pid) ? "main" : comm}`;
+        m.set(k, (m.get(k) ?? 0) + ((Number(f[11]) + Number(f[12])) * 1e6) / 100);
+      } catch {
+        // the thread ended
+      }
+    }
+  });
+  return m;
+}
+
+/** CPU time (user + system, all threads) of a process so far, in µs. */
+function cpuUs(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return ((Number(f[11]) + Number(f[12])) * 1e6) / 100;
+  } catch {
+    return 0;
+  }
 }
 
 function rssKiB(pid: number): number {
@@ -59,13 +116,18 @@ interface Contender {
   sinkPort: number;
   /** The echo app again, with every connection a full mTLS handshake (no session resumption). */
   echoFullPort: number;
+  /** Where the latency load generator connects: the sockperf server's route, else the echo app's. */
+  pingPort: number;
   pids: readonly number[];
 }
 
 const work = mkdtempSync(join(tmpdir(), "weft-bench-"));
 const pairs: PeerPair[] = [];
+/** Processes of the bench's own (the sockperf server). */
+const children: ChildProcess[] = [];
 process.on("exit", () => {
   for (const p of pairs) p.kill();
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
   rmSync(work, { recursive: true, force: true });
 });
 process.on("SIGINT", () => process.exit(130));
@@ -77,8 +139,26 @@ function contender(pair: PeerPair, full: PeerPair = pair): Contender {
     echoPort: pair.listenPorts.echo!,
     sinkPort: pair.listenPorts.sink!,
     echoFullPort: full.listenPorts["echo-full"] ?? full.listenPorts.echo!,
+    pingPort: pair.listenPorts.ping ?? pair.listenPorts.echo!,
     pids: pair.pids,
   };
+}
+
+/** `sockperf server` on a free loopback port, the app behind every pair's "ping" route. */
+async function startSockperfServer(): Promise<{ port: number; proc: ChildProcess }> {
+  const probe = createServer();
+  const port = await listen(probe);
+  await new Promise((r) => probe.close(r));
+  const proc = spawn(SOCKPERF!, ["server", "--tcp", "-i", "127.0.0.1", "-p", String(port)], {
+    stdio: "ignore",
+  });
+  children.push(proc);
+  for (let i = 0; i < 200 && !listeningPorts().has(port); i++) {
+    if (proc.exitCode !== null) break;
+    await sleep(25);
+  }
+  if (!listeningPorts().has(port)) throw new Error(`bench: sockperf server did not listen on ${port}`);
+  return { port, proc };
 }
 
 // ---- the measurements --------------------------------------------------------------------------
@@ -107,11 +187,71 @@ async function bulk(port: number, total = BULK_BYTES): Promise<number> {
   });
 }
 
-async function latency(
-  port: number,
-  rounds = LAT_ROUNDS,
-  conns = LAT_CONNS,
-): Promise<{ p50: number; p99: number }> {
+interface Latency {
+  p50: number;
+  p99: number;
+  /** All round trips made, the measured ones and the warm-up (for CPU per round trip). */
+  roundTrips: number;
+}
+
+/** p50/p99 of round-trip times (µs); p90 … max go to stderr as the run goes. */
+function summarize(samples: number[], roundTrips: number): Latency {
+  if (samples.length === 0) throw new Error("bench: no latency samples");
+  samples.sort((a, b) => a - b);
+  const at = (q: number) => samples[Math.min(samples.length - 1, Math.floor(samples.length * q))]!;
+  const f = (q: number) => at(q).toFixed(0);
+  process.stderr.write(
+    ` (n ${samples.length}, p90 ${f(0.9)}, p95 ${f(0.95)}, p98 ${f(0.98)}, p99 ${f(0.99)}, p99.9 ${f(0.999)}, max ${f(1)} µs)`,
+  );
+  return { p50: at(0.5), p99: at(0.99), roundTrips };
+}
+
+/**
+ * The latency load generator: sockperf (Debian's package) in ping-pong mode when it is installed, one
+ * process per connection, 64-byte messages for `seconds` after its own warm-up, every round trip logged
+ * (`--full-log`) and the logs merged. It is native and light, so the numbers are the proxies' and not
+ * a JS load generator's: on 2 cores the load generator shares the CPUs with both proxies. Without
+ * sockperf, the same ping-pong from this process (`nodePings`).
+ */
+async function sockperfPings(port: number, seconds: number, conns: number): Promise<Latency> {
+  const logs = Array.from({ length: conns }, (_, i) => join(work, `sockperf-${i}.csv`));
+  await Promise.all(
+    logs.map(
+      (log) =>
+        new Promise<void>((res, rej) => {
+          const args = ["ping-pong", "--tcp", "-i", "127.0.0.1", "-p", String(port), "-m", "64"];
+          const p = spawn(SOCKPERF!, [...args, "-t", String(seconds), "--full-rtt", "--full-log", log], {
+            stdio: ["ignore", "ignore", "pipe"],
+          });
+          let err = "";
+          p.stderr!.on("data", (d: Buffer) => {
+            err = (err + d.toString()).slice(-2000);
+          });
+          p.on("error", rej);
+          p.on("exit", (code) =>
+            code === 0 ? res() : rej(new Error(`sockperf exited with ${code}: ${err.slice(-500)}`)),
+          );
+        }),
+    ),
+  );
+  const samples: number[] = [];
+  let roundTrips = 0;
+  for (const log of logs) {
+    // Lines "<seq>, <tx s>, <rx s>, <rtt µs>" between sockperf's report lines, one of which counts
+    // every reply including the warm-up's: "[Total Run] ... ReceivedMessages=<n>".
+    const text = readFileSync(log, "utf8");
+    roundTrips += Number(/\[Total Run\].*ReceivedMessages=(\d+)/.exec(text)?.[1] ?? 0);
+    for (const line of text.split("\n")) {
+      const m = /^\d+, [\d.]+, [\d.]+, ([\d.]+)$/.exec(line.trim());
+      if (m) samples.push(Number(m[1]));
+    }
+    rmSync(log, { force: true });
+  }
+  return summarize(samples, Math.max(roundTrips, samples.length));
+}
+
+/** The same ping-pong from this process: `rounds` round trips on each of `conns` connections. */
+async function nodePings(port: number, rounds: number, conns: number): Promise<Latency> {
   const samples: number[] = [];
   const msg = Buffer.alloc(64, 1);
   await Promise.all(
@@ -138,15 +278,13 @@ async function latency(
       s.destroy();
     }),
   );
-  samples.sort((a, b) => a - b);
-  const at = (q: number) => samples[Math.min(samples.length - 1, Math.floor(samples.length * q))]!.toFixed(0);
-  process.stderr.write(
-    ` (p90 ${at(0.9)}, p95 ${at(0.95)}, p98 ${at(0.98)}, p99 ${at(0.99)}, p99.9 ${at(0.999)}, max ${at(1)} µs)`,
-  );
-  return {
-    p50: samples[Math.floor(samples.length * 0.5)]!,
-    p99: samples[Math.floor(samples.length * 0.99)]!,
-  };
+  return summarize(samples, rounds * conns);
+}
+
+/** Ping-pong latency through `c` with `conns` connections at once; `short` for warm-up. */
+function latency(c: Contender, conns: number, short = false): Promise<Latency> {
+  if (SOCKPERF) return sockperfPings(c.pingPort, short ? 1 : LAT_SECONDS, conns);
+  return nodePings(c.echoPort, short ? 1000 : LAT_ROUNDS, conns);
 }
 
 async function connRate(port: number, seconds = CONN_SECONDS): Promise<number> {
@@ -228,8 +366,8 @@ async function idleMemory(c: Contender): Promise<number> {
  */
 async function warmUp(c: Contender): Promise<void> {
   await bulk(c.sinkPort, 64 * 1024 * 1024);
-  await latency(c.echoPort, 1000);
-  await latency(c.echoPort, 1000, 1);
+  await latency(c, LAT_CONNS, true);
+  await latency(c, 1, true);
   await connRate(c.echoFullPort, 1);
   await connRate(c.echoPort, 1);
 }
@@ -242,6 +380,8 @@ interface Result {
   /** LAT_CONNS connections pinging at once. */
   p50us: number;
   p99us: number;
+  /** CPU time of both proxy processes (all threads) per ping, one connection alone. */
+  cpuUsPerPing1: number;
   /** New connections per second, each a full mutual-TLS handshake between the proxies. */
   connPerSec: number;
   /** The same with session resumption, as each proxy does by default. */
@@ -260,9 +400,29 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
     case "throughput":
       return { throughputGbps: await bulk(c.sinkPort) };
     case "latency": {
-      const alone = await latency(c.echoPort, LAT_ROUNDS, 1);
-      const loaded = await latency(c.echoPort);
-      return { p50us1: alone.p50, p99us1: alone.p99, p50us: loaded.p50, p99us: loaded.p99 };
+      const cpu0 = c.pids.reduce((n, p) => n + cpuUs(p), 0);
+      const th0 = threadCpu(c.pids);
+      const alone = await latency(c, 1);
+      const cpuPerPing = (c.pids.reduce((n, p) => n + cpuUs(p), 0) - cpu0) / alone.roundTrips;
+      if (c.pids.length > 0) process.stderr.write(` [both proxies ${cpuPerPing.toFixed(0)} µs CPU per ping]`);
+      if (process.env.BENCH_THREADS) {
+        const th1 = threadCpu(c.pids);
+        process.stderr.write(
+          ` {${[...th1]
+            .map(([k, v]) => [k, (v - (th0.get(k) ?? 0)) / alone.roundTrips] as const)
+            .filter(([, v]) => v > 0)
+            .map(([k, v]) => `${k} ${v.toFixed(0)}`)
+            .join(", ")}}`,
+        );
+      }
+      const loaded = await latency(c, LAT_CONNS);
+      return {
+        p50us1: alone.p50,
+        p99us1: alone.p99,
+        p50us: loaded.p50,
+        p99us: loaded.p99,
+        ...(c.pids.length > 0 ? { cpuUsPerPing1: cpuPerPing } : {}),
+      };
     }
     case "connections":
       return { connPerSec: await connRate(c.echoFullPort), connResumedPerSec: await connRate(c.echoPort) };
@@ -271,7 +431,7 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
     case "after":
       return {
         throughputAfterGbps: await bulk(c.sinkPort),
-        p99us1After: (await latency(c.echoPort, LAT_ROUNDS, 1)).p99,
+        p99us1After: (await latency(c, 1)).p99,
       };
     default:
       throw new Error(`bench: unknown measurement ${name}`);
@@ -307,17 +467,20 @@ async function main(): Promise<void> {
   });
   const echo = await listen(echoServer);
   const sink = await listen(sinkServer);
+  const pingApp = SOCKPERF ? await startSockperfServer() : undefined;
   const direct: Contender = {
     name: "direct TCP",
     echoPort: echo,
     sinkPort: sink,
     echoFullPort: echo,
+    pingPort: pingApp?.port ?? echo,
     pids: [],
   };
   const routes = [
     { name: "echo", appPort: echo },
     { name: "sink", appPort: sink },
     { name: "echo-full", appPort: echo, sessionReuse: false },
+    ...(pingApp ? [{ name: "ping", appPort: pingApp.port }] : []),
   ];
   const opts = { workDir: work, routes, onMessage: (m: string) => console.error(`bench: ${m}`) };
   const track = <T extends PeerPair | undefined>(p: T): T => {
@@ -326,37 +489,44 @@ async function main(): Promise<void> {
   };
   // Weft's resumption switch is per sidecar: a second pair (idle but for the full-handshake runs) makes
   // every connection a full handshake.
-  const weftPair = track(
-    await startWeftPair({ ...opts, nodeArgs: WEFT_NODE_ARGS, transport: "per-connection" }),
-  );
-  const weftFull = track(
-    await startWeftPair({
-      ...opts,
-      routes: [{ name: "echo", appPort: echo }],
-      nodeArgs: WEFT_NODE_ARGS,
-      transport: "per-connection",
-      sessionResumption: false,
-    }),
-  );
-  const weft = { ...contender(weftPair, weftFull), name: "Weft per-connection" };
+  const wefts: Contender[] = [];
   // Pooled (the default): app connections are streams of one mTLS session per peer, so a new connection
   // costs no handshake; both connection rows measure the same thing for it.
-  const pooledPair = track(
-    await startWeftPair({
-      ...opts,
-      routes: routes.filter((r) => r.name !== "echo-full"),
-      nodeArgs: WEFT_NODE_ARGS,
-      transport: "pooled",
-    }),
-  );
-  const pooled = { ...contender(pooledPair), name: "Weft pooled" };
-  const wefts = [pooled, weft];
-  const peers = [track(await startHaproxyPair(opts)), track(await startStunnelPair(opts))]
+  if (CONTENDERS.has("pooled")) {
+    const pooledPair = track(
+      await startWeftPair({
+        ...opts,
+        routes: routes.filter((r) => r.name !== "echo-full"),
+        nodeArgs: WEFT_NODE_ARGS,
+        transport: "pooled",
+      }),
+    );
+    wefts.push({ ...contender(pooledPair), name: "Weft pooled" });
+  }
+  if (CONTENDERS.has("per-connection")) {
+    const weftPair = track(
+      await startWeftPair({ ...opts, nodeArgs: WEFT_NODE_ARGS, transport: "per-connection" }),
+    );
+    const weftFull = track(
+      await startWeftPair({
+        ...opts,
+        routes: [{ name: "echo", appPort: echo }],
+        nodeArgs: WEFT_NODE_ARGS,
+        transport: "per-connection",
+        sessionResumption: false,
+      }),
+    );
+    wefts.push({ ...contender(weftPair, weftFull), name: "Weft per-connection" });
+  }
+  const peers = [
+    CONTENDERS.has("haproxy") ? track(await startHaproxyPair(opts)) : undefined,
+    CONTENDERS.has("stunnel") ? track(await startStunnelPair(opts)) : undefined,
+  ]
     .filter((p): p is PeerPair => p !== undefined)
     .map((p) => contender(p));
   const contenders = [direct, ...wefts, ...peers];
   console.error(
-    `bench: ${[weftPair, ...pairs.slice(3)].map((p) => p.version).join(", ")}; ${QUICK ? "quick" : "full"} run, ${ROUNDS} interleaved round(s), each ${BULK_BYTES >> 20} MiB bulk, 1×${LAT_ROUNDS} and ${LAT_CONNS}×${LAT_ROUNDS} pings, ${CONN_SECONDS}s of new connections, ${IDLE_CONNS} idle connections; medians`,
+    `bench: ${[...new Set(pairs.map((p) => p.version))].join(", ")}; ${QUICK ? "quick" : "full"} run, ${ROUNDS} interleaved round(s), each ${BULK_BYTES >> 20} MiB bulk, ${SOCKPERF ? `sockperf ping-pong for ${LAT_SECONDS}s with 1 and with ${LAT_CONNS} connections` : `1×${LAT_ROUNDS} and ${LAT_CONNS}×${LAT_ROUNDS} pings from the bench process`}, ${CONN_SECONDS}s of new connections, ${IDLE_CONNS} idle connections; medians`,
   );
   for (const c of contenders) {
     process.stderr.write(`  warm-up ${c.name}`);
@@ -391,6 +561,7 @@ async function main(): Promise<void> {
   }
   echoServer.close();
   sinkServer.close();
+  pingApp?.proc.kill("SIGTERM");
   // SIGTERM first, so that `--cpu-prof` profiles get written.
   await Promise.all(pairs.map((p) => p.stop(25_000)));
 
@@ -407,6 +578,7 @@ async function main(): Promise<void> {
     ["throughput, 1 stream (Gbit/s)", "throughputGbps", 2, "≥ 0.60× best peer"],
     ["latency p50, 1 connection (µs)", "p50us1", 0, ""],
     ["latency p99, 1 connection (µs)", "p99us1", 0, "added ≤ 2× best peer's added"],
+    ["proxy CPU per ping, 1 connection (µs, both proxies)", "cpuUsPerPing1", 0, ""],
     [`latency p50, ${LAT_CONNS} connections at once (µs)`, "p50us", 0, ""],
     [`latency p99, ${LAT_CONNS} connections at once (µs)`, "p99us", 0, "added ≤ 2× best peer's added"],
     ["new connections/s, full mTLS handshake each", "connPerSec", 0, "≥ 0.50× best peer"],
