@@ -374,6 +374,8 @@ async function warmUp(c: Contender): Promise<void> {
 
 interface Result {
   throughputGbps: number;
+  /** CPU time of both proxy processes (all threads) per GiB carried in the throughput measurement. */
+  cpuMsPerGiB: number;
   /** One connection pinging alone. */
   p50us1: number;
   p99us1: number;
@@ -397,8 +399,16 @@ type Metric = keyof Result;
 /** One measurement of one contender; the measurements are interleaved across contenders in each round. */
 async function measureOne(name: string, c: Contender): Promise<Partial<Result>> {
   switch (name) {
-    case "throughput":
-      return { throughputGbps: await bulk(c.sinkPort) };
+    case "throughput": {
+      const cpu0 = c.pids.reduce((n, p) => n + cpuUs(p), 0);
+      const gbps = await bulk(c.sinkPort);
+      const msPerGiB = (c.pids.reduce((n, p) => n + cpuUs(p), 0) - cpu0) / 1000 / (BULK_BYTES / 2 ** 30);
+      if (c.pids.length > 0)
+        process.stderr.write(
+          ` ${gbps.toFixed(2)} Gbit/s [both proxies ${msPerGiB.toFixed(0)} ms CPU per GiB]`,
+        );
+      return { throughputGbps: gbps, ...(c.pids.length > 0 ? { cpuMsPerGiB: msPerGiB } : {}) };
+    }
     case "latency": {
       const cpu0 = c.pids.reduce((n, p) => n + cpuUs(p), 0);
       const th0 = threadCpu(c.pids);
@@ -576,6 +586,7 @@ async function main(): Promise<void> {
     Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : "—";
   const rows: Array<[string, Metric, number, string]> = [
     ["throughput, 1 stream (Gbit/s)", "throughputGbps", 2, "≥ 0.60× best peer"],
+    ["proxy CPU per GiB, 1 stream (ms, both proxies)", "cpuMsPerGiB", 0, ""],
     ["latency p50, 1 connection (µs)", "p50us1", 0, ""],
     ["latency p99, 1 connection (µs)", "p99us1", 0, "added ≤ 2× best peer's added"],
     ["proxy CPU per ping, 1 connection (µs, both proxies)", "cpuUsPerPing1", 0, ""],
