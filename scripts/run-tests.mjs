@@ -3,8 +3,8 @@
 // .ts files by itself, so the files are listed here. `node scripts/run-tests.mjs unit integration`
 // limits the run to those folders; `WEFT_TEST_FILTER=word` to files whose path contains the word.
 import { spawnSync } from "node:child_process";
-import { readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
 
 function find(dir) {
   let out = [];
@@ -24,6 +24,22 @@ if (filter) files = files.filter((f) => f.includes(filter));
 if (files.length === 0) {
   console.error("run-tests: no test files matched");
   process.exit(1);
+}
+// As root, the network-namespace tests run sidecars as the proxy UID 1337 from this checkout: say so at
+// once when that user cannot read it (a clone under a 0700 directory), instead of failing those tests with
+// "Cannot find package 'tsx'".
+if (process.getuid?.() === 0 && files.some((f) => f.startsWith(join("test", "netns")))) {
+  const probe = resolve("node_modules/tsx/package.json");
+  const r = spawnSync("setpriv", ["--reuid=1337", "--regid=1337", "--clear-groups", "--", "cat", probe], {
+    stdio: "ignore",
+  });
+  if (existsSync(probe) && !r.error && r.status !== 0) {
+    console.error(
+      `run-tests: E_CHECKOUT_UNREADABLE: the network-namespace tests run sidecars as UID 1337, which cannot read ${probe}; ` +
+        `clone into a directory every user can enter (e.g. chmod o+rx on ${resolve(".")} and its parents)`,
+    );
+    process.exit(1);
+  }
 }
 const result = spawnSync(
   process.execPath,
