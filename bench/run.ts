@@ -1,12 +1,14 @@
 /**
- * `npm run bench [-- --quick] [-- --rounds=N] [-- --only=throughput,latency,connections,memory]`: Weft
- * against direct TCP and the mutual-TLS pairs of HAProxy and stunnel (bench/peers.ts), on loopback, in
- * one run. Every contender is a proxy pair in front of the same apps (an echo server and a byte sink in
- * this process); each proxy is its own process. It measures, interleaved over N rounds (medians):
- *   - bulk throughput over one connection,
- *   - request latency p50/p99 on persistent connections (64-byte ping-pong): one connection alone (the
- *     latency a proxy adds to a request), and four at once (on 2 cores shared with the load generator
- *     that saturates the CPU, so it also shows each proxy's CPU cost per message as queueing),
+ * `npm run bench [-- --quick] [-- --rounds=N] [-- --only=throughput,latency,connections,memory]
+ * [-- --contenders=pooled,per-connection,haproxy,stunnel]`: Weft against direct TCP and the mutual-TLS
+ * pairs of HAProxy and stunnel (bench/peers.ts), on loopback, in one run. Every contender is a proxy pair
+ * in front of the same apps (an echo server and a byte sink in this process, a sockperf server); each
+ * proxy is its own process. It measures, interleaved over N rounds (medians):
+ *   - bulk throughput over one connection, and the CPU both proxies spend per GiB of it,
+ *   - request latency p50/p99 on persistent connections (64-byte ping-pong, sockperf when installed):
+ *     one connection alone (the latency a proxy adds to a request, and the CPU both proxies spend per
+ *     round trip), and four at once (on 2 cores that saturates the CPU, so it also shows each proxy's
+ *     CPU cost per message as queueing),
  *   - new connections per second, each a full mTLS handshake, and again with session resumption,
  *   - proxy memory per idle proxied connection (RSS of both proxy processes, before and after), once,
  *     after the rounds, followed by throughput and 1-connection p99 again ("after the memory test").
@@ -92,6 +94,16 @@ function threadCpu(pids: readonly number[]): Map<string, number> {
     }
   });
   return m;
+}
+
+/** Page faults (minor and major) of a process so far. */
+function pageFaults(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return Number(f[7]) + Number(f[9]);
+  } catch {
+    return 0;
+  }
 }
 
 /** CPU time (user + system, all threads) of a process so far, in µs. */
@@ -401,12 +413,16 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
   switch (name) {
     case "throughput": {
       const cpu0 = c.pids.reduce((n, p) => n + cpuUs(p), 0);
+      const faults0 = c.pids.reduce((n, p) => n + pageFaults(p), 0);
       const gbps = await bulk(c.sinkPort);
-      const msPerGiB = (c.pids.reduce((n, p) => n + cpuUs(p), 0) - cpu0) / 1000 / (BULK_BYTES / 2 ** 30);
-      if (c.pids.length > 0)
+      const gib = BULK_BYTES / 2 ** 30;
+      const msPerGiB = (c.pids.reduce((n, p) => n + cpuUs(p), 0) - cpu0) / 1000 / gib;
+      const faultsPerGiB = (c.pids.reduce((n, p) => n + pageFaults(p), 0) - faults0) / gib;
+      if (c.pids.length > 0) {
         process.stderr.write(
-          ` ${gbps.toFixed(2)} Gbit/s [both proxies ${msPerGiB.toFixed(0)} ms CPU per GiB]`,
+          ` ${gbps.toFixed(2)} Gbit/s [both proxies ${msPerGiB.toFixed(0)} ms CPU, ${faultsPerGiB.toFixed(0)} page faults per GiB]`,
         );
+      }
       return { throughputGbps: gbps, ...(c.pids.length > 0 ? { cpuMsPerGiB: msPerGiB } : {}) };
     }
     case "latency": {

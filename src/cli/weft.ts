@@ -16,6 +16,7 @@ import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
 import { WeftMetrics } from "../core/metrics.ts";
 import { createDiscovery } from "../discovery/index.ts";
 import { DEFAULT_IPTABLES_OPTIONS, type IptablesBackend, runIptablesCommand } from "../proxy/iptables.ts";
+import { tuneMalloc } from "../proxy/malloc-tuning.ts";
 import { Sidecar } from "../proxy/sidecar.ts";
 
 export interface WeftDeps {
@@ -98,6 +99,11 @@ ${EXIT_CODES}`,
       const config = await loadConfig(opts.config, deps.env);
       const logger = (deps.makeLogger ?? ((level) => createLogger({ name: "weft", level })))(
         config.log.level,
+      );
+      const malloc = tuneMalloc();
+      logger.debug(
+        malloc.applied ? { malloc: malloc.settings } : { malloc_unchanged: malloc.reason },
+        "malloc",
       );
       const sidecar = new Sidecar(config, {
         logger,

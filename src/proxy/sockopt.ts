@@ -20,8 +20,11 @@ export interface Libc {
   errno: () => number;
 }
 
-/** libc's getsockopt through koffi; throws E_ORIGINAL_DST (reason no_koffi) when koffi is missing. */
-export function loadLibc(): Libc {
+/** koffi and libc.so.6 loaded through it; throws E_ORIGINAL_DST (reason no_koffi) when koffi is missing. */
+export function loadKoffiLibc(): {
+  koffi: typeof import("koffi");
+  lib: ReturnType<typeof import("koffi").load>;
+} {
   const require = createRequire(import.meta.url);
   let koffi: typeof import("koffi");
   try {
@@ -32,7 +35,12 @@ export function loadLibc(): Libc {
       cause: err,
     });
   }
-  const lib = koffi.load("libc.so.6");
+  return { koffi, lib: koffi.load("libc.so.6") };
+}
+
+/** libc's getsockopt through koffi; throws E_ORIGINAL_DST (reason no_koffi) when koffi is missing. */
+export function loadLibc(): Libc {
+  const { koffi, lib } = loadKoffiLibc();
   const getsockopt = lib.func(
     "int getsockopt(int, int, int, _Out_ void *, _Inout_ uint32_t *)",
   ) as GetSockOpt;
