@@ -18,6 +18,7 @@ import { fileURLToPath } from "node:url";
 import "reflect-metadata";
 import { CertificateAuthority, createTrustDomain } from "../src/ca/authority.ts";
 import { freePort } from "../src/core/ports.ts";
+import { SIDECAR_NODE_FLAGS } from "../src/proxy/node-flags.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 
@@ -107,6 +108,8 @@ export interface PeerPair {
   readonly tunnelPorts: Readonly<Record<string, number>>;
   /** Server-side proxy first, then client-side. */
   readonly pids: readonly number[];
+  /** Weft only: the admin (/metrics) ports, in the order of `pids`. */
+  readonly adminPorts?: readonly number[];
   stop(graceMs?: number): Promise<void>;
   /** SIGKILL both at once, synchronously (for a `process.on("exit")` handler). */
   kill(): void;
@@ -501,6 +504,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
   );
   const weft = join(ROOT, "bin/weft.js");
   const args = (side: string) => [
+    ...SIDECAR_NODE_FLAGS,
     ...(o.nodeArgs ?? []),
     weft,
     "proxy",
@@ -508,7 +512,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     join(o.workDir, `weft-${side}.yaml`),
   ];
   const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version?: string };
-  return launch(
+  const pair = await launch(
     "Weft",
     `Weft ${pkg.version ?? "unknown"}`,
     [
@@ -520,4 +524,5 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     listen,
     tunnel,
   );
+  return { ...pair, adminPorts: [adminS!, adminC!] };
 }

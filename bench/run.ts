@@ -96,6 +96,19 @@ function threadCpu(pids: readonly number[]): Map<string, number> {
   return m;
 }
 
+/** Garbage collections so far (all sidecars summed) and each sidecar's new space, from Weft's /metrics. */
+async function weftGc(ports: readonly number[]): Promise<{ minor: number; major: number; newMiB: number[] }> {
+  const r = { minor: 0, major: 0, newMiB: [] as number[] };
+  for (const port of ports) {
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
+    r.minor += num(/^weft_process_nodejs_gc_duration_seconds_count\{kind="minor"\} (\d+)/m);
+    r.major += num(/^weft_process_nodejs_gc_duration_seconds_count\{kind="major"\} (\d+)/m);
+    r.newMiB.push(num(/^weft_process_nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)/m) / 2 ** 20);
+  }
+  return r;
+}
+
 /** Page faults (minor and major) of a process so far. */
 function pageFaults(pid: number): number {
   try {
@@ -131,6 +144,8 @@ interface Contender {
   /** Where the latency load generator connects: the sockperf server's route, else the echo app's. */
   pingPort: number;
   pids: readonly number[];
+  /** Weft: the sidecars' admin ports, for their own GC figures. */
+  adminPorts: readonly number[];
 }
 
 const work = mkdtempSync(join(tmpdir(), "weft-bench-"));
@@ -153,6 +168,7 @@ function contender(pair: PeerPair, full: PeerPair = pair): Contender {
     echoFullPort: full.listenPorts["echo-full"] ?? full.listenPorts.echo!,
     pingPort: pair.listenPorts.ping ?? pair.listenPorts.echo!,
     pids: pair.pids,
+    adminPorts: pair.adminPorts ?? [],
   };
 }
 
@@ -414,6 +430,7 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
     case "throughput": {
       const cpu0 = c.pids.reduce((n, p) => n + cpuUs(p), 0);
       const faults0 = c.pids.reduce((n, p) => n + pageFaults(p), 0);
+      const gc0 = await weftGc(c.adminPorts);
       const gbps = await bulk(c.sinkPort);
       const gib = BULK_BYTES / 2 ** 30;
       const msPerGiB = (c.pids.reduce((n, p) => n + cpuUs(p), 0) - cpu0) / 1000 / gib;
@@ -421,6 +438,12 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
       if (c.pids.length > 0) {
         process.stderr.write(
           ` ${gbps.toFixed(2)} Gbit/s [both proxies ${msPerGiB.toFixed(0)} ms CPU, ${faultsPerGiB.toFixed(0)} page faults per GiB]`,
+        );
+      }
+      if (c.adminPorts.length > 0) {
+        const gc1 = await weftGc(c.adminPorts);
+        process.stderr.write(
+          ` {GCs: ${((gc1.minor - gc0.minor) / gib).toFixed(0)} minor, ${((gc1.major - gc0.major) / gib).toFixed(0)} major per GiB; new space ${gc0.newMiB.map((m) => m.toFixed(0)).join("/")} -> ${gc1.newMiB.map((m) => m.toFixed(0)).join("/")} MiB}`,
         );
       }
       return { throughputGbps: gbps, ...(c.pids.length > 0 ? { cpuMsPerGiB: msPerGiB } : {}) };
@@ -501,6 +524,7 @@ async function main(): Promise<void> {
     echoFullPort: echo,
     pingPort: pingApp?.port ?? echo,
     pids: [],
+    adminPorts: [],
   };
   const routes = [
     { name: "echo", appPort: echo },

@@ -31,4 +31,5 @@ inbound: { mode: ${INBOUND_MODE:-strict} }
 discovery: { file: ${SERVICES_FILE:-/etc/weft/services.yaml} }
 ${WEFT_EXTRA_YAML:-}
 YAML
-exec node "${WEFT_HOME:-/opt/weft}/bin/weft.js" proxy --config "$CONF"
+# The node flags are SIDECAR_NODE_FLAGS (src/proxy/node-flags.ts).
+exec node --initial-old-space-size=128 "${WEFT_HOME:-/opt/weft}/bin/weft.js" proxy --config "$CONF"

@@ -17,6 +17,7 @@ import { WeftMetrics } from "../core/metrics.ts";
 import { createDiscovery } from "../discovery/index.ts";
 import { DEFAULT_IPTABLES_OPTIONS, type IptablesBackend, runIptablesCommand } from "../proxy/iptables.ts";
 import { tuneMalloc } from "../proxy/malloc-tuning.ts";
+import { missingNodeFlags } from "../proxy/node-flags.ts";
 import { Sidecar } from "../proxy/sidecar.ts";
 
 export interface WeftDeps {
@@ -100,6 +101,13 @@ ${EXIT_CODES}`,
       const logger = (deps.makeLogger ?? ((level) => createLogger({ name: "weft", level })))(
         config.log.level,
       );
+      const missing = missingNodeFlags();
+      if (missing.length > 0) {
+        logger.warn(
+          { code: "W_NODE_FLAGS", missing },
+          `node was started without ${missing.join(" ")}: bulk throughput is lower (frequent full GCs); start the sidecar with bin/weft.js or node ${missing.join(" ")} bin/weft.js`,
+        );
+      }
       const malloc = tuneMalloc();
       logger.debug(
         malloc.applied ? { malloc: malloc.settings } : { malloc_unchanged: malloc.reason },

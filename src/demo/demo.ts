@@ -18,6 +18,7 @@ import { TokenStore } from "../ca/tokens.ts";
 import { systemClock } from "../core/clock.ts";
 import { silentLogger } from "../core/log.ts";
 import { freePort } from "../core/ports.ts";
+import { SIDECAR_NODE_FLAGS } from "../proxy/node-flags.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const TD = "weft.local";
@@ -203,9 +204,13 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     }
 
     const startSidecar = (s: SidecarProc) => {
-      const child = spawn(process.execPath, [join(ROOT, "bin/weft.js"), "proxy", "--config", s.config], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
+      const child = spawn(
+        process.execPath,
+        [...SIDECAR_NODE_FLAGS, join(ROOT, "bin/weft.js"), "proxy", "--config", s.config],
+        {
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      );
       s.log = "";
       child.stdout?.on("data", (d) => {
         s.log += d;

@@ -12,6 +12,7 @@ import { Writable } from "node:stream";
 import { type TestContext, test } from "node:test";
 import { runWeft } from "../../src/cli/weft.ts";
 import { systemClock } from "../../src/core/clock.ts";
+import { SIDECAR_NODE_FLAGS } from "../../src/proxy/node-flags.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { identityDir, writeIdentity } from "../helpers/sidecar.ts";
 
@@ -111,14 +112,18 @@ function logLine(child: ChildProcess, msg: string): Promise<Record<string, unkno
   });
 }
 
-test("weft proxy from a weft.yaml in a child process: /ready answers 200, SIGTERM drains and exits 0", async (t) => {
-  const ca = await createTestCa({ trustDomain: "weft.local" });
-  const files = await identityDir(t, "cli");
-  await writeIdentity(files, await ca.issue("default/frontend"));
-  const config = await tempFile(
-    t,
-    "weft.yaml",
-    `
+for (const [how, nodeFlags] of [
+  ["with SIDECAR_NODE_FLAGS", SIDECAR_NODE_FLAGS],
+  ["without them (warns W_NODE_FLAGS)", []],
+] as const) {
+  test(`weft proxy from a weft.yaml in a child process, ${how}: /ready answers 200, SIGTERM drains and exits 0`, async (t) => {
+    const ca = await createTestCa({ trustDomain: "weft.local" });
+    const files = await identityDir(t, "cli");
+    await writeIdentity(files, await ca.issue("default/frontend"));
+    const config = await tempFile(
+      t,
+      "weft.yaml",
+      `
 trustDomain: weft.local
 identity:
   files: { cert: ${files.cert}, key: ${files.key}, bundle: ${files.bundle} }
@@ -133,25 +138,36 @@ services:
     ports: [8080]
     endpoints: [ { address: 127.0.0.1 } ]
 `,
-  );
-  const child = spawn(process.execPath, ["bin/weft.js", "proxy", "--config", config], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  t.after(() => {
-    if (child.exitCode === null) child.kill("SIGKILL");
-  });
-  const listening = await logLine(child, "sidecar listening");
-  assert.equal(listening.ready, true);
-  const admin = String(listening.admin);
-  const ready = await fetch(`http://${admin}/ready`);
-  assert.equal(ready.status, 200);
-  assert.equal(await ready.text(), "ready\n");
-  const certs = (await (await fetch(`http://${admin}/certs`)).json()) as Record<string, unknown>;
-  assert.equal(certs.spiffeId, "spiffe://weft.local/ns/default/sa/frontend");
+    );
+    const child = spawn(process.execPath, [...nodeFlags, "bin/weft.js", "proxy", "--config", config], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr!.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    t.after(() => {
+      if (child.exitCode === null) child.kill("SIGKILL");
+    });
+    const listening = await logLine(child, "sidecar listening");
+    assert.equal(listening.ready, true);
+    const admin = String(listening.admin);
+    const ready = await fetch(`http://${admin}/ready`);
+    assert.equal(ready.status, 200);
+    assert.equal(await ready.text(), "ready\n");
+    const certs = (await (await fetch(`http://${admin}/certs`)).json()) as Record<string, unknown>;
+    assert.equal(certs.spiffeId, "spiffe://weft.local/ns/default/sa/frontend");
 
-  const stopped = logLine(child, "stopped");
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  child.kill("SIGTERM");
-  assert.deepEqual((await stopped).forced, 0);
-  assert.equal(await exited, 0);
-});
+    const stopped = logLine(child, "stopped");
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    child.kill("SIGTERM");
+    assert.deepEqual((await stopped).forced, 0);
+    assert.equal(await exited, 0);
+    const warned = stderr.split("\n").filter((l) => l.includes('"code":"W_NODE_FLAGS"'));
+    if (nodeFlags.length > 0) assert.deepEqual(warned, []);
+    else {
+      assert.equal(warned.length, 1, stderr);
+      assert.deepEqual(JSON.parse(warned[0]!).missing, [...SIDECAR_NODE_FLAGS]);
+    }
+  });
+}
