@@ -82,15 +82,10 @@ function threadCpu(pids: readonly number[]): Map<string, number> {
   const m = new Map<string, number>();
   pids.forEach((pid, i) => {
     for (const t of readdirSync(`/proc/${pid}/task`)) {
-      try {
-        const raw = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
-        const comm = raw.slice(raw.indexOf("(") + 1, raw.lastIndexOf(")"));
-        const f = raw.slice(raw.lastIndexOf(")") + 2).split(" ");
-        const k = `${i}:${t === String(pid) ? "main" : comm}`;
-        m.set(k, (m.get(k) ?? 0) + ((Number(f[11]) + Number(f[12])) * 1e6) / 100);
-      } catch {
-        // the thread ended
-      }
+      const st = procStat(`/proc/${pid}/task/${t}/stat`);
+      if (!st) continue; // the thread ended
+      const k = `${i}:${t === String(pid) ? "main" : st.comm}`;
+      m.set(k, (m.get(k) ?? 0) + st.cpuUs);
     }
   });
   return m;
@@ -109,24 +104,35 @@ async function weftGc(ports: readonly number[]): Promise<{ minor: number; major:
   return r;
 }
 
+/**
+ * A process's or thread's `stat` file (proc(5)): its name, CPU time so far (user + system, in µs, at
+ * 100 ticks a second) and page faults so far (minor + major); undefined once it has ended.
+ */
+function procStat(path: string): { comm: string; cpuUs: number; faults: number } | undefined {
+  let raw: string;
+  try {
+    raw = readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+  const comm = raw.slice(raw.indexOf("(") + 1, raw.lastIndexOf(")"));
+  // Fields after "(comm) ": state is [0], minflt [7], majflt [9], utime [11], stime [12].
+  const f = raw.slice(raw.lastIndexOf(")") + 2).split(" ");
+  return {
+    comm,
+    cpuUs: ((Number(f[11]) + Number(f[12])) * 1e6) / 100,
+    faults: Number(f[7]) + Number(f[9]),
+  };
+}
+
 /** Page faults (minor and major) of a process so far. */
 function pageFaults(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return Number(f[7]) + Number(f[9]);
-  } catch {
-    return 0;
-  }
+  return procStat(`/proc/${pid}/stat`)?.faults ?? 0;
 }
 
 /** CPU time (user + system, all threads) of a process so far, in µs. */
 function cpuUs(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return ((Number(f[11]) + Number(f[12])) * 1e6) / 100;
-  } catch {
-    return 0;
-  }
+  return procStat(`/proc/${pid}/stat`)?.cpuUs ?? 0;
 }
 
 function rssKiB(pid: number): number {
