@@ -32,4 +32,4 @@ discovery: { file: ${SERVICES_FILE:-/etc/weft/services.yaml} }
 ${WEFT_EXTRA_YAML:-}
 YAML
 # The node flags are SIDECAR_NODE_FLAGS (src/proxy/node-flags.ts).
-exec node --initial-old-space-size=128 "${WEFT_HOME:-/opt/weft}/bin/weft.js" proxy --config "$CONF"
+exec node --initial-old-space-size=128 --min-semi-space-size=8 "${WEFT_HOME:-/opt/weft}/bin/weft.js" proxy --config "$CONF"

@@ -28,5 +28,7 @@ test("every launcher of `weft proxy` passes SIDECAR_NODE_FLAGS to node", () => {
 test("missingNodeFlags names what node was started without", () => {
   assert.deepEqual(missingNodeFlags([...SIDECAR_NODE_FLAGS, "--inspect"]), []);
   assert.deepEqual(missingNodeFlags([]), [...SIDECAR_NODE_FLAGS]);
-  assert.deepEqual(missingNodeFlags(["--initial-old-space-size=64"]), ["--initial-old-space-size=128"]);
+  // Another value of a flag is not the flag.
+  const [first, ...rest] = SIDECAR_NODE_FLAGS;
+  assert.deepEqual(missingNodeFlags([`${first!.split("=")[0]}=1`, ...rest]), [first]);
 });
