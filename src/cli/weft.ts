@@ -105,7 +105,7 @@ ${EXIT_CODES}`,
       if (missing.length > 0) {
         logger.warn(
           { code: "W_NODE_FLAGS", missing },
-          `node was started without ${missing.join(" ")}: bulk throughput is lower (frequent full GCs); start the sidecar with bin/weft.js or node ${missing.join(" ")} bin/weft.js`,
+          `node was started without ${missing.join(" ")}: bulk transfers cost more CPU and the tail latency grows (garbage collection); start the sidecar with bin/weft.js or node ${missing.join(" ")} bin/weft.js`,
         );
       }
       const malloc = tuneMalloc();

@@ -8,6 +8,8 @@
  *   and its reset arrive in one poll and the read comes back short, libuv (Node 20) reports EOF and
  *   never reads again, so Node emits `'end'` for what was a reset. SO_ERROR is then ECONNRESET (after a
  *   real FIN it is 0), which lets the splice carry the reset instead of turning it into a FIN.
+ *
+ * `loadKoffiLibc` is also how malloc-tuning.ts reaches libc's mallopt.
  */
 import { createRequire } from "node:module";
 import type { Socket } from "node:net";
