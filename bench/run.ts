@@ -23,6 +23,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { freePort } from "../src/core/ports.ts";
 import {
   findBinary,
   listeningPorts,
@@ -125,14 +126,15 @@ function procStat(path: string): { comm: string; cpuUs: number; faults: number }
   };
 }
 
-/** Page faults (minor and major) of a process so far. */
-function pageFaults(pid: number): number {
-  return procStat(`/proc/${pid}/stat`)?.faults ?? 0;
-}
-
-/** CPU time (user + system, all threads) of a process so far, in µs. */
-function cpuUs(pid: number): number {
-  return procStat(`/proc/${pid}/stat`)?.cpuUs ?? 0;
+/** CPU time (µs, user + system, all threads) and page faults of `pids` so far, summed; one read each. */
+function procTotals(pids: readonly number[]): { cpuUs: number; faults: number } {
+  const t = { cpuUs: 0, faults: 0 };
+  for (const pid of pids) {
+    const st = procStat(`/proc/${pid}/stat`);
+    t.cpuUs += st?.cpuUs ?? 0;
+    t.faults += st?.faults ?? 0;
+  }
+  return t;
 }
 
 function rssKiB(pid: number): number {
@@ -180,9 +182,7 @@ function contender(pair: PeerPair, full: PeerPair = pair): Contender {
 
 /** `sockperf server` on a free loopback port, the app behind every pair's "ping" route. */
 async function startSockperfServer(): Promise<{ port: number; proc: ChildProcess }> {
-  const probe = createServer();
-  const port = await listen(probe);
-  await new Promise((r) => probe.close(r));
+  const port = await freePort();
   const proc = spawn(SOCKPERF!, ["server", "--tcp", "-i", "127.0.0.1", "-p", String(port)], {
     stdio: "ignore",
   });
@@ -434,13 +434,13 @@ type Metric = keyof Result;
 async function measureOne(name: string, c: Contender): Promise<Partial<Result>> {
   switch (name) {
     case "throughput": {
-      const cpu0 = c.pids.reduce((n, p) => n + cpuUs(p), 0);
-      const faults0 = c.pids.reduce((n, p) => n + pageFaults(p), 0);
+      const before = procTotals(c.pids);
       const gc0 = await weftGc(c.adminPorts);
       const gbps = await bulk(c.sinkPort);
+      const after = procTotals(c.pids);
       const gib = BULK_BYTES / 2 ** 30;
-      const msPerGiB = (c.pids.reduce((n, p) => n + cpuUs(p), 0) - cpu0) / 1000 / gib;
-      const faultsPerGiB = (c.pids.reduce((n, p) => n + pageFaults(p), 0) - faults0) / gib;
+      const msPerGiB = (after.cpuUs - before.cpuUs) / 1000 / gib;
+      const faultsPerGiB = (after.faults - before.faults) / gib;
       if (c.pids.length > 0) {
         process.stderr.write(
           ` ${gbps.toFixed(2)} Gbit/s [both proxies ${msPerGiB.toFixed(0)} ms CPU, ${faultsPerGiB.toFixed(0)} page faults per GiB]`,
@@ -455,10 +455,10 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
       return { throughputGbps: gbps, ...(c.pids.length > 0 ? { cpuMsPerGiB: msPerGiB } : {}) };
     }
     case "latency": {
-      const cpu0 = c.pids.reduce((n, p) => n + cpuUs(p), 0);
+      const cpu0 = procTotals(c.pids).cpuUs;
       const th0 = threadCpu(c.pids);
       const alone = await latency(c, 1);
-      const cpuPerPing = (c.pids.reduce((n, p) => n + cpuUs(p), 0) - cpu0) / alone.roundTrips;
+      const cpuPerPing = (procTotals(c.pids).cpuUs - cpu0) / alone.roundTrips;
       if (c.pids.length > 0) process.stderr.write(` [both proxies ${cpuPerPing.toFixed(0)} µs CPU per ping]`);
       if (process.env.BENCH_THREADS) {
         const th1 = threadCpu(c.pids);

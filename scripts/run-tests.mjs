@@ -30,10 +30,12 @@ if (files.length === 0) {
 // "Cannot find package 'tsx'".
 if (process.getuid?.() === 0 && files.some((f) => f.startsWith(join("test", "netns")))) {
   const probe = resolve("node_modules/tsx/package.json");
-  const r = spawnSync("setpriv", ["--reuid=1337", "--regid=1337", "--clear-groups", "--", "cat", probe], {
-    stdio: "ignore",
-  });
-  if (existsSync(probe) && !r.error && r.status !== 0) {
+  const r = existsSync(probe)
+    ? spawnSync("setpriv", ["--reuid=1337", "--regid=1337", "--clear-groups", "--", "cat", probe], {
+        stdio: "ignore",
+      })
+    : undefined;
+  if (r && !r.error && r.status !== 0) {
     console.error(
       `run-tests: E_CHECKOUT_UNREADABLE: the network-namespace tests run sidecars as UID 1337, which cannot read ${probe}; ` +
         `clone into a directory every user can enter (e.g. chmod o+rx on ${resolve(".")} and its parents)`,
