@@ -18,6 +18,6 @@ COPY examples/pod ./examples/pod
 ENV PATH="/opt/weft/bin:${PATH}"
 # The proxy runs as UID 1337, which `weft iptables install` exempts from capture.
 USER 1337
-# --initial-old-space-size: SIDECAR_NODE_FLAGS in src/proxy/node-flags.ts.
+# --initial-old-space-size: SIDECAR_NODE_FLAGS in src/runtime/node-flags.ts.
 ENTRYPOINT ["node", "--initial-old-space-size=128", "--min-semi-space-size=8", "/opt/weft/bin/weft.js"]
 CMD ["--help"]

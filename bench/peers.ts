@@ -18,7 +18,7 @@ import { fileURLToPath } from "node:url";
 import "reflect-metadata";
 import { CertificateAuthority, createTrustDomain } from "../src/ca/authority.ts";
 import { freePort } from "../src/core/ports.ts";
-import { SIDECAR_NODE_FLAGS } from "../src/proxy/node-flags.ts";
+import { SIDECAR_NODE_FLAGS } from "../src/runtime/node-flags.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 

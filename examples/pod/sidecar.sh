@@ -31,5 +31,5 @@ inbound: { mode: ${INBOUND_MODE:-strict} }
 discovery: { file: ${SERVICES_FILE:-/etc/weft/services.yaml} }
 ${WEFT_EXTRA_YAML:-}
 YAML
-# The node flags are SIDECAR_NODE_FLAGS (src/proxy/node-flags.ts).
+# The node flags are SIDECAR_NODE_FLAGS (src/runtime/node-flags.ts).
 exec node --initial-old-space-size=128 --min-semi-space-size=8 "${WEFT_HOME:-/opt/weft}/bin/weft.js" proxy --config "$CONF"

@@ -15,10 +15,14 @@ import { errorMessage, WeftError } from "../core/errors.ts";
 import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
 import { WeftMetrics } from "../core/metrics.ts";
 import { createDiscovery } from "../discovery/index.ts";
-import { DEFAULT_IPTABLES_OPTIONS, type IptablesBackend, runIptablesCommand } from "../proxy/iptables.ts";
-import { tuneMalloc } from "../proxy/malloc-tuning.ts";
-import { missingNodeFlags } from "../proxy/node-flags.ts";
+import {
+  DEFAULT_IPTABLES_OPTIONS,
+  type IptablesBackend,
+  runIptablesCommand,
+} from "../proxy/capture/iptables.ts";
 import { Sidecar } from "../proxy/sidecar.ts";
+import { tuneMalloc } from "../runtime/malloc-tuning.ts";
+import { missingNodeFlags } from "../runtime/node-flags.ts";
 
 export interface WeftDeps {
   readonly stdout: NodeJS.WritableStream;

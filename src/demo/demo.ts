@@ -18,7 +18,7 @@ import { TokenStore } from "../ca/tokens.ts";
 import { systemClock } from "../core/clock.ts";
 import { silentLogger } from "../core/log.ts";
 import { freePort } from "../core/ports.ts";
-import { SIDECAR_NODE_FLAGS } from "../proxy/node-flags.ts";
+import { SIDECAR_NODE_FLAGS } from "../runtime/node-flags.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const TD = "weft.local";

@@ -19,17 +19,22 @@ import { createLogger, type Logger } from "../core/log.ts";
 import { WeftMetrics } from "../core/metrics.ts";
 import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
 import { AdminServer, type Readiness } from "./admin.ts";
-import { type ConnectionDeps, ConnectionTracker } from "./connection.ts";
-import { type Connector, MtlsConnector } from "./connector.ts";
-import { CaIdentitySource, ExpiryWatch, FileIdentitySource, type IdentitySource } from "./identity.ts";
-import { InboundCaptureHandler } from "./inbound-capture.ts";
-import { Listener } from "./listener.ts";
-import { LinuxOriginalDst, type OriginalDstResolver } from "./original-dst.ts";
-import { OutboundHandler } from "./outbound.ts";
-import { PooledConnector } from "./pool.ts";
-import { platformSocketErrors, type SocketErrors } from "./sockopt.ts";
-import { TunnelTls } from "./tls-context.ts";
-import { TunnelHandler } from "./tunnel.ts";
+import { InboundCaptureHandler } from "./capture/inbound-capture.ts";
+import { Listener } from "./capture/listener.ts";
+import { LinuxOriginalDst, type OriginalDstResolver } from "./capture/original-dst.ts";
+import { platformSocketErrors, type SocketErrors } from "./capture/sockopt.ts";
+import { type ConnectionDeps, ConnectionTracker } from "./connection/record.ts";
+import {
+  CaIdentitySource,
+  ExpiryWatch,
+  FileIdentitySource,
+  type IdentitySource,
+} from "./identity/sources.ts";
+import { OutboundHandler } from "./outbound/outbound.ts";
+import { type Connector, MtlsConnector } from "./transport/connector.ts";
+import { PooledConnector } from "./transport/h2/pool.ts";
+import { TunnelTls } from "./transport/tls-context.ts";
+import { TunnelHandler } from "./tunnel/tunnel.ts";
 
 const EXPIRY_CHECK_INTERVAL_MS = 60_000;
 

@@ -25,8 +25,8 @@ import {
   startWeftPair,
   writePeerCerts,
 } from "../../bench/peers.ts";
-import { platformSocketErrors } from "../../src/proxy/sockopt.ts";
-import { wasReset } from "../../src/proxy/splice.ts";
+import { platformSocketErrors } from "../../src/proxy/capture/sockopt.ts";
+import { wasReset } from "../../src/proxy/connection/splice.ts";
 import { PatternSource, writePattern } from "../helpers/apps.ts";
 
 const MiB = 1024 * 1024;

@@ -11,8 +11,8 @@ import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import tls from "node:tls";
 import { ManualClock } from "../../src/core/clock.ts";
-import { destroySession, SESSION_LINGER_MS, tieSessionToSocket } from "../../src/proxy/pool.ts";
-import { SessionKeepalive } from "../../src/proxy/session-keepalive.ts";
+import { SessionKeepalive } from "../../src/proxy/transport/h2/keepalive.ts";
+import { destroySession, SESSION_LINGER_MS, tieSessionToSocket } from "../../src/proxy/transport/h2/pool.ts";
 import { createTestCa } from "../helpers/ca.ts";
 
 /**

@@ -12,7 +12,7 @@ import { Writable } from "node:stream";
 import { type TestContext, test } from "node:test";
 import { runWeft } from "../../src/cli/weft.ts";
 import { systemClock } from "../../src/core/clock.ts";
-import { SIDECAR_NODE_FLAGS } from "../../src/proxy/node-flags.ts";
+import { SIDECAR_NODE_FLAGS } from "../../src/runtime/node-flags.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { identityDir, writeIdentity } from "../helpers/sidecar.ts";
 

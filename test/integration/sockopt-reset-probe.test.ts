@@ -7,8 +7,8 @@
 import assert from "node:assert/strict";
 import net, { type Socket } from "node:net";
 import { test } from "node:test";
-import { LinuxSocketErrors, NO_SOCKET_ERRORS } from "../../src/proxy/sockopt.ts";
-import { wasReset } from "../../src/proxy/splice.ts";
+import { LinuxSocketErrors, NO_SOCKET_ERRORS } from "../../src/proxy/capture/sockopt.ts";
+import { wasReset } from "../../src/proxy/connection/splice.ts";
 
 /** A connected pair on loopback: `ours` is paused (reads nothing), `theirs` is the peer. */
 async function pair(t: import("node:test").TestContext): Promise<{ ours: Socket; theirs: Socket }> {

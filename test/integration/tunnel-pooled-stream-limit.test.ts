@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import http2 from "node:http2";
 import { test } from "node:test";
 import tls from "node:tls";
-import { encodeProxyV2 } from "../../src/proxy/proxy-protocol.ts";
+import { encodeProxyV2 } from "../../src/proxy/transport/proxy-protocol.ts";
 import { readBytes, startEchoServer } from "../helpers/apps.ts";
 import { adminGet, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
 

@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { buildRules, CHAINS, type Exec, installRules, uninstallRules } from "../../src/proxy/iptables.ts";
+import {
+  buildRules,
+  CHAINS,
+  type Exec,
+  installRules,
+  uninstallRules,
+} from "../../src/proxy/capture/iptables.ts";
 import { type Host, requireRoot, run, testNetwork } from "../helpers/netns.ts";
 
 const probe = fileURLToPath(new URL("./probes/original-dst-probe.ts", import.meta.url));

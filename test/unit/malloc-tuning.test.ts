@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { MALLOC_SETTINGS, type MallocEnv, tuneMalloc } from "../../src/proxy/malloc-tuning.ts";
+import { MALLOC_SETTINGS, type MallocEnv, tuneMalloc } from "../../src/runtime/malloc-tuning.ts";
 
 /** An environment where every check passes; `calls` records what mallopt was given. */
 function env(over: Partial<MallocEnv> = {}, result = 1) {

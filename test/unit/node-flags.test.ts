@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
-import { missingNodeFlags, SIDECAR_NODE_FLAGS } from "../../src/proxy/node-flags.ts";
+import { missingNodeFlags, SIDECAR_NODE_FLAGS } from "../../src/runtime/node-flags.ts";
 
 const flags = SIDECAR_NODE_FLAGS.join(" ");
 

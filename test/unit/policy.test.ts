@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { matchesIdPattern, mayReach, trustDomainOf } from "../../src/proxy/policy.ts";
+import { matchesIdPattern, mayReach, trustDomainOf } from "../../src/proxy/tunnel/policy.ts";
 
 test("SPIFFE ID patterns: * stays within one segment, everything else is literal", () => {
   const cases: Array<[string, string, boolean]> = [

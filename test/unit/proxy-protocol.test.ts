@@ -12,7 +12,7 @@ import {
   type ProxyHeader,
   ProxyHeaderParser,
   readProxyHeader,
-} from "../../src/proxy/proxy-protocol.ts";
+} from "../../src/proxy/transport/proxy-protocol.ts";
 
 const require = createRequire(import.meta.url);
 const pp = require("proxy-protocol-js");

@@ -5,7 +5,7 @@ import {
   decideOutbound,
   endpointAppPort,
   type InboundSettings,
-} from "../../src/proxy/route.ts";
+} from "../../src/proxy/outbound/route.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
 
 const table = new StaticRouteTable([

@@ -2,7 +2,7 @@
 // the capture port, connects to each target given on argv, and prints one JSON line per accepted
 // connection with the original destination LinuxOriginalDst read, then "done".
 import { connect, createServer, type Socket } from "node:net";
-import { LinuxOriginalDst } from "../../../src/proxy/original-dst.ts";
+import { LinuxOriginalDst } from "../../../src/proxy/capture/original-dst.ts";
 
 const port = Number(process.argv[2]);
 const targets = process.argv.slice(3).map((t) => {

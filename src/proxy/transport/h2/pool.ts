@@ -15,7 +15,7 @@
  *   reset.
  * - Liveness: a session that received nothing for `keepalive.intervalMs` gets a PING; without an ACK
  *   in `keepalive.timeoutMs` it is destroyed and counted once as a failure of its endpoint, and no new
- *   stream goes to it while the PING is outstanding (session-keepalive.ts).
+ *   stream goes to it while the PING is outstanding (keepalive.ts).
  * - A session that cannot be opened is one upstream failure of that endpoint (outlier detection),
  *   however many connections waited on it (`alreadyCounted` on the errors of the others); a
  *   session that dies takes its streams with it, and each of them ends as a reset.
@@ -23,18 +23,18 @@
 import http2 from "node:http2";
 import type { Duplex } from "node:stream";
 import type tls from "node:tls";
-import type { Clock, TimerHandle } from "../core/clock.ts";
-import { isWeftError, WeftError } from "../core/errors.ts";
-import type { Logger } from "../core/log.ts";
-import { formatAddr } from "../discovery/types.ts";
+import type { Clock, TimerHandle } from "../../../core/clock.ts";
+import { isWeftError, WeftError } from "../../../core/errors.ts";
+import type { Logger } from "../../../core/log.ts";
+import { formatAddr } from "../../../discovery/types.ts";
 import {
   type Connector,
   dialMtls,
   type MtlsConnectorOptions,
   type Upstream,
   type UpstreamTarget,
-} from "./connector.ts";
-import { type KeepaliveSettings, SessionKeepalive } from "./session-keepalive.ts";
+} from "../connector.ts";
+import { type KeepaliveSettings, SessionKeepalive } from "./keepalive.ts";
 
 /** The ALPN of a pooled tunnel session. */
 export const ALPN_H2 = "h2";
@@ -55,7 +55,7 @@ export interface PooledConnectorOptions extends MtlsConnectorOptions {
   readonly sessionIdleTimeoutMs: number;
   /** Deadline for opening a session (TCP connect plus handshake). */
   readonly connectTimeoutMs: number;
-  /** PING a silent session; close it when the ACK does not come (see session-keepalive.ts). */
+  /** PING a silent session; close it when the ACK does not come (see keepalive.ts). */
   readonly keepalive: KeepaliveSettings;
   readonly logger: Logger;
 }

@@ -6,8 +6,8 @@
  * Linux resolver is made.
  */
 import { isIP, type Socket } from "node:net";
-import { WeftError } from "../core/errors.ts";
-import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
+import { WeftError } from "../../core/errors.ts";
+import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
 import { fdOf, type Libc, loadLibc } from "./sockopt.ts";
 
 export interface OriginalDstResolver {

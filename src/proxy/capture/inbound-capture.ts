@@ -5,15 +5,20 @@
  * `weft_inbound_plaintext_total{mode,decision}`, and each connection gets its access-log line.
  */
 import type { Socket } from "node:net";
-import type { Clock } from "../core/clock.ts";
-import { WeftError } from "../core/errors.ts";
-import type { Logger } from "../core/log.ts";
-import type { WeftMetrics } from "../core/metrics.ts";
-import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
-import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
-import { connectTcp } from "./connector.ts";
+import type { Clock } from "../../core/clock.ts";
+import { WeftError } from "../../core/errors.ts";
+import type { Logger } from "../../core/log.ts";
+import type { WeftMetrics } from "../../core/metrics.ts";
+import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
+import {
+  type CloseReason,
+  type ConnectionDeps,
+  ConnectionRecord,
+  spliceConnection,
+} from "../connection/record.ts";
+import { resetSide } from "../connection/splice.ts";
+import { connectTcp } from "../transport/connector.ts";
 import { isLoop, type OriginalDstResolver } from "./original-dst.ts";
-import { resetSide } from "./splice.ts";
 
 export interface InboundCaptureOptions {
   readonly mode: "strict" | "permissive";

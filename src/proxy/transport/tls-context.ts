@@ -15,9 +15,9 @@
  */
 import { randomBytes } from "node:crypto";
 import tls from "node:tls";
-import { parseBundle, SvidVerifier } from "../ca/verify.ts";
-import type { Clock } from "../core/clock.ts";
-import { WeftError } from "../core/errors.ts";
+import { parseBundle, SvidVerifier } from "../../ca/verify.ts";
+import type { Clock } from "../../core/clock.ts";
+import { WeftError } from "../../core/errors.ts";
 
 /** The ALPN protocol of Weft's tunnel: mTLS carrying a PROXY v2 header, then the app's bytes. */
 export const ALPN_WEFT = "weft/1";

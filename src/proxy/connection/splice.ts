@@ -25,8 +25,8 @@
  */
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import type { Clock, TimerHandle } from "../core/clock.ts";
-import { NO_SOCKET_ERRORS, type SocketErrors } from "./sockopt.ts";
+import type { Clock, TimerHandle } from "../../core/clock.ts";
+import { NO_SOCKET_ERRORS, type SocketErrors } from "../capture/sockopt.ts";
 
 /**
  * One side of a splice: the stream that carries bytes and the TCP socket under it (the same for plain

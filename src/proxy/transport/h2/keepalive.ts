@@ -10,8 +10,8 @@
  * Timers run on the injected clock.
  */
 import type http2 from "node:http2";
-import type { Clock, TimerHandle } from "../core/clock.ts";
-import { WeftError } from "../core/errors.ts";
+import type { Clock, TimerHandle } from "../../../core/clock.ts";
+import { WeftError } from "../../../core/errors.ts";
 
 export interface KeepaliveSettings {
   /** Silence before a PING (0 = no keepalive). */

@@ -4,11 +4,11 @@
  * finished exactly once, and finishing it is the only place that writes the connection's metrics and its
  * one access-log line. `ConnectionTracker` keeps the live records of a sidecar for drain and shutdown.
  */
-import type { Clock } from "../core/clock.ts";
-import type { Logger } from "../core/log.ts";
-import type { Direction, WeftMetrics } from "../core/metrics.ts";
-import { formatAddr, type SocketAddr } from "../discovery/types.ts";
-import type { SocketErrors } from "./sockopt.ts";
+import type { Clock } from "../../core/clock.ts";
+import type { Logger } from "../../core/log.ts";
+import type { Direction, WeftMetrics } from "../../core/metrics.ts";
+import { formatAddr, type SocketAddr } from "../../discovery/types.ts";
+import type { SocketErrors } from "../capture/sockopt.ts";
 import { type ByteSink, Splice, type SpliceEnd, type SpliceSide } from "./splice.ts";
 
 /**

@@ -8,10 +8,10 @@
  * real address (port 0 in tests).
  */
 import net, { type Socket } from "node:net";
-import type { Clock, TimerHandle } from "../core/clock.ts";
-import { WeftError } from "../core/errors.ts";
-import type { Logger } from "../core/log.ts";
-import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
+import type { Clock, TimerHandle } from "../../core/clock.ts";
+import { WeftError } from "../../core/errors.ts";
+import type { Logger } from "../../core/log.ts";
+import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
 
 const ACCEPT_BACKOFF_MIN_MS = 10;
 const ACCEPT_BACKOFF_MAX_MS = 1_000;

@@ -16,13 +16,13 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { type FSWatcher, watch } from "node:fs";
 import { chmod, mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { CaClient, type IdentityMaterial } from "../ca/client.ts";
-import { parseBundle, SvidVerifier } from "../ca/verify.ts";
-import type { Clock, TimerHandle } from "../core/clock.ts";
-import { errorMessage, isWeftError, WeftError } from "../core/errors.ts";
-import type { Logger } from "../core/log.ts";
-import type { WeftMetrics } from "../core/metrics.ts";
-import type { Identity } from "./tls-context.ts";
+import { CaClient, type IdentityMaterial } from "../../ca/client.ts";
+import { parseBundle, SvidVerifier } from "../../ca/verify.ts";
+import type { Clock, TimerHandle } from "../../core/clock.ts";
+import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
+import type { Logger } from "../../core/log.ts";
+import type { WeftMetrics } from "../../core/metrics.ts";
+import type { Identity } from "../transport/tls-context.ts";
 
 /** A source of the workload identity. */
 export interface IdentitySource {

@@ -17,7 +17,7 @@
  * who sets any `glibc.malloc.*` tunable in GLIBC_TUNABLES keeps glibc's behaviour as configured; nothing
  * is changed off Linux, with another C library (musl), or without koffi.
  */
-import { loadKoffiLibc } from "./sockopt.ts";
+import { loadKoffiLibc } from "./libc.ts";
 
 const M_TRIM_THRESHOLD = -1;
 const M_TOP_PAD = -2;

@@ -7,9 +7,9 @@
  */
 import { isIP } from "node:net";
 import type { Duplex } from "node:stream";
-import { type Clock, systemClock } from "../core/clock.ts";
-import { WeftError } from "../core/errors.ts";
-import type { SocketAddr } from "../discovery/types.ts";
+import { type Clock, systemClock } from "../../core/clock.ts";
+import { WeftError } from "../../core/errors.ts";
+import type { SocketAddr } from "../../discovery/types.ts";
 
 /** The 12-byte v2 signature: `\r\n\r\n\0\r\nQUIT\n`. */
 export const PROXY_V2_SIGNATURE = Buffer.from([

@@ -1,43 +1,22 @@
 /**
  * getsockopt for what Node does not expose, through koffi and libc, on a socket's file descriptor. This
- * is the only file that touches `socket._handle.fd` (undocumented); koffi is loaded lazily, when the
- * first Linux user is made. Two users:
+ * file reads `socket._handle.fd` (undocumented) for getsockopt; koffi is loaded lazily, when the first
+ * Linux user is made (src/runtime/libc.ts). Two users:
  *
  * - `original-dst.ts`: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST of a redirected connection;
  * - `LinuxSocketErrors`: SO_ERROR, the error the kernel holds for a socket. When a peer's last bytes
  *   and its reset arrive in one poll and the read comes back short, libuv (Node 20) reports EOF and
  *   never reads again, so Node emits `'end'` for what was a reset. SO_ERROR is then ECONNRESET (after a
  *   real FIN it is 0), which lets the splice carry the reset instead of turning it into a FIN.
- *
- * `loadKoffiLibc` is also how malloc-tuning.ts reaches libc's mallopt.
  */
-import { createRequire } from "node:module";
 import type { Socket } from "node:net";
-import { WeftError } from "../core/errors.ts";
+import { loadKoffiLibc } from "../../runtime/libc.ts";
 
 export type GetSockOpt = (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
 
 export interface Libc {
   getsockopt: GetSockOpt;
   errno: () => number;
-}
-
-/** koffi and libc.so.6 loaded through it; throws E_ORIGINAL_DST (reason no_koffi) when koffi is missing. */
-export function loadKoffiLibc(): {
-  koffi: typeof import("koffi");
-  lib: ReturnType<typeof import("koffi").load>;
-} {
-  const require = createRequire(import.meta.url);
-  let koffi: typeof import("koffi");
-  try {
-    koffi = require("koffi");
-  } catch (err) {
-    throw new WeftError("E_ORIGINAL_DST", "koffi is not installed; transparent mode needs it (npm ci)", {
-      reason: "no_koffi",
-      cause: err,
-    });
-  }
-  return { koffi, lib: koffi.load("libc.so.6") };
 }
 
 /** libc's getsockopt through koffi; throws E_ORIGINAL_DST (reason no_koffi) when koffi is missing. */

@@ -12,11 +12,11 @@
  */
 import net from "node:net";
 import tls from "node:tls";
-import type { Clock } from "../core/clock.ts";
-import { isWeftError, WeftError } from "../core/errors.ts";
-import type { WeftMetrics } from "../core/metrics.ts";
-import { type Endpoint, formatAddr, type SocketAddr } from "../discovery/types.ts";
-import type { SpliceSide } from "./splice.ts";
+import type { Clock } from "../../core/clock.ts";
+import { isWeftError, WeftError } from "../../core/errors.ts";
+import type { WeftMetrics } from "../../core/metrics.ts";
+import { type Endpoint, formatAddr, type SocketAddr } from "../../discovery/types.ts";
+import type { SpliceSide } from "../connection/splice.ts";
 import { ALPN_WEFT, type TunnelTls } from "./tls-context.ts";
 
 /** A connected upstream, ready for the PROXY header and the splice. */

@@ -10,7 +10,7 @@
  * atomically; the jumps from OUTPUT/PREROUTING are added only when missing (install is idempotent).
  */
 import { execFile } from "node:child_process";
-import { WeftError } from "../core/errors.ts";
+import { WeftError } from "../../core/errors.ts";
 
 export const CHAINS = {
   output: "WEFT_OUTPUT",

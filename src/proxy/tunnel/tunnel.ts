@@ -19,14 +19,22 @@
 import http2 from "node:http2";
 import type { Socket } from "node:net";
 import tls from "node:tls";
-import type { Clock } from "../core/clock.ts";
-import { isWeftError, WeftError } from "../core/errors.ts";
-import type { Logger } from "../core/log.ts";
-import type { WeftMetrics } from "../core/metrics.ts";
-import { normalizeAddress } from "../discovery/types.ts";
-import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
-import { connectTcp } from "./connector.ts";
-import type { ConnectionSlots } from "./listener.ts";
+import type { Clock } from "../../core/clock.ts";
+import { isWeftError, WeftError } from "../../core/errors.ts";
+import type { Logger } from "../../core/log.ts";
+import type { WeftMetrics } from "../../core/metrics.ts";
+import { normalizeAddress } from "../../discovery/types.ts";
+import type { ConnectionSlots } from "../capture/listener.ts";
+import {
+  type CloseReason,
+  type ConnectionDeps,
+  ConnectionRecord,
+  spliceConnection,
+} from "../connection/record.ts";
+import { resetSide, type Splice, type SpliceSide } from "../connection/splice.ts";
+import { decideInbound, type InboundSettings } from "../outbound/route.ts";
+import { connectTcp } from "../transport/connector.ts";
+import { type KeepaliveSettings, SessionKeepalive } from "../transport/h2/keepalive.ts";
 import {
   ALPN_H2,
   destroySession,
@@ -35,18 +43,15 @@ import {
   streamWasReset,
   TUNNEL_H2_SETTINGS,
   tieSessionToSocket,
-} from "./pool.ts";
+} from "../transport/h2/pool.ts";
 import {
   encodeProxyV1,
   encodeProxyV2,
   PP2_TYPE_WEFT_SERVICE,
   type ProxyHeader,
   readProxyHeader,
-} from "./proxy-protocol.ts";
-import { decideInbound, type InboundSettings } from "./route.ts";
-import { type KeepaliveSettings, SessionKeepalive } from "./session-keepalive.ts";
-import { resetSide, type Splice, type SpliceSide } from "./splice.ts";
-import { ALPN_WEFT, type TunnelTls } from "./tls-context.ts";
+} from "../transport/proxy-protocol.ts";
+import { ALPN_WEFT, type TunnelTls } from "../transport/tls-context.ts";
 
 export interface TunnelOptions {
   readonly tls: TunnelTls;

@@ -8,8 +8,8 @@
  * - `decideInbound`: may the peer identity that came through the tunnel reach this local port, and does
  *   the app want a PROXY header?
  */
-import type { RouteTable, RouteTarget, SocketAddr } from "../discovery/types.ts";
-import { mayReach, type PolicyConfig, type PolicyDenial } from "./policy.ts";
+import type { RouteTable, RouteTarget, SocketAddr } from "../../discovery/types.ts";
+import { mayReach, type PolicyConfig, type PolicyDenial } from "../tunnel/policy.ts";
 
 export type OutboundDenyReason = "loop" | "no_route" | "unknown_service" | "unknown_port";
 

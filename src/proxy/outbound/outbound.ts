@@ -19,23 +19,28 @@
  * a retry on another endpoint still has every byte.
  */
 import type { Socket } from "node:net";
-import type { Clock } from "../core/clock.ts";
-import { errorMessage, isWeftError, WeftError } from "../core/errors.ts";
-import type { Logger } from "../core/log.ts";
-import type { WeftMetrics } from "../core/metrics.ts";
+import type { Clock } from "../../core/clock.ts";
+import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
+import type { Logger } from "../../core/log.ts";
+import type { WeftMetrics } from "../../core/metrics.ts";
 import {
   type EndpointLease,
   normalizeAddress,
   type RouteTable,
   type RouteTarget,
   type SocketAddr,
-} from "../discovery/types.ts";
-import { type CloseReason, type ConnectionDeps, ConnectionRecord, spliceConnection } from "./connection.ts";
-import { type Connector, connectTcp, type Upstream } from "./connector.ts";
-import { isLoop, type OriginalDstResolver } from "./original-dst.ts";
-import { encodeProxyV2, PP2_TYPE_WEFT_SERVICE } from "./proxy-protocol.ts";
+} from "../../discovery/types.ts";
+import { isLoop, type OriginalDstResolver } from "../capture/original-dst.ts";
+import {
+  type CloseReason,
+  type ConnectionDeps,
+  ConnectionRecord,
+  spliceConnection,
+} from "../connection/record.ts";
+import { resetSide, type Splice } from "../connection/splice.ts";
+import { type Connector, connectTcp, type Upstream } from "../transport/connector.ts";
+import { encodeProxyV2, PP2_TYPE_WEFT_SERVICE } from "../transport/proxy-protocol.ts";
 import { decideOutbound, endpointAppPort, type OutboundRoute } from "./route.ts";
-import { resetSide, type Splice } from "./splice.ts";
 
 export interface OutboundOptions {
   /** `outbound` for the transparent capture port, `explicit` for a configured listener. */
