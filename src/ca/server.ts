@@ -393,7 +393,7 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
       // A client may send the root too; the verifier anchors on the bundle, so leave roots out.
       if (!bundleRootsDer.has(key)) chain.push(cert.raw);
     }
-    return verifySvid(chain, bundle, { now: new Date(clock.now()) });
+    return verifySvid(chain, bundle, { now: new Date(clock.now()), role: "client" });
   }
 
   function refuse(res: ServerResponse, err: HttpError, remote: string): void {

@@ -1,9 +1,18 @@
 /**
  * X.509-SVID verification, used by the CA tests, `meshca verify`, the CA server (renewals) and both
  * sides of every mesh connection: a path from the leaf through the presented intermediates to a root
- * in the trust bundle, every certificate inside its validity window, and the SPIFFE rules for leaf and
- * signing certificates. It returns the peer's SPIFFE ID, or throws `E_SVID` with the broken rule as
- * `reason` (a bounded set, used as a metrics label).
+ * in the trust bundle, every certificate inside its validity window, the RFC 5280 rules a TLS peer
+ * check needs, and the SPIFFE rules for leaf and signing certificates. It returns the peer's SPIFFE ID,
+ * or throws `E_SVID` with the broken rule as `reason` (a bounded set, used as a metrics label).
+ *
+ * RFC 5280 rules enforced beside the SPIFFE ones (each with its own reason):
+ * - extended key usage by role: when a certificate of the path carries the EKU extension it must allow
+ *   the role the peer plays (clientAuth for a client, serverAuth for a server): `eku_no_client_auth`,
+ *   `eku_no_server_auth`. OpenSSL applies this to CA certificates too, and so does Weft.
+ * - pathLenConstraint of every CA certificate, the bundle's root included: `path_length_exceeded`.
+ * - an unrecognised critical extension anywhere in the path: `unknown_critical_extension`.
+ * - revoked leaf serials (the list the CA serves with its bundle): `revoked`.
+ * test/unit/verify-openssl.test.ts runs every refusal through `openssl verify -x509_strict` as well.
  *
  * Signatures and dates use node:crypto's native X509Certificate; the extension facts come from
  * @peculiar/x509 and are cached per DER by `SvidVerifier`, so a peer seen before costs a map lookup
@@ -13,7 +22,7 @@ import { createHash, X509Certificate } from "node:crypto";
 import { type Clock, systemClock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
 import { SpiffeId } from "./spiffe-id.ts";
-import { type CertFacts, certFacts, KeyUsage, splitPemCertificates } from "./x509.ts";
+import { type CertFacts, certFacts, Eku, KeyUsage, normalizeSerial, splitPemCertificates } from "./x509.ts";
 
 /** Longest chain accepted: leaf + this many intermediates. */
 export const MAX_INTERMEDIATES = 4;
@@ -45,6 +54,39 @@ export function parseBundle(pem: string, trustDomain: string): TrustBundle {
   return { trustDomain, roots, pem };
 }
 
+/**
+ * The trust domain a PEM bundle names: the `spiffe://<td>` URI SAN its roots carry (Weft's roots do).
+ * Undefined when no root names one; throws E_PEM when roots name different trust domains.
+ */
+export function bundleTrustDomain(pem: string): string | undefined {
+  const found = new Set<string>();
+  for (const block of splitPemCertificates(pem)) {
+    let facts: CertFacts;
+    try {
+      facts = certFacts(new X509Certificate(block).raw);
+    } catch (err) {
+      throw new WeftError("E_PEM", "a certificate in the trust bundle does not parse", {
+        reason: "bad_bundle",
+        cause: err,
+      });
+    }
+    for (const uri of facts.uris) {
+      try {
+        const id = SpiffeId.parse(uri);
+        if (id.path === "") found.add(id.trustDomain);
+      } catch {
+        // not a SPIFFE ID: names no trust domain
+      }
+    }
+  }
+  if (found.size > 1) {
+    throw new WeftError("E_PEM", `the bundle's roots name several trust domains (${[...found].join(", ")})`, {
+      reason: "mixed_trust_domains",
+    });
+  }
+  return found.values().next().value;
+}
+
 function toCertificates(chain: readonly (Buffer | string)[] | string): X509Certificate[] {
   const items: Array<string | Buffer> =
     typeof chain === "string"
@@ -68,6 +110,32 @@ interface Verified {
   readonly id: SpiffeId;
   readonly notBefore: number;
   readonly notAfter: number;
+  /** The leaf's serial (normalised), for the revocation check. */
+  readonly serial: string;
+}
+
+/** The role the checked certificate plays in the TLS handshake; `any` skips the EKU check. */
+export type PeerRole = "client" | "server" | "any";
+
+const EKU_FOR_ROLE = { client: Eku.clientAuth, server: Eku.serverAuth } as const;
+
+function checkCommon(f: CertFacts, which: string, role: PeerRole): void {
+  if (f.unknownCritical.length > 0) {
+    throw svidError(
+      "unknown_critical_extension",
+      `the ${which} certificate has critical extension(s) Weft does not process: ${f.unknownCritical.join(", ")}`,
+    );
+  }
+  if (
+    role !== "any" &&
+    f.extendedKeyUsages !== undefined &&
+    !f.extendedKeyUsages.includes(EKU_FOR_ROLE[role])
+  ) {
+    throw svidError(
+      role === "client" ? "eku_no_client_auth" : "eku_no_server_auth",
+      `the ${which} certificate's extended key usage does not allow ${role === "client" ? "clientAuth" : "serverAuth"} (it has ${f.extendedKeyUsages.join(", ") || "none"})`,
+    );
+  }
 }
 
 function has(flags: number | undefined, bit: number): boolean {
@@ -144,6 +212,7 @@ function verifyStructure(
   certs: X509Certificate[],
   bundle: TrustBundle,
   factsOf: (c: X509Certificate) => CertFacts,
+  role: PeerRole,
 ): Verified {
   if (certs.length - 1 > MAX_INTERMEDIATES) {
     throw svidError(
@@ -152,7 +221,9 @@ function verifyStructure(
     );
   }
   const leaf = certs[0]!;
-  const id = checkLeaf(factsOf(leaf), bundle.trustDomain);
+  const leafFacts = factsOf(leaf);
+  const id = checkLeaf(leafFacts, bundle.trustDomain);
+  checkCommon(leafFacts, "leaf", role);
   // Walk up through the presented certificates until one is signed by a bundle root.
   let current = leaf;
   const path: X509Certificate[] = [leaf];
@@ -177,7 +248,9 @@ function verifyStructure(
       }
       throw svidError("untrusted_root", "the chain does not lead to a root in the trust bundle");
     }
-    checkSigning(factsOf(parent), "intermediate");
+    const parentFacts = factsOf(parent);
+    checkSigning(parentFacts, "intermediate");
+    checkCommon(parentFacts, "intermediate", role);
     path.push(parent);
     pool.splice(pool.indexOf(parent), 1);
     current = parent;
@@ -187,16 +260,32 @@ function verifyStructure(
   const root = path[path.length - 1]!;
   if (!bundle.roots.includes(root))
     throw svidError("untrusted_root", "the chain does not lead to a root in the trust bundle");
+  // The anchor's constraints count too (OpenSSL enforces them); its signing rules were checked when it
+  // entered the bundle's use, but its EKU, critical extensions and path length are checked here.
+  const rootFacts = factsOf(root);
+  checkCommon(rootFacts, "root", role);
+  // RFC 5280 §4.2.1.9: a CA's pathLenConstraint is the most non-self-issued intermediates that may
+  // follow it in the path (the leaf not counted). path = leaf, intermediates..., root.
+  for (let i = 1; i < path.length; i++) {
+    const f = i === path.length - 1 ? rootFacts : factsOf(path[i]!);
+    const below = i - 1;
+    if (f.pathLength !== undefined && below > f.pathLength) {
+      throw svidError(
+        "path_length_exceeded",
+        `a CA certificate allows ${f.pathLength} intermediate(s) below it (pathLenConstraint) but the path has ${below}`,
+      );
+    }
+  }
   let notBefore = Number.NEGATIVE_INFINITY;
   let notAfter = Number.POSITIVE_INFINITY;
   for (const c of path) {
     notBefore = Math.max(notBefore, Date.parse(c.validFrom));
     notAfter = Math.min(notAfter, Date.parse(c.validTo));
   }
-  return { id, notBefore, notAfter };
+  return { id, notBefore, notAfter, serial: leafFacts.serial };
 }
 
-function checkWindow(v: Verified, now: number): SpiffeId {
+function checkWindow(v: Verified, now: number, revoked?: ReadonlySet<string>): SpiffeId {
   if (now < v.notBefore)
     throw svidError(
       "not_yet_valid",
@@ -204,6 +293,8 @@ function checkWindow(v: Verified, now: number): SpiffeId {
     );
   if (now > v.notAfter)
     throw svidError("expired", `a certificate in the chain expired at ${new Date(v.notAfter).toISOString()}`);
+  if (revoked?.has(v.serial))
+    throw svidError("revoked", `the certificate with serial ${v.serial} is revoked`);
   return v.id;
 }
 
@@ -214,11 +305,11 @@ function checkWindow(v: Verified, now: number): SpiffeId {
 export function verifySvid(
   chain: readonly (Buffer | string)[] | string,
   bundle: TrustBundle,
-  opts: { now?: Date } = {},
+  opts: { now?: Date; role?: PeerRole; revoked?: ReadonlySet<string> } = {},
 ): SpiffeId {
   const certs = toCertificates(chain);
-  const verified = verifyStructure(certs, bundle, (c) => certFacts(c.raw));
-  return checkWindow(verified, (opts.now ?? new Date()).getTime());
+  const verified = verifyStructure(certs, bundle, (c) => certFacts(c.raw), opts.role ?? "any");
+  return checkWindow(verified, (opts.now ?? new Date()).getTime(), opts.revoked);
 }
 
 /**
@@ -231,6 +322,7 @@ export class SvidVerifier {
   private readonly clock: Clock;
   private readonly cacheSize: number;
   private readonly cache = new Map<string, Verified | WeftError>();
+  private revoked: ReadonlySet<string> = new Set();
 
   constructor(bundle: TrustBundle, opts: { clock?: Clock; cacheSize?: number } = {}) {
     this.bundle = bundle;
@@ -243,19 +335,26 @@ export class SvidVerifier {
     this.cache.clear();
   }
 
+  /** Leaf serials to refuse from now on (hex, any case); checked on every call, cached chains too. */
+  setRevoked(serials: Iterable<string>): void {
+    this.revoked = new Set([...serials].map(normalizeSerial));
+  }
+
   get trustDomain(): string {
     return this.bundle.trustDomain;
   }
 
-  verify(chain: readonly Buffer[]): SpiffeId {
+  /** Verify `chain` (DER, leaf first) for a peer playing `role`. */
+  verify(chain: readonly Buffer[], role: PeerRole = "any"): SpiffeId {
     if (chain.length === 0) throw svidError("no_certificate", "no certificate was presented");
     const h = createHash("sha256");
+    h.update(role);
     for (const der of chain) h.update(der);
     const key = h.digest("base64");
     let entry = this.cache.get(key);
     if (entry === undefined) {
       try {
-        entry = verifyStructure(toCertificates(chain), this.bundle, (c) => certFacts(c.raw));
+        entry = verifyStructure(toCertificates(chain), this.bundle, (c) => certFacts(c.raw), role);
       } catch (err) {
         if (!(err instanceof WeftError)) throw err;
         entry = err;
@@ -264,6 +363,6 @@ export class SvidVerifier {
       this.cache.set(key, entry);
     }
     if (entry instanceof WeftError) throw entry;
-    return checkWindow(entry, this.clock.now());
+    return checkWindow(entry, this.clock.now(), this.revoked);
   }
 }

@@ -118,6 +118,8 @@ export interface CertProfile {
   readonly keyUsages: number;
   readonly keyUsageCritical?: boolean;
   readonly extendedKeyUsages?: readonly string[];
+  /** Extra extensions as they are (the test fixtures add unknown critical ones). */
+  readonly extraExtensions?: readonly x509.Extension[];
   readonly uris: readonly string[];
   readonly dnsNames?: readonly string[];
   readonly ipAddresses?: readonly string[];
@@ -127,7 +129,22 @@ export const KeyUsage = x509.KeyUsageFlags;
 export const Eku = {
   serverAuth: x509.ExtendedKeyUsage.serverAuth,
   clientAuth: x509.ExtendedKeyUsage.clientAuth,
+  codeSigning: x509.ExtendedKeyUsage.codeSigning,
 };
+
+/**
+ * The extensions Weft's verifier understands and enforces; any other extension marked critical makes a
+ * certificate unusable (RFC 5280 §4.2: "A certificate-using system MUST reject the certificate if it
+ * encounters a critical extension it does not recognize"). SKI/AKI are informational (OpenSSL does not
+ * accept them as critical either); name constraints and policies are not processed, so they are refused
+ * when critical rather than silently ignored.
+ */
+export const ENFORCED_EXTENSIONS: ReadonlySet<string> = new Set([
+  "2.5.29.19", // basicConstraints
+  "2.5.29.15", // keyUsage
+  "2.5.29.37", // extendedKeyUsage
+  "2.5.29.17", // subjectAltName
+]);
 
 /**
  * Build and sign a certificate. `issuer` absent: self-signed with `signingKey`'s pair.
@@ -151,6 +168,7 @@ export async function buildCertificate(
     extensions.push(new x509.ExtendedKeyUsageExtension([...profile.extendedKeyUsages], false));
   }
   if (sans.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(sans, false));
+  extensions.push(...(profile.extraExtensions ?? []));
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: profile.serial,
     subject: profile.subject,
@@ -180,8 +198,21 @@ export interface CertFacts {
   readonly uris: string[];
   readonly otherSans: number;
   readonly ca: boolean | undefined;
+  /** basicConstraints pathLenConstraint (undefined: none). */
+  readonly pathLength: number | undefined;
   readonly keyUsages: number | undefined;
-  readonly extendedKeyUsages: string[];
+  /** Undefined when the certificate has no EKU extension (then it is not restricted by purpose). */
+  readonly extendedKeyUsages: string[] | undefined;
+  /** OIDs of critical extensions Weft does not enforce. */
+  readonly unknownCritical: string[];
+  /** Serial number, lower-case hex without leading zeros. */
+  readonly serial: string;
+}
+
+/** A serial number as Weft keeps it: lower-case hex, no leading zeros ("0" for zero). */
+export function normalizeSerial(hex: string): string {
+  const s = hex.toLowerCase().replace(/^0+/, "");
+  return s === "" ? "0" : s;
 }
 
 export function certFacts(der: Uint8Array): CertFacts {
@@ -195,8 +226,13 @@ export function certFacts(der: Uint8Array): CertFacts {
     uris: names.filter((n) => n.type === "url").map((n) => n.value),
     otherSans: names.filter((n) => n.type !== "url").length,
     ca: bc?.ca,
+    pathLength: bc?.pathLength,
     keyUsages: ku?.usages,
-    extendedKeyUsages: (eku?.usages ?? []).map(String),
+    extendedKeyUsages: eku ? eku.usages.map(String) : undefined,
+    unknownCritical: cert.extensions
+      .filter((e) => e.critical && !ENFORCED_EXTENSIONS.has(e.type))
+      .map((e) => e.type),
+    serial: normalizeSerial(cert.serialNumber),
   };
 }
 

@@ -22,7 +22,7 @@ import { createCaServer, DEFAULT_LISTEN, parseListenAddress } from "../ca/server
 import { SpiffeId } from "../ca/spiffe-id.ts";
 import { CaStore, writeFileAtomic, writeIdentityDir } from "../ca/store.ts";
 import { TOKENS_FILE, TokenStore } from "../ca/tokens.ts";
-import { parseBundle, verifySvid } from "../ca/verify.ts";
+import { bundleTrustDomain, parseBundle, verifySvid } from "../ca/verify.ts";
 import { formatDuration, parseDuration } from "../config/units.ts";
 import type { Clock } from "../core/clock.ts";
 import { errorMessage, isWeftError, WeftError } from "../core/errors.ts";
@@ -502,8 +502,17 @@ export function buildMeshcaProgram(deps: MeshcaDeps): Command {
     .description("check a chain against a trust bundle and the SPIFFE X.509-SVID rules")
     .argument("<chain.pem>", "leaf first, then intermediates")
     .option("--bundle <file>", "trust bundle PEM (default: the bundle of the CA in --dir)")
-    .option("--trust-domain <td>", "trust domain of --bundle (default: the CA's in --dir, else the leaf's)")
+    .option(
+      "--trust-domain <td>",
+      "trust domain of --bundle (default: the one its roots name, or the CA's in --dir); never taken from the leaf",
+    )
     .option("--id <spiffe-id>", "also require this exact SPIFFE ID")
+    .addOption(
+      new Option("--role <role>", "also check the extended key usage for this TLS role").choices([
+        "client",
+        "server",
+      ]),
+    )
     .addOption(dirOption())
     .addHelpText(
       "after",
@@ -520,7 +529,10 @@ EXIT CODES
       ),
     )
     .action(
-      async (file: string, opts: { bundle?: string; trustDomain?: string; id?: string; dir: string }) => {
+      async (
+        file: string,
+        opts: { bundle?: string; trustDomain?: string; id?: string; role?: "client" | "server"; dir: string },
+      ) => {
         const chainPem = await readText(path(file), "chain");
         let expected: SpiffeId | undefined;
         if (opts.id !== undefined) {
@@ -534,20 +546,28 @@ EXIT CODES
         let trustDomain = opts.trustDomain;
         if (opts.bundle) {
           bundlePem = await readText(path(opts.bundle), "bundle");
+          // The trust domain comes from the bundle (or the operator), never from the leaf being judged:
+          // otherwise a leaf of any trust domain signed under these roots would vouch for itself.
+          const named = bundleTrustDomain(bundlePem);
+          if (trustDomain !== undefined && named !== undefined && named !== trustDomain) {
+            throw usage(
+              `--trust-domain ${trustDomain} differs from the trust domain the bundle names (${named})`,
+            );
+          }
+          trustDomain ??= named;
+          if (trustDomain === undefined) {
+            throw usage(
+              `the bundle ${path(opts.bundle)} names no trust domain (no spiffe:// URI SAN on its roots); give --trust-domain`,
+            );
+          }
         } else {
           const { ca } = await loadCa(opts.dir);
           bundlePem = ca.bundlePem();
           trustDomain ??= ca.trustDomain;
         }
-        if (trustDomain === undefined) {
-          const leaf = splitCertificates(chainPem, path(file))[0]!;
-          const uri = /URI:(spiffe:\/\/[^,\s]+)/.exec(leaf.subjectAltName ?? "");
-          if (!uri)
-            throw new WeftError("E_SVID", "the leaf has no SPIFFE ID URI SAN", { reason: "no_uri_san" });
-          trustDomain = SpiffeId.parse(uri[1]!).trustDomain;
-        }
         const id = verifySvid(chainPem, parseBundle(bundlePem, trustDomain), {
           now: new Date(deps.clock.now()),
+          role: opts.role ?? "any",
         });
         if (expected && !id.equals(expected)) {
           throw new WeftError(

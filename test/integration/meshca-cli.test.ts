@@ -197,6 +197,83 @@ test("verify exits 0 for a valid SVID and 1 with the broken rule otherwise", asy
   assertOneLineError(await w.meshca("verify", chain, "--id", "not-an-id"), 2, /--id/);
 });
 
+test("verify --bundle takes the trust domain from the bundle, never from the leaf it checks", async (t) => {
+  const w = await workspace(t);
+  await w.ok("init", "--trust-domain", "weft.local");
+  await w.ok("bundle", "--out", "bundle.pem");
+  // A leaf for another trust domain, signed under this CA's intermediate (what a stolen intermediate key
+  // or a careless sign could produce): it must not vouch for its own trust domain.
+  const {
+    buildCertificate,
+    Eku,
+    generateKeyPair,
+    importSigningKey,
+    KeyUsage,
+    parseCertificate,
+    randomSerial,
+  } = await import("../../src/ca/x509.ts");
+  const inter = await readFile(w.p("certs/intermediate.pem"), "utf8");
+  const keys = await generateKeyPair();
+  const foreign = await buildCertificate(
+    {
+      serial: randomSerial(),
+      subject: "O=Weft",
+      notBefore: new Date(w.clock.now() - 60_000),
+      notAfter: new Date(w.clock.now() + 3_600_000),
+      publicKey: keys.publicKey,
+      ca: false,
+      keyUsages: KeyUsage.digitalSignature,
+      extendedKeyUsages: [Eku.serverAuth, Eku.clientAuth],
+      uris: ["spiffe://other.test/ns/default/sa/web"],
+    },
+    {
+      key: await importSigningKey(await readFile(w.p("certs/intermediate-key.pem"), "utf8")),
+      cert: parseCertificate(inter),
+    },
+  );
+  await writeFile(w.p("foreign.pem"), foreign + inter);
+  assertOneLineError(
+    await w.meshca("verify", "foreign.pem", "--bundle", "bundle.pem"),
+    1,
+    /E_SVID: spiffe:\/\/other\.test\/ns\/default\/sa\/web is not in trust domain weft\.local/,
+  );
+  assertOneLineError(
+    await w.meshca("verify", "foreign.pem", "--bundle", "bundle.pem", "--trust-domain", "other.test"),
+    2,
+    /differs from the trust domain the bundle names \(weft\.local\)/,
+  );
+  // A bundle whose root names no trust domain (an OpenSSL-made root) needs --trust-domain.
+  await run("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-subj",
+    "/CN=plain root",
+    "-keyout",
+    w.p("plain-key.pem"),
+    "-out",
+    w.p("plain.pem"),
+    "-days",
+    "1",
+  ]);
+  assertOneLineError(
+    await w.meshca("verify", "foreign.pem", "--bundle", "plain.pem"),
+    2,
+    /names no trust domain .*give --trust-domain/,
+  );
+  assertOneLineError(
+    await w.meshca("verify", "foreign.pem", "--bundle", "plain.pem", "--trust-domain", "other.test"),
+    1,
+    /E_SVID/,
+  );
+  await w.ok("issue", "--ns", "default", "--sa", "web");
+  await w.ok("verify", "certs/issued/default-web/chain.pem", "--bundle", "bundle.pem", "--role", "client");
+});
+
 test("bundle prints the roots; --out is not overwritten without --force", async (t) => {
   const w = await workspace(t);
   await w.ok("init", "--trust-domain", "weft.local");

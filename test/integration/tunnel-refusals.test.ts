@@ -115,6 +115,62 @@ test("a peer with an expired certificate is refused: svid_ reason for expiry", a
   );
 });
 
+/** A key and chain for `id` under `ca`'s intermediate, with the extended key usages given. */
+async function leafWithEku(ca: Awaited<ReturnType<typeof createTestCa>>, ekus: string[]) {
+  const {
+    buildCertificate,
+    exportPrivateKeyPem,
+    generateKeyPair,
+    importSigningKey,
+    KeyUsage,
+    parseCertificate,
+    randomSerial,
+  } = await import("../../src/ca/x509.ts");
+  const keys = await generateKeyPair();
+  const certPem = await buildCertificate(
+    {
+      serial: randomSerial(),
+      subject: "O=Weft",
+      notBefore: new Date(Date.now() - 60_000),
+      notAfter: new Date(Date.now() + 3600_000),
+      publicKey: keys.publicKey,
+      ca: false,
+      keyUsages: KeyUsage.digitalSignature,
+      extendedKeyUsages: ekus,
+      uris: [`spiffe://${ca.trustDomain}/ns/default/sa/frontend`],
+    },
+    {
+      key: await importSigningKey(ca.material.intermediateKeyPem),
+      cert: parseCertificate(ca.material.intermediateCertPem),
+    },
+  );
+  return {
+    keyPem: await exportPrivateKeyPem(keys.privateKey),
+    chainPem: certPem + ca.material.intermediateCertPem,
+  };
+}
+
+test("a client certificate whose EKU lacks clientAuth is refused on a live tunnel: svid_eku_no_client_auth", async (t) => {
+  const server = await startServer(t);
+  const { Eku } = await import("../../src/ca/x509.ts");
+  for (const ekus of [[Eku.serverAuth], [Eku.codeSigning]]) {
+    const s = await tlsClient(server.port, await leafWithEku(server.ca, ekus));
+    await closeKind(s);
+  }
+  await refusal(server, "svid_eku_no_client_auth");
+  for (let i = 0; i < 500; i++) {
+    const n = server.log.records.filter(
+      (r) => r.msg === "connection closed" && r.reason === "svid_eku_no_client_auth",
+    );
+    if (n.length >= 2) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await metric(
+    server.sidecar,
+    /weft_tls_handshake_failures_total\{direction="inbound",reason="svid_eku_no_client_auth"\} 2/,
+  );
+});
+
 test("an identity the policy does not allow is refused: policy_denied, counted and logged", async (t) => {
   const app = await startApp(() => {});
   t.after(() => app.close());

@@ -1,207 +1,62 @@
 /**
- * verifySvid against certificates that each break one X.509-SVID rule, generated here with the same
- * builder the CA uses, and the valid cases beside them.
+ * verifySvid against certificates that each break one X.509-SVID or RFC 5280 rule (the fixtures in
+ * test/helpers/svid-fixtures.ts, shared with the OpenSSL cross-check), and the valid cases beside them.
  */
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { test } from "node:test";
-import { CertificateAuthority, createTrustDomain } from "../../src/ca/authority.ts";
+import { CertificateAuthority } from "../../src/ca/authority.ts";
 import { SpiffeId } from "../../src/ca/spiffe-id.ts";
 import { parseBundle, SvidVerifier, verifySvid } from "../../src/ca/verify.ts";
-import {
-  buildCertificate,
-  Eku,
-  generateKeyPair,
-  importSigningKey,
-  KeyUsage,
-  parseCertificate,
-  randomSerial,
-} from "../../src/ca/x509.ts";
 import { ManualClock } from "../../src/core/clock.ts";
 import { WeftError } from "../../src/core/errors.ts";
+import { makeFixtures, TD } from "../helpers/svid-fixtures.ts";
 
-const TD = "weft.local";
-const HOUR = 3_600_000;
-const material = await createTrustDomain({ trustDomain: TD });
-const other = await createTrustDomain({ trustDomain: TD });
-const bundle = parseBundle(material.bundlePem, TD);
-const interKey = await importSigningKey(material.intermediateKeyPem);
-const interCert = parseCertificate(material.intermediateCertPem);
-const now = Date.now();
+const { material, other, bundle, now, leaf, chainOf, cases, valid } = await makeFixtures();
 
-interface LeafSpec {
-  uris?: string[];
-  ca?: boolean;
-  keyUsages?: number;
-  notBefore?: number;
-  notAfter?: number;
-  signKey?: CryptoKey;
-  signCert?: ReturnType<typeof parseCertificate>;
-}
-type CryptoKey = Awaited<ReturnType<typeof importSigningKey>>;
-
-async function leaf(spec: LeafSpec = {}): Promise<string> {
-  const keys = await generateKeyPair();
-  return buildCertificate(
-    {
-      serial: randomSerial(),
-      subject: "O=Weft",
-      notBefore: new Date(spec.notBefore ?? now - HOUR),
-      notAfter: new Date(spec.notAfter ?? now + HOUR),
-      publicKey: keys.publicKey,
-      ca: spec.ca ?? false,
-      keyUsages: spec.keyUsages ?? KeyUsage.digitalSignature,
-      extendedKeyUsages: [Eku.serverAuth, Eku.clientAuth],
-      uris: spec.uris ?? [`spiffe://${TD}/ns/default/sa/web`],
-    },
-    { key: spec.signKey ?? interKey, cert: spec.signCert ?? interCert },
-  );
-}
-
-/** An intermediate under the real root with chosen flaws. */
-async function intermediate(opts: { ca: boolean; keyUsages: number; uri: string }) {
-  const keys = await generateKeyPair();
-  const rootKey = await importSigningKey(material.rootKeyPem!);
-  const pem = await buildCertificate(
-    {
-      serial: randomSerial(),
-      subject: "CN=bad intermediate,O=Weft",
-      notBefore: new Date(now - HOUR),
-      notAfter: new Date(now + HOUR),
-      publicKey: keys.publicKey,
-      ca: opts.ca,
-      keyUsages: opts.keyUsages,
-      uris: [opts.uri],
-    },
-    { key: rootKey, cert: parseCertificate(material.rootCertPem) },
-  );
-  return { pem, key: keys.privateKey, cert: parseCertificate(pem) };
-}
-
-function tamper(pem: string): Buffer {
-  const der = Buffer.from(new X509Certificate(pem).raw);
-  der[der.length - 5] = (der[der.length - 5] ?? 0) ^ 0xff;
-  return der;
-}
-
-const chainOf = (l: string) => [l, material.intermediateCertPem];
-
-const cases: Array<[string, () => Promise<(Buffer | string)[]>, string]> = [
-  [
-    "two URI SANs",
-    async () => chainOf(await leaf({ uris: [`spiffe://${TD}/ns/a/sa/b`, `spiffe://${TD}/ns/c/sa/d`] })),
-    "multiple_uri_sans",
-  ],
-  ["no URI SAN", async () => chainOf(await leaf({ uris: [] })), "no_uri_san"],
-  [
-    "a URI that is not spiffe://",
-    async () => chainOf(await leaf({ uris: ["https://weft.local/web"] })),
-    "not_spiffe_id",
-  ],
-  [
-    "a SPIFFE ID with a query",
-    async () => chainOf(await leaf({ uris: [`spiffe://${TD}/ns/a/sa/b?x=1`] })),
-    "not_spiffe_id",
-  ],
-  [
-    "a leaf naming only the trust domain",
-    async () => chainOf(await leaf({ uris: [`spiffe://${TD}`] })),
-    "leaf_without_path",
-  ],
-  ["a CA leaf", async () => chainOf(await leaf({ ca: true })), "leaf_is_ca"],
-  [
-    "keyCertSign on a leaf",
-    async () => chainOf(await leaf({ keyUsages: KeyUsage.digitalSignature | KeyUsage.keyCertSign })),
-    "leaf_key_cert_sign",
-  ],
-  [
-    "cRLSign on a leaf",
-    async () => chainOf(await leaf({ keyUsages: KeyUsage.digitalSignature | KeyUsage.cRLSign })),
-    "leaf_crl_sign",
-  ],
-  [
-    "no digitalSignature",
-    async () => chainOf(await leaf({ keyUsages: KeyUsage.keyEncipherment })),
-    "leaf_no_digital_signature",
-  ],
-  [
-    "another trust domain",
-    async () => chainOf(await leaf({ uris: ["spiffe://example.org/ns/a/sa/b"] })),
-    "wrong_trust_domain",
-  ],
-  [
-    "expired",
-    async () => chainOf(await leaf({ notBefore: now - 3 * HOUR, notAfter: now - HOUR })),
-    "expired",
-  ],
-  [
-    "not yet valid",
-    async () => chainOf(await leaf({ notBefore: now + HOUR, notAfter: now + 2 * HOUR })),
-    "not_yet_valid",
-  ],
-  [
-    "an untrusted root (same trust domain name, other CA)",
-    async () => {
-      const ca = new CertificateAuthority(other);
-      return [(await ca.issue({ id: `spiffe://${TD}/ns/a/sa/b` })).chainPem];
-    },
-    "untrusted_root",
-  ],
-  ["a tampered signature", async () => [tamper(await leaf()), material.intermediateCertPem], "bad_signature"],
-  [
-    "an intermediate that is not a CA",
-    async () => {
-      const bad = await intermediate({ ca: false, keyUsages: KeyUsage.keyCertSign, uri: `spiffe://${TD}` });
-      return [await leaf({ signKey: bad.key, signCert: bad.cert }), bad.pem];
-    },
-    "intermediate_not_ca",
-  ],
-  [
-    "an intermediate without keyCertSign",
-    async () => {
-      const bad = await intermediate({ ca: true, keyUsages: KeyUsage.cRLSign, uri: `spiffe://${TD}` });
-      return [await leaf({ signKey: bad.key, signCert: bad.cert }), bad.pem];
-    },
-    "intermediate_no_key_cert_sign",
-  ],
-  [
-    "a path in a signing certificate's SPIFFE ID",
-    async () => {
-      const bad = await intermediate({
-        ca: true,
-        keyUsages: KeyUsage.keyCertSign,
-        uri: `spiffe://${TD}/ns/x`,
-      });
-      return [await leaf({ signKey: bad.key, signCert: bad.cert }), bad.pem];
-    },
-    "path_in_signing_cert",
-  ],
-  ["a leaf without its intermediate", async () => [await leaf()], "untrusted_root"],
-  [
-    "an issuer with the right name but another key",
-    async () => {
-      const impostorKey = (await generateKeyPair()).privateKey;
-      return chainOf(await leaf({ signKey: impostorKey }));
-    },
-    "bad_signature",
-  ],
-  ["no certificate at all", async () => [], "no_certificate"],
-  [
-    "bytes that are not a certificate",
-    async () => [Buffer.from("not a certificate")],
-    "malformed_certificate",
-  ],
-];
-
-for (const [name, make, reason] of cases) {
-  test(`refused: ${name} → ${reason}`, async () => {
-    const chain = await make();
+for (const c of cases) {
+  test(`refused: ${c.name} → ${c.reason}`, async () => {
+    const chain = await c.make();
     assert.throws(
-      () => verifySvid(chain, bundle),
-      (err: unknown) => err instanceof WeftError && err.code === "E_SVID" && err.reason === reason,
+      () => verifySvid(chain, bundle, { role: c.role }),
+      (err: unknown) => err instanceof WeftError && err.code === "E_SVID" && err.reason === c.reason,
     );
   });
 }
+
+for (const v of valid) {
+  test(`valid: ${v.name}`, async () => {
+    const chain = await v.make();
+    assert.equal(verifySvid(chain, bundle, { role: v.role }).toString(), `spiffe://${TD}/ns/default/sa/web`);
+  });
+}
+
+test("SvidVerifier checks EKU by role and keeps the two verdicts apart in its cache", async () => {
+  const verifier = new SvidVerifier(bundle);
+  const { Eku } = await import("../../src/ca/x509.ts");
+  const serverOnly = chainOf(await leaf({ ekus: [Eku.serverAuth] })).map((p) => new X509Certificate(p).raw);
+  assert.equal(verifier.verify(serverOnly, "server").toString(), `spiffe://${TD}/ns/default/sa/web`);
+  assert.throws(
+    () => verifier.verify(serverOnly, "client"),
+    (e: unknown) => e instanceof WeftError && e.reason === "eku_no_client_auth",
+  );
+  assert.equal(verifier.verify(serverOnly, "server").toString(), `spiffe://${TD}/ns/default/sa/web`);
+});
+
+test("SvidVerifier refuses a revoked leaf serial, also when the chain was verified (and cached) before", async () => {
+  const verifier = new SvidVerifier(bundle);
+  const pem = await leaf();
+  const chain = chainOf(pem).map((p) => new X509Certificate(p).raw);
+  verifier.verify(chain, "client");
+  const serial = new X509Certificate(pem).serialNumber;
+  verifier.setRevoked([serial.toUpperCase()]);
+  assert.throws(
+    () => verifier.verify(chain, "client"),
+    (e: unknown) => e instanceof WeftError && e.reason === "revoked",
+  );
+  verifier.setRevoked([]);
+  assert.equal(verifier.verify(chain, "client").toString(), `spiffe://${TD}/ns/default/sa/web`);
+});
 
 test("valid: a leaf with its intermediate, as PEM list or one PEM text, with a DNS SAN beside the URI", async () => {
   const ca = new CertificateAuthority(material);

@@ -229,7 +229,7 @@ export function dialMtls(
         peer = target.expectedIdentity;
       } else {
         try {
-          peer = state.verifyPeer(sock);
+          peer = state.verifyPeer(sock, "server");
         } catch (err) {
           const reason = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
           fail(failure(reason, `${where} presented an unusable certificate: ${(err as Error).message}`, err));

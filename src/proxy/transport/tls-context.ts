@@ -13,9 +13,10 @@
  * is expected. Rotation drops every kept session and, with the new context, the old ticket keys, so the
  * first connection after a rotation is a full handshake that presents the new certificate.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import tls from "node:tls";
-import { parseBundle, SvidVerifier } from "../../ca/verify.ts";
+import { type PeerRole, parseBundle, SvidVerifier } from "../../ca/verify.ts";
+import { normalizeSerial } from "../../ca/x509.ts";
 import type { Clock } from "../../core/clock.ts";
 import { WeftError } from "../../core/errors.ts";
 
@@ -51,6 +52,13 @@ interface KeptSession {
 interface Verified {
   readonly id: string;
   readonly notAfter: number;
+  readonly serial: string;
+}
+
+/** What a pooled session keeps of its peer's certificate, to check it again when trust changes. */
+export interface PeerProof {
+  readonly chain: readonly Buffer[];
+  readonly role: PeerRole;
 }
 
 /** The tunnel's TLS state: context, verifier, sessions; see the module comment. */
@@ -61,6 +69,9 @@ export class TunnelTls {
   private bundlePem: string | undefined;
   private readonly sessions = new Map<string, KeptSession>();
   private readonly verified = new Map<string, Verified>();
+  private revoked: ReadonlySet<string> = new Set();
+  private revokedKey = "";
+  private readonly trustListeners: Array<() => void> = [];
 
   constructor(
     private readonly options: {
@@ -89,10 +100,46 @@ export class TunnelTls {
       else this.verifier = new SvidVerifier(bundle, { clock: this.options.clock });
       this.bundlePem = identity.bundlePem;
     }
+    const bundleChanged = this.identity !== undefined && this.identity.bundlePem !== identity.bundlePem;
+    this.verifier?.setRevoked(this.revoked);
     this.ctx = ctx;
     this.identity = identity;
     this.sessions.clear();
     this.verified.clear();
+    if (bundleChanged) this.trustChanged();
+  }
+
+  /**
+   * The revoked leaf serials (from the CA, with its bundle). A change refuses those serials on new
+   * handshakes at once, drops kept client sessions (a resumed session would skip the check), and tells
+   * every `onTrustChange` listener so running pooled sessions are checked again.
+   */
+  setRevoked(serials: Iterable<string>): void {
+    const next = new Set([...serials].map(normalizeSerial));
+    const key = [...next].sort().join(",");
+    if (key === this.revokedKey) return;
+    this.revokedKey = key;
+    this.revoked = next;
+    this.verifier?.setRevoked(next);
+    this.sessions.clear();
+    this.trustChanged();
+  }
+
+  /** Revoked serials in force (normalised hex). */
+  revokedSerials(): ReadonlySet<string> {
+    return this.revoked;
+  }
+
+  /**
+   * `listener` runs after the trust bundle or the revocation list changed: the one hook through which
+   * running pooled sessions (both ends) check their peer again with `recheck` and end when it fails.
+   */
+  onTrustChange(listener: () => void): void {
+    this.trustListeners.push(listener);
+  }
+
+  private trustChanged(): void {
+    for (const l of this.trustListeners) l();
   }
 
   get ready(): boolean {
@@ -116,38 +163,53 @@ export class TunnelTls {
    * The SPIFFE ID the peer of `socket` proved, after a completed handshake. Throws a WeftError whose
    * `reason` says why not (`no_peer_certificate`, or the verifier's reason: expired, untrusted, ...).
    */
-  verifyPeer(socket: tls.TLSSocket): string {
-    const cert = socket.getPeerCertificate(true) as tls.DetailedPeerCertificate | undefined;
-    if (!cert?.raw) {
+  verifyPeer(socket: tls.TLSSocket, role: PeerRole): string {
+    return this.verifyChain(peerChain(socket), role);
+  }
+
+  /**
+   * The SPIFFE ID `chain` (DER, leaf first, as `peerChain` reads it) proves for a peer playing `role`,
+   * or a WeftError with the verifier's reason. Leaves verified before are remembered (per role) until
+   * they expire or the bundle changes; the revocation list is checked on every call.
+   */
+  verifyChain(chain: readonly Buffer[], role: PeerRole): string {
+    if (chain.length === 0) {
       throw new WeftError("E_SVID", "the peer presented no certificate", { reason: "no_peer_certificate" });
     }
     const now = this.options.clock.now();
-    const hit = this.verified.get(cert.fingerprint256);
+    const key = `${role}:${createHash("sha256").update(chain[0]!).digest("base64")}`;
+    const hit = this.verified.get(key);
     if (hit && now < hit.notAfter) {
+      if (this.revoked.has(hit.serial)) {
+        throw new WeftError("E_SVID", `the certificate with serial ${hit.serial} is revoked`, {
+          reason: "revoked",
+        });
+      }
       // Keep recently used entries at the end (Map order = eviction order).
-      this.verified.delete(cert.fingerprint256);
-      this.verified.set(cert.fingerprint256, hit);
+      this.verified.delete(key);
+      this.verified.set(key, hit);
       return hit.id;
     }
     if (!this.verifier) {
       throw new WeftError("E_NOT_READY", "no trust bundle yet", { reason: "no_bundle" });
     }
-    const chain: Buffer[] = [];
-    const seen = new Set<string>();
-    for (let c: tls.DetailedPeerCertificate | undefined = cert; c?.raw; c = c.issuerCertificate) {
-      if (seen.has(c.fingerprint256)) break;
-      seen.add(c.fingerprint256);
-      chain.push(c.raw);
-      if (chain.length > 8) break;
-    }
-    const id = this.verifier.verify(chain).toString();
-    const notAfter = Date.parse(cert.valid_to);
+    const id = this.verifier.verify(chain, role).toString();
+    const leaf = new X509Certificate(chain[0]!);
     if (this.verified.size >= MAX_VERIFIED) {
       const oldest = this.verified.keys().next().value;
       if (oldest !== undefined) this.verified.delete(oldest);
     }
-    this.verified.set(cert.fingerprint256, { id, notAfter });
+    this.verified.set(key, {
+      id,
+      notAfter: Date.parse(leaf.validTo),
+      serial: normalizeSerial(leaf.serialNumber),
+    });
     return id;
+  }
+
+  /** Check a running session's peer again (after `onTrustChange`); throws like `verifyChain`. */
+  recheck(proof: PeerProof): string {
+    return this.verifyChain(proof.chain, proof.role);
   }
 
   /** A kept session for `endpointKey`, if the endpoint proved `expectedIdentity` and it is not stale. */
@@ -186,4 +248,18 @@ export class TunnelTls {
   forgetSession(endpointKey: string): void {
     this.sessions.delete(endpointKey);
   }
+}
+
+/** The certificates a TLS peer presented, DER, leaf first (at most 9; a loop in the issuer links ends it). */
+export function peerChain(socket: tls.TLSSocket): Buffer[] {
+  const cert = socket.getPeerCertificate(true) as tls.DetailedPeerCertificate | undefined;
+  const chain: Buffer[] = [];
+  const seen = new Set<string>();
+  for (let c: tls.DetailedPeerCertificate | undefined = cert; c?.raw; c = c.issuerCertificate) {
+    if (seen.has(c.fingerprint256)) break;
+    seen.add(c.fingerprint256);
+    chain.push(c.raw);
+    if (chain.length > 8) break;
+  }
+  return chain;
 }

@@ -228,7 +228,7 @@ class TunnelConnection {
     }
     let peer: string;
     try {
-      peer = o.tls.verifyPeer(sock);
+      peer = o.tls.verifyPeer(sock, "client");
     } catch (err) {
       const why = isWeftError(err) ? err.reason : "invalid";
       if (why === "no_peer_certificate") this.refuse("no_client_cert", "no_client_cert", err);
