@@ -15,6 +15,8 @@ import { errorMessage, WeftError } from "../core/errors.ts";
 import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
 import { WeftMetrics } from "../core/metrics.ts";
 import { createDiscovery } from "../discovery/index.ts";
+import { HttpsKubeApi } from "../k8s/client.ts";
+import { resolveConnection } from "../k8s/config.ts";
 import {
   DEFAULT_IPTABLES_OPTIONS,
   type IptablesBackend,
@@ -51,9 +53,30 @@ function ports(value: string): number[] {
   });
 }
 
-/** The route table a sidecar builds from its config: static services, the services file, DNS. */
-export function discoveryFor(config: Config, deps: { logger: Logger; clock: Clock; metrics: WeftMetrics }) {
-  return createDiscovery({
+/**
+ * The route table a sidecar builds from its config: static services, the services file, DNS, and
+ * Kubernetes (in-cluster credentials or a kubeconfig, found through `env`).
+ */
+export function discoveryFor(
+  config: Config,
+  deps: { logger: Logger; clock: Clock; metrics: WeftMetrics },
+  env: Readonly<Record<string, string | undefined>> = {},
+) {
+  const k = config.discovery.kubernetes;
+  const api = k
+    ? new HttpsKubeApi(
+        resolveConnection(
+          {
+            ...(k.kubeconfig ? { kubeconfig: k.kubeconfig } : {}),
+            ...(k.context ? { context: k.context } : {}),
+          },
+          env,
+          deps.clock,
+        ),
+      )
+    : undefined;
+  const discovery = createDiscovery({
+    ...(api && k ? { kubernetes: { api, namespaces: k.namespaces } } : {}),
     trustDomain: config.trustDomain,
     services: config.services,
     ...(config.discovery.file ? { file: config.discovery.file } : {}),
@@ -67,6 +90,14 @@ export function discoveryFor(config: Config, deps: { logger: Logger; clock: Cloc
     outlierDetection: config.outlierDetection,
     ...(config.healthCheck ? { healthCheck: config.healthCheck } : {}),
     ...deps,
+  });
+  if (!api) return discovery;
+  const stop = discovery.stop.bind(discovery);
+  return Object.assign(discovery, {
+    async stop() {
+      await stop();
+      api.close();
+    },
   });
 }
 
@@ -121,7 +152,7 @@ ${EXIT_CODES}`,
         logger,
         clock: deps.clock,
         metrics: new WeftMetrics({ processMetrics: true }),
-        createRoutes: discoveryFor,
+        createRoutes: (c, d) => discoveryFor(c, d, deps.env),
         readFile: (p) => readFileSync(p, "utf8"),
       });
       await sidecar.start();

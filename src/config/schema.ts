@@ -229,6 +229,20 @@ export const configSchema = z.strictObject({
           timeout: duration.default(2_000),
         })
         .prefault({}),
+      /**
+       * Services, EndpointSlices and Pods watched in a Kubernetes API server feed the table (present =
+       * on). In a pod the service account's credentials are used; `kubeconfig` for development.
+       */
+      kubernetes: z
+        .strictObject({
+          /** A kubeconfig file; default `KUBECONFIG`, else in-cluster. */
+          kubeconfig: z.string().min(1).optional(),
+          /** The kubeconfig context (default its current-context). */
+          context: z.string().min(1).optional(),
+          /** Namespaces to watch; empty = all (needs cluster-wide list/watch). */
+          namespaces: z.array(z.string().regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/)).default([]),
+        })
+        .optional(),
     })
     .prefault({}),
   services: servicesSchema.default([]),

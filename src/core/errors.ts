@@ -42,6 +42,11 @@ export const ERROR_CODES = {
   E_NOT_READY: "the component is not ready",
   E_DISCOVERY: "service discovery failed",
   E_IPTABLES: "iptables rules could not be applied",
+  // Kubernetes
+  E_KUBE_CONFIG: "the Kubernetes client configuration (in-cluster or kubeconfig) is missing or invalid",
+  E_KUBE_API: "the Kubernetes API server refused a request",
+  E_KUBE_UNREACHABLE: "the Kubernetes API server could not be reached",
+  E_KUBE_RBAC: "the service account lacks a permission it needs",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

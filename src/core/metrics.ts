@@ -161,6 +161,30 @@ export class WeftMetrics {
     labelNames: ["source", "reason"] as const,
     registers: [this.registry],
   });
+  readonly kubeWatchRestarts = new Counter({
+    name: "weft_k8s_watch_restarts_total",
+    help: "Kubernetes watches started again after they ended, by resource and why (closed = the server ended it, error = it failed).",
+    labelNames: ["resource", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly kubeRelists = new Counter({
+    name: "weft_k8s_relists_total",
+    help: "Full re-lists of a Kubernetes resource, by why (initial, expired = 410 Gone, error).",
+    labelNames: ["resource", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly kubeWatchEvents = new Counter({
+    name: "weft_k8s_watch_events_total",
+    help: "Kubernetes watch events applied, by resource and type (ADDED, MODIFIED, DELETED, BOOKMARK).",
+    labelNames: ["resource", "type"] as const,
+    registers: [this.registry],
+  });
+  readonly kubeSynced = new Gauge({
+    name: "weft_k8s_synced",
+    help: "1 once a Kubernetes resource was listed and is being watched.",
+    labelNames: ["resource"] as const,
+    registers: [this.registry],
+  });
   readonly ready = new Gauge({
     name: "weft_ready",
     help: "1 when the sidecar has a certificate and its listeners are up and not draining.",

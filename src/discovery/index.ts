@@ -11,6 +11,7 @@ import type { WeftMetrics } from "../core/metrics.ts";
 import { createResolver, type DnsResolverLike, type DnsSettings, DnsSource } from "./dns-source.ts";
 import { FileSource } from "./file-source.ts";
 import { HealthChecker, type Probe } from "./health.ts";
+import { K8sSource, type K8sSourceOptions } from "./k8s-source.ts";
 import { ServiceRegistry } from "./registry.ts";
 import type { Discovery } from "./types.ts";
 
@@ -30,6 +31,11 @@ export interface DiscoveryOptions {
   readonly probe?: Probe;
   /** Debounce for file changes (ms). */
   readonly fileDebounceMs?: number;
+  /** Kubernetes discovery: the API client and what to watch (`discovery.kubernetes`). */
+  readonly kubernetes?: Pick<
+    K8sSourceOptions,
+    "api" | "namespaces" | "backoff" | "watchTimeoutSeconds" | "onChange"
+  >;
 }
 
 export interface DiscoveryHandle extends Discovery {
@@ -38,6 +44,8 @@ export interface DiscoveryHandle extends Discovery {
   reloadFile(): Promise<boolean>;
   /** Re-resolve every DNS service now (also done on TTL). */
   refreshDns(): Promise<void>;
+  /** The Kubernetes source, when configured. */
+  readonly kubernetes: K8sSource | undefined;
 }
 
 export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
@@ -90,12 +98,24 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
   };
 
   registry.setDeclared("config", o.services);
+  const kubernetes = o.kubernetes
+    ? new K8sSource({
+        ...o.kubernetes,
+        trustDomain: o.trustDomain,
+        onServices: (services) => registry.setDeclared("k8s", services),
+        metrics: o.metrics,
+        logger: logger.child({ source: "k8s" }),
+        clock: o.clock,
+        ...(o.random ? { random: o.random } : {}),
+      })
+    : undefined;
 
   const healthConfigFor = (name: string) =>
     [...o.services, ...registry.dnsServices()].find((s) => s.name === name)?.healthCheck;
 
   return {
     registry,
+    kubernetes,
     resolve: (dst) => registry.resolve(dst),
     service: (name) => registry.service(name),
     pick: (name, ctx) => registry.pick(name, ctx),
@@ -116,6 +136,11 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
         await file.start();
       }
       started = true;
+      if (kubernetes) {
+        kubernetes.start();
+        // Not ready (and routing nothing from Kubernetes) until every collection was listed once.
+        await kubernetes.synced;
+      }
       await syncDns();
       const anyHealth = o.healthCheck !== undefined || o.services.some((s) => s.healthCheck !== undefined);
       if (anyHealth) {
@@ -136,6 +161,7 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
       health?.stop();
       for (const { source } of dnsSources.values()) source.stop();
       dnsSources.clear();
+      await kubernetes?.stop();
       await file?.stop();
       registry.stop();
     },
