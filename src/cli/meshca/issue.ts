@@ -1,0 +1,153 @@
+/** `meshca issue`: make a key and a leaf certificate for one workload identity, written 0600. */
+import { resolve } from "node:path";
+import { type Command, Option } from "commander";
+import type { IssuedIdentity, KeyAlgorithm } from "../../ca/authority.ts";
+import { SpiffeId } from "../../ca/spiffe-id.ts";
+import { writeIdentityDir } from "../../ca/store.ts";
+import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
+import {
+  countdown,
+  fileExists,
+  help,
+  KEY_ALGORITHMS,
+  type MeshcaContext,
+  parseCliDuration,
+  usage,
+} from "./context.ts";
+
+export function registerIssue(program: Command, ctx: MeshcaContext): void {
+  const { deps, out, path, loadCa, dirOption } = ctx;
+  program
+    .command("issue")
+    .description("make a key and a leaf certificate for a workload identity (key written 0600)")
+    .option("--id <spiffe-id>", "the SPIFFE ID, e.g. spiffe://weft.local/ns/default/sa/web")
+    .option("--ns <namespace>", "namespace (with --sa, instead of --id)")
+    .option("--sa <service-account>", "service account (with --ns)")
+    .option(
+      "--ttl <duration>",
+      "certificate lifetime (default 24h, never past the intermediate)",
+      parseCliDuration,
+    )
+    .addOption(
+      new Option("--key-alg <algorithm>", "leaf key algorithm").choices(KEY_ALGORITHMS).default("ecdsa-p256"),
+    )
+    .option(
+      "--out <dir>",
+      "write key.pem, cert.pem, chain.pem, bundle.pem here (default: <dir>/issued/<name>)",
+    )
+    .option("--name <name>", "name of the identity's folder under <dir>/issued (default <ns>-<sa>)")
+    .option("--force", "overwrite the identity's existing files")
+    .addOption(dirOption())
+    .addHelpText(
+      "after",
+      help([
+        "meshca issue --ns default --sa web",
+        "meshca issue --id spiffe://weft.local/ns/payments/sa/api --ttl 1h --out ./api-identity",
+        "meshca issue --ns legacy --sa billing --key-alg rsa-2048   # for peers without ECDSA",
+      ]),
+    )
+    .action(
+      async (opts: {
+        id?: string;
+        ns?: string;
+        sa?: string;
+        ttl?: number;
+        keyAlg: KeyAlgorithm;
+        out?: string;
+        name?: string;
+        force?: boolean;
+        dir: string;
+      }) => {
+        const { store, ca } = await loadCa(opts.dir);
+        const id = identityFromOptions(opts, ca.trustDomain);
+        const name = opts.name ?? defaultName(id);
+        if (!/^[A-Za-z0-9._-]{1,128}$/.test(name) || name === "." || name === "..") {
+          throw usage(`--name "${name}" may only hold letters, digits, ".", "_" and "-"`);
+        }
+        const files = opts.out ? flatPaths(path(opts.out)) : issuedPaths(path(opts.dir), name);
+        if (!opts.force) {
+          for (const f of Object.values(files)) {
+            if (await fileExists(f)) {
+              throw new WeftError("E_EXISTS", `${f} exists; pass --force to replace the identity's files`);
+            }
+          }
+        }
+        const identity = await ca.issue({
+          id,
+          ...(opts.ttl ? { ttlMs: opts.ttl } : {}),
+          keyAlgorithm: opts.keyAlg,
+        });
+        const written = opts.out
+          ? await writeFlat(path(opts.out), identity)
+          : await store.writeIssued(name, identity, { force: Boolean(opts.force) });
+        out(`issued ${identity.id.toString()}`);
+        out(`  serial:     ${identity.serial}`);
+        out(
+          `  not after:  ${identity.notAfter.toISOString()} (${countdown(identity.notAfter, deps.clock.now())})`,
+        );
+        out(`  key:        ${written.keyPath}`);
+        out(`  cert:       ${written.certPath}`);
+        out(`  chain:      ${written.chainPath}`);
+        out(`  bundle:     ${written.bundlePath}`);
+      },
+    );
+}
+
+function identityFromOptions(opts: { id?: string; ns?: string; sa?: string }, trustDomain: string): SpiffeId {
+  const byParts = opts.ns !== undefined || opts.sa !== undefined;
+  if (opts.id !== undefined && byParts) throw usage("give either --id or --ns with --sa, not both");
+  if (opts.id === undefined && !byParts)
+    throw usage("give the identity: --id spiffe://... or --ns <namespace> --sa <account>");
+  let id: SpiffeId;
+  try {
+    if (opts.id !== undefined) id = SpiffeId.parse(opts.id);
+    else {
+      if (opts.ns === undefined || opts.sa === undefined) throw usage("--ns and --sa go together");
+      id = SpiffeId.workload(trustDomain, opts.ns, opts.sa);
+    }
+  } catch (e) {
+    if (isWeftError(e, "E_USAGE")) throw e;
+    throw usage(errorMessage(e));
+  }
+  if (id.trustDomain !== trustDomain) {
+    throw usage(`${id.toString()} is not in this CA's trust domain ${trustDomain}`);
+  }
+  return id;
+}
+
+function defaultName(id: SpiffeId): string {
+  if (id.namespace !== undefined && id.serviceAccount !== undefined)
+    return `${id.namespace}-${id.serviceAccount}`;
+  const name = id.path
+    .replace(/^\//, "")
+    .replaceAll("/", "-")
+    .replaceAll(/[^A-Za-z0-9._-]/g, "_");
+  return name.length > 0 ? name.slice(0, 128) : "trust-domain";
+}
+
+interface WrittenIdentity {
+  certPath: string;
+  keyPath: string;
+  chainPath: string;
+  bundlePath: string;
+}
+
+/** Where `CaStore.writeIssued` puts an identity's files (checked before issuing, for --force gating). */
+function issuedPaths(caDir: string, name: string): WrittenIdentity {
+  return flatPaths(resolve(caDir, "issued", name));
+}
+
+/** The files `issue --out <dir>` writes. */
+function flatPaths(dir: string): WrittenIdentity {
+  return {
+    keyPath: resolve(dir, "key.pem"),
+    certPath: resolve(dir, "cert.pem"),
+    chainPath: resolve(dir, "chain.pem"),
+    bundlePath: resolve(dir, "bundle.pem"),
+  };
+}
+
+async function writeFlat(dir: string, identity: IssuedIdentity): Promise<WrittenIdentity> {
+  // The CLI checked for existing files (and --force) before issuing.
+  return writeIdentityDir(dir, identity, { force: true });
+}

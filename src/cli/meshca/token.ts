@@ -1,0 +1,85 @@
+/** `meshca token create | list | revoke`: join tokens, stored only as hashes. */
+import type { Command } from "commander";
+import { errorMessage, isWeftError } from "../../core/errors.ts";
+import { countdown, help, type MeshcaContext, parseCliDuration, parsePositiveInt, usage } from "./context.ts";
+
+export function registerToken(program: Command, ctx: MeshcaContext): void {
+  const { deps, out, err, loadCa, tokenStore, dirOption } = ctx;
+  const token = program
+    .command("token")
+    .description("join tokens: one-time credentials a workload trades for its first certificate")
+    .addHelpText(
+      "after",
+      help([
+        "meshca token create --id spiffe://weft.local/ns/default/sa/web",
+        "meshca token list",
+        "meshca token revoke 3f9a1c",
+      ]),
+    );
+  token
+    .command("create")
+    .description(
+      "make a join token bound to an ID or pattern; the token is printed once and stored only as a hash",
+    )
+    .requiredOption("--id <id-or-pattern>", "SPIFFE ID, or a pattern where * matches within one path segment")
+    .option("--ttl <duration>", "how long the token stays valid", parseCliDuration, 3_600_000)
+    .option("--uses <n>", "how many certificates the token may obtain", parsePositiveInt, 1)
+    .addOption(dirOption())
+    .addHelpText(
+      "after",
+      help([
+        "meshca token create --id spiffe://weft.local/ns/default/sa/web",
+        "meshca token create --id 'spiffe://weft.local/ns/batch/sa/*' --ttl 15m --uses 20",
+        "TOKEN=$(meshca token create --id spiffe://weft.local/ns/default/sa/web 2>/dev/null)",
+      ]),
+    )
+    .action(async (opts: { id: string; ttl: number; uses: number; dir: string }) => {
+      const { ca } = await loadCa(opts.dir);
+      const created = await tokenStore(opts.dir, ca.trustDomain)
+        .create({ idPattern: opts.id, ttlMs: opts.ttl, maxUses: opts.uses })
+        .catch((e: unknown) => {
+          throw isWeftError(e, "E_SPIFFE_ID") ? usage(`--id: ${errorMessage(e)}`) : e;
+        });
+      out(created.token);
+      err(
+        `token ${created.ref} for ${created.idPattern}: ${created.maxUses} use(s), expires ${created.expiresAt.toISOString()} ` +
+          `(${countdown(created.expiresAt, deps.clock.now())}); it is shown only now`,
+      );
+    });
+  token
+    .command("list")
+    .description("list join tokens (reference, identity, uses, expiry; never the tokens)")
+    .addOption(dirOption())
+    .addHelpText("after", help(["meshca token list --dir certs"]))
+    .action(async (opts: { dir: string }) => {
+      const { ca } = await loadCa(opts.dir);
+      const tokens = await tokenStore(opts.dir, ca.trustDomain).list();
+      if (tokens.length === 0) {
+        out("no tokens");
+        return;
+      }
+      out(["REF".padEnd(12), "STATE".padEnd(8), "USES".padEnd(9), "EXPIRES".padEnd(24), "ID"].join("  "));
+      for (const t of tokens) {
+        out(
+          [
+            t.ref,
+            t.state.padEnd(8),
+            `${t.uses}/${t.maxUses}`.padEnd(9),
+            t.expiresAt.toISOString().padEnd(24),
+            t.idPattern,
+          ].join("  "),
+        );
+      }
+    });
+  token
+    .command("revoke")
+    .description("spend every remaining use of a token, by its reference from `token list`")
+    .argument("<ref>", "token reference (at least 6 hex digits)")
+    .addOption(dirOption())
+    .addHelpText("after", help(["meshca token revoke 3f9a1c"]))
+    .action(async (ref: string, opts: { dir: string }) => {
+      const { ca } = await loadCa(opts.dir);
+      await tokenStore(opts.dir, ca.trustDomain).revoke(ref.toLowerCase());
+      out(`revoked token ${ref}`);
+    });
+}
