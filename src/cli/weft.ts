@@ -6,9 +6,8 @@
  */
 
 import { readFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
 import { Command, CommanderError, Option } from "commander";
-import { ConfigError, parseConfig } from "../config/load.ts";
+import { ConfigError, loadConfigFile } from "../config/load.ts";
 import type { Config } from "../config/schema.ts";
 import type { Clock } from "../core/clock.ts";
 import { errorMessage, WeftError } from "../core/errors.ts";
@@ -25,6 +24,7 @@ import {
 import { Sidecar } from "../proxy/sidecar.ts";
 import { tuneMalloc } from "../runtime/malloc-tuning.ts";
 import { missingNodeFlags } from "../runtime/node-flags.ts";
+import { runValidate, type ValidateOptions } from "./validate.ts";
 
 export interface WeftDeps {
   readonly stdout: NodeJS.WritableStream;
@@ -35,6 +35,13 @@ export interface WeftDeps {
   readonly waitForShutdown: () => Promise<void>;
   /** Logger factory: the sidecar's level comes from its config. */
   readonly makeLogger?: (level: LogLevel) => Logger;
+}
+
+/** Thrown by a command that already printed its result (e.g. as JSON) and only needs to set the exit code. */
+export class ExitCode extends Error {
+  constructor(readonly exitCode: number) {
+    super(`exit ${exitCode}`);
+  }
 }
 
 const EXIT_CODES = `
@@ -101,18 +108,7 @@ export function discoveryFor(
   });
 }
 
-async function loadConfig(path: string, env: WeftDeps["env"]): Promise<Config> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (err) {
-    throw new WeftError("E_IO", `cannot read config ${path}: ${errorMessage(err)}`);
-  }
-  return parseConfig(text, env, path);
-}
-
 export function buildWeftProgram(deps: WeftDeps): Command {
-  const out = (s: string) => deps.stdout.write(`${s}\n`);
   const program = new Command("weft")
     .description("Weft sidecar: transparent mutual-TLS TCP proxy with SPIFFE identities")
     .exitOverride()
@@ -132,7 +128,7 @@ Examples:
 ${EXIT_CODES}`,
     )
     .action(async (opts: { config: string }) => {
-      const config = await loadConfig(opts.config, deps.env);
+      const config = await loadConfigFile(opts.config, deps.env);
       const logger = (deps.makeLogger ?? ((level) => createLogger({ name: "weft", level })))(
         config.log.level,
       );
@@ -165,12 +161,23 @@ ${EXIT_CODES}`,
 
   program
     .command("validate")
-    .description("check a weft.yaml and report every error at once")
+    .description(
+      "check a weft.yaml and what it points at (files, keys, services, ports): every error at once",
+    )
     .requiredOption("-c, --config <file>", "weft.yaml")
-    .addHelpText("after", `\nExamples:\n  weft validate -c weft.yaml\n${EXIT_CODES}`)
-    .action(async (opts: { config: string }) => {
-      const config = await loadConfig(opts.config, deps.env);
-      out(`${opts.config}: valid (trust domain ${config.trustDomain}, ${config.services.length} services)`);
+    .option("--print", "print the effective config (defaults filled in, paths resolved, secrets redacted)")
+    .option("--json", "print the result as JSON on stdout")
+    .option(
+      "--proxy-uid <uid>",
+      "check that files are readable by this UID (default: 1337 when run as root, else the current user)",
+    )
+    .option("--proxy-gid <gid>", "the proxy user's group (default: the same number as --proxy-uid)")
+    .addHelpText(
+      "after",
+      `\nExamples:\n  weft validate -c weft.yaml\n  weft validate -c weft.yaml --print\n  weft validate -c weft.yaml --json --proxy-uid 1337\n${EXIT_CODES}`,
+    )
+    .action(async (opts: ValidateOptions) => {
+      await runValidate(opts, deps);
     });
 
   const ipt = program
@@ -259,6 +266,7 @@ export async function runWeft(argv: readonly string[], deps: WeftDeps): Promise<
         return 0;
       return 2;
     }
+    if (err instanceof ExitCode) return err.exitCode;
     if (err instanceof ConfigError) {
       deps.stderr.write(`weft: E_CONFIG: the config has ${err.issues.length} problem(s):\n`);
       for (const i of err.issues) deps.stderr.write(`  ${i.key}: ${i.message}\n`);

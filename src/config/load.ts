@@ -2,9 +2,11 @@
  * Turns weft.yaml text (plus the environment, the only place it is read) into a validated, deep-frozen
  * `Config`, or every error at once, each naming its key: `timeouts.idle: "1x" is not a duration`.
  */
+import { readFile } from "node:fs/promises";
+import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseYaml, YAMLParseError } from "yaml";
 import type { z } from "zod";
-import { WeftError } from "../core/errors.ts";
+import { errorMessage, WeftError } from "../core/errors.ts";
 import { type Config, configSchema } from "./schema.ts";
 
 export interface ConfigIssue {
@@ -49,6 +51,48 @@ export function deepFreeze<T>(value: T): T {
   return value;
 }
 
+/** The keys of weft.yaml that name files or directories: relative ones resolve against the config's folder. */
+export const PATH_KEYS = [
+  "identity.files.cert",
+  "identity.files.key",
+  "identity.files.bundle",
+  "identity.ca.bundle",
+  "identity.ca.tokenFile",
+  "identity.ca.stateDir",
+  "discovery.file",
+] as const;
+
+/** `config` with every relative path of `PATH_KEYS` made absolute against `baseDir`. */
+function resolvePaths(config: Config, baseDir: string): Config {
+  const out = structuredClone(config) as unknown as Record<string, Record<string, unknown>>;
+  for (const key of PATH_KEYS) {
+    const parts = key.split(".");
+    let holder: Record<string, unknown> | undefined = out;
+    for (const p of parts.slice(0, -1)) holder = holder?.[p] as Record<string, unknown> | undefined;
+    const last = parts.at(-1)!;
+    const v = holder?.[last];
+    if (holder && typeof v === "string" && !isAbsolute(v)) holder[last] = resolve(baseDir, v);
+  }
+  return out as unknown as Config;
+}
+
+/**
+ * Read and parse a weft.yaml: what `weft proxy`, `weft validate` and a reload all do. Relative paths in
+ * it resolve against the file's own folder, not the working directory.
+ */
+export async function loadConfigFile(
+  path: string,
+  env: Readonly<Record<string, string | undefined>> = {},
+): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    throw new WeftError("E_IO", `cannot read config ${path}: ${errorMessage(err)}`);
+  }
+  return parseConfig(text, env, path, { baseDir: dirname(resolve(path)) });
+}
+
 /**
  * Parse and validate. Environment overrides: `WEFT_LOG_LEVEL`, `WEFT_TRUST_DOMAIN`, `WEFT_CA_TOKEN`
  * (the join token, so it need not sit in a file). Throws `ConfigError` listing every problem.
@@ -57,6 +101,7 @@ export function parseConfig(
   text: string,
   env: Readonly<Record<string, string | undefined>> = {},
   source = "weft.yaml",
+  options: { baseDir?: string } = {},
 ): Config {
   const raw = parseYamlText(text, source) ?? {};
   if (typeof raw !== "object" || Array.isArray(raw)) {
@@ -71,5 +116,5 @@ export function parseConfig(
   if (env.WEFT_CA_TOKEN && identity?.ca) identity.ca.token = env.WEFT_CA_TOKEN;
   const result = configSchema.safeParse(input);
   if (!result.success) throw new ConfigError(issuesFromZod(result.error));
-  return deepFreeze(result.data);
+  return deepFreeze(options.baseDir ? resolvePaths(result.data, options.baseDir) : result.data);
 }
