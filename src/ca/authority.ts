@@ -10,9 +10,10 @@
  * also keyEncipherment), EKU serverAuth + clientAuth, exactly one URI SAN, SKI, AKI. Signing certs =
  * CA:true (critical), keyCertSign + cRLSign (critical), URI SAN `spiffe://<td>` (no path), SKI, AKI.
  */
-import { randomBytes, X509Certificate } from "node:crypto";
+import { KeyObject, randomBytes, X509Certificate } from "node:crypto";
 import { type Clock, systemClock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
+import { checkCsrSignature, checkPublicKey } from "./key-policy.ts";
 import { SpiffeId } from "./spiffe-id.ts";
 import {
   buildCertificate,
@@ -28,7 +29,7 @@ import {
   randomSerial,
   readCsr,
   splitPemCertificates,
-  type x509,
+  x509,
 } from "./x509.ts";
 
 export type { KeyAlgorithm } from "./x509.ts";
@@ -251,6 +252,12 @@ export class CertificateAuthority {
         `the intermediate CA expired at ${new Date(this.intermediateNotAfter).toISOString()}; rotate it`,
       );
     }
+    // The key policy guards every path that ends here (CSRs, `issue`, the server's own certificate).
+    checkPublicKey(
+      opts.publicKey instanceof x509.PublicKey
+        ? new Uint8Array(opts.publicKey.rawData)
+        : KeyObject.from(opts.publicKey as CryptoKey),
+    );
     const ttl = opts.ttlMs ?? this.defaultTtlMs;
     if (!(ttl > 0)) throw new WeftError("E_USAGE", `a certificate lifetime must be positive, got ${ttl} ms`);
     const notBefore = opts.notBefore ?? new Date(now - BACKDATE_MS);
@@ -326,6 +333,8 @@ export class CertificateAuthority {
 
   private async checkCsr(csrPem: string): Promise<{ id: SpiffeId; publicKey: x509.PublicKey }> {
     const csr = await readCsr(csrPem);
+    checkPublicKey(new Uint8Array(csr.publicKey.rawData));
+    checkCsrSignature(csr.signatureAlgorithm);
     if (!csr.signatureValid) {
       throw new WeftError("E_CSR_SIGNATURE", "the CSR's signature does not verify with its own public key", {
         reason: "bad_signature",

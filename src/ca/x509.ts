@@ -21,8 +21,9 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
 const subtle = webcrypto.subtle;
 
-export type KeyAlgorithm = "ecdsa-p256" | "rsa-2048" | "rsa-3072" | "ed25519";
-export const KEY_ALGORITHMS: readonly KeyAlgorithm[] = ["ecdsa-p256", "rsa-2048", "rsa-3072", "ed25519"];
+import { KEY_ALGORITHMS, type KeyAlgorithm } from "./key-policy.ts";
+
+export { KEY_ALGORITHMS, type KeyAlgorithm };
 
 type Alg = EcKeyImportParams | RsaHashedImportParams | Algorithm;
 
@@ -33,12 +34,15 @@ function keyParams(alg: KeyAlgorithm): {
   switch (alg) {
     case "ecdsa-p256":
       return { gen: { name: "ECDSA", namedCurve: "P-256" }, sign: { name: "ECDSA", hash: "SHA-256" } as Alg };
+    case "ecdsa-p384":
+      return { gen: { name: "ECDSA", namedCurve: "P-384" }, sign: { name: "ECDSA", hash: "SHA-384" } as Alg };
     case "rsa-2048":
     case "rsa-3072":
+    case "rsa-4096":
       return {
         gen: {
           name: "RSASSA-PKCS1-v1_5",
-          modulusLength: alg === "rsa-2048" ? 2048 : 3072,
+          modulusLength: Number(alg.slice(4)),
           publicExponent: new Uint8Array([1, 0, 1]),
           hash: "SHA-256",
         },
@@ -241,6 +245,8 @@ export interface CsrFacts {
   readonly otherSans: string[];
   readonly requestsCa: boolean;
   readonly publicKey: x509.PublicKey;
+  /** The CSR's signature algorithm: WebCrypto name and hash ("SHA-1", "SHA-256", ...; none for Ed25519). */
+  readonly signatureAlgorithm: { name: string; hash: string | undefined };
   readonly signatureValid: boolean;
 }
 
@@ -256,6 +262,11 @@ export async function readCsr(csrPem: string): Promise<CsrFacts> {
       cause: err,
     });
   }
+  const sigAlg = csr.signatureAlgorithm as { name?: string; hash?: { name?: string } | string };
+  const signatureAlgorithm = {
+    name: String(sigAlg?.name ?? "unknown"),
+    hash: typeof sigAlg?.hash === "string" ? sigAlg.hash : sigAlg?.hash?.name,
+  };
   let signatureValid = false;
   try {
     signatureValid = await csr.verify();
@@ -272,6 +283,7 @@ export async function readCsr(csrPem: string): Promise<CsrFacts> {
     otherSans: names.filter((n) => n.type !== "url").map((n) => `${n.type}:${n.value}`),
     requestsCa: bc?.ca === true,
     publicKey: csr.publicKey,
+    signatureAlgorithm,
     signatureValid,
   };
 }

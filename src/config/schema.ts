@@ -5,6 +5,7 @@
  */
 import { isIP } from "node:net";
 import { z } from "zod";
+import { KEY_ALGORITHMS } from "../ca/key-policy.ts";
 import {
   duration,
   healthCheckSchema,
@@ -77,7 +78,7 @@ const caIdentity = z
     token: z.string().min(1).optional(),
     /** A file holding the join token (preferred over `token`, which shows in process listings of configs). */
     tokenFile: z.string().min(1).optional(),
-    keyAlgorithm: z.enum(["ecdsa-p256", "rsa-2048", "rsa-3072", "ed25519"]).default("ecdsa-p256"),
+    keyAlgorithm: z.enum(KEY_ALGORITHMS).default("ecdsa-p256"),
     /** Where to keep the issued key and chain so a restart can renew instead of needing a new token. */
     stateDir: z.string().min(1).optional(),
   })

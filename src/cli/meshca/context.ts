@@ -8,6 +8,7 @@ import { access, readFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { InvalidArgumentError, Option } from "commander";
 import { CertificateAuthority, type KeyAlgorithm } from "../../ca/authority.ts";
+import { KEY_ALGORITHMS as ALL_KEY_ALGORITHMS } from "../../ca/key-policy.ts";
 import { CaStore } from "../../ca/store.ts";
 import { TOKENS_FILE, TokenStore } from "../../ca/tokens.ts";
 import { formatDuration, parseDuration } from "../../config/units.ts";
@@ -20,7 +21,7 @@ export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 
 const DEFAULT_DIR = "certs";
-export const KEY_ALGORITHMS: KeyAlgorithm[] = ["ecdsa-p256", "rsa-2048", "rsa-3072", "ed25519"];
+export const KEY_ALGORITHMS: KeyAlgorithm[] = [...ALL_KEY_ALGORITHMS];
 
 /** What the CLI needs from the outside world. */
 export interface MeshcaDeps {

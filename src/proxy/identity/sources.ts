@@ -17,6 +17,7 @@ import { type FSWatcher, watch } from "node:fs";
 import { chmod, mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { CaClient, type IdentityMaterial } from "../../ca/client.ts";
+import type { KeyAlgorithm } from "../../ca/key-policy.ts";
 import { parseBundle, SvidVerifier } from "../../ca/verify.ts";
 import type { Clock, TimerHandle } from "../../core/clock.ts";
 import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
@@ -252,7 +253,7 @@ export interface CaIdentityOptions {
   readonly caBundlePem: string;
   readonly id: string;
   readonly token?: string;
-  readonly keyAlgorithm?: "ecdsa-p256" | "rsa-2048" | "rsa-3072" | "ed25519";
+  readonly keyAlgorithm?: KeyAlgorithm;
   /** Keep key and chain here (0600) so a restart renews instead of spending a token. */
   readonly stateDir?: string;
   readonly trustDomain: string;
