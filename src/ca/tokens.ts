@@ -4,15 +4,16 @@
  * used once (default) or a bounded number of times. Only a SHA-256 hash of each token is stored, in
  * `<ca dir>/tokens.json` (mode 0600, written atomically); the token itself is shown once at creation.
  *
- * Consumption is a read-check-decrement-write under an in-process mutex plus a cross-process lock file, so
+ * Consumption is a read-check-decrement-write under an in-process mutex plus a cross-process flock
+ * (file-lock.ts, released by the kernel when a holder dies), so
  * a replay racing the first use never gets a second certificate, and a `token create` run by the CLI while
  * `meshca serve` runs neither loses a token nor resurrects a spent one.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { open, readFile, rm } from "node:fs/promises";
-import { setTimeout as sleep } from "node:timers/promises";
+import { readFile } from "node:fs/promises";
 import type { Clock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
+import { withFileLock } from "./file-lock.ts";
 import { SpiffeId } from "./spiffe-id.ts";
 import { writeFileAtomic } from "./store.ts";
 
@@ -29,8 +30,6 @@ export const TOKEN_RETENTION_MS = 7 * 86_400_000;
 
 const TOKEN_PREFIX = "wjt.";
 const TOKEN_RE = /^wjt\.[A-Za-z0-9_-]{43}$/;
-const LOCK_RETRY_MS = 20;
-const LOCK_MAX_ATTEMPTS = 250;
 
 /** One stored token: its hash and its terms, never the token. */
 export interface TokenRecord {
@@ -275,18 +274,15 @@ export class TokenStore {
 
   /** Runs `mutate` on the current file contents and writes the result, one at a time per process. */
   private update(mutate: (data: TokenFile) => void): Promise<void> {
-    const run = this.queue.then(async () => {
-      const release = await acquireLock(`${this.file}.lock`);
-      try {
+    const run = this.queue.then(() =>
+      withFileLock(`${this.file}.lock`, async () => {
         const data = await this.read();
         mutate(data);
         const cutoff = this.clock.now() - TOKEN_RETENTION_MS;
         data.tokens = data.tokens.filter((r) => Date.parse(r.expiresAt) > cutoff);
         await writeFileAtomic(this.file, `${JSON.stringify(data, null, 2)}\n`, 0o600);
-      } finally {
-        await release();
-      }
-    });
+      }),
+    );
     this.queue = run.catch(() => {});
     return run;
   }
@@ -316,44 +312,4 @@ function parseTokenFile(text: string, file: string): TokenFile {
     if (!ok) throw new WeftError("E_IO", `${file} holds a malformed token record`);
   }
   return data as TokenFile;
-}
-
-/**
- * A lock file created with O_EXCL, holding the owner's PID. A lock left by a process that no longer
- * exists is removed; a live owner is waited for (bounded), since its critical section is a few ms.
- */
-async function acquireLock(path: string): Promise<() => Promise<void>> {
-  for (let attempt = 0; attempt < LOCK_MAX_ATTEMPTS; attempt++) {
-    try {
-      const handle = await open(path, "wx", 0o600);
-      await handle.writeFile(String(process.pid));
-      await handle.close();
-      return async () => {
-        await rm(path, { force: true });
-      };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") {
-        throw new WeftError("E_IO", `cannot create lock ${path}: ${(err as Error).message}`, { cause: err });
-      }
-    }
-    const owner = Number((await readFile(path, "utf8").catch(() => "")).trim());
-    if (Number.isInteger(owner) && owner > 0 && !isAlive(owner)) {
-      await rm(path, { force: true });
-      continue;
-    }
-    await sleep(LOCK_RETRY_MS);
-  }
-  throw new WeftError("E_IO", `${path} stays locked by another process; remove it if no meshca is running`, {
-    reason: "lock_timeout",
-  });
-}
-
-function isAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
