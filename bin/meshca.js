@@ -1,6 +1,5 @@
 #!/usr/bin/env node
-// Entry point for the `meshca` CLI: registers tsx so the TypeScript sources run without a build step.
-import { register } from "tsx/esm/api";
+// Entry point for the `meshca` CLI: runs the compiled program in dist/ (`npm run build` in a checkout).
+import { runCompiled } from "./run-compiled.js";
 
-register();
-await import("../src/cli/meshca-main.ts");
+await runCompiled("meshca", "../dist/cli/meshca-main.js");

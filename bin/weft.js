@@ -1,7 +1,6 @@
 #!/usr/bin/env -S node --initial-old-space-size=128 --min-semi-space-size=8
-// Entry point for the `weft` CLI: registers tsx so the TypeScript sources run without a build step.
+// Entry point for the `weft` CLI: runs the compiled program in dist/ (`npm run build` in a checkout).
 // The node flags on the line above are SIDECAR_NODE_FLAGS (src/runtime/node-flags.ts); keep them equal.
-import { register } from "tsx/esm/api";
+import { runCompiled } from "./run-compiled.js";
 
-register();
-await import("../src/cli/weft-main.ts");
+await runCompiled("weft", "../dist/cli/weft-main.js");

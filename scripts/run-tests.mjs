@@ -1,10 +1,22 @@
 #!/usr/bin/env node
-// Runs every node:test suite under test/ through tsx. Node 20's `--test` expands no globs and finds no
-// .ts files by itself, so the files are listed here. `node scripts/run-tests.mjs unit integration`
-// limits the run to those folders; `WEFT_TEST_FILTER=word` to files whose path contains the word.
+// Runs every node:test suite under test/ through tsx, on the Node the package is tested on (the `node`
+// dev dependency, Node 24 LTS: npm scripts put it first on PATH; run directly with an older node, this
+// script starts itself again with that one). It builds dist/ first (quick when nothing changed): the
+// CLIs the tests spawn (bin/weft.js, bin/meshca.js) run the compiled code. The files are listed here
+// (the suites are .ts files, which `--test` does not find by itself).
+// `node scripts/run-tests.mjs unit integration` limits the run to those folders; `WEFT_TEST_FILTER=word`
+// to files whose path contains the word.
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
+
+const pinned = resolve("node_modules/.bin/node");
+if (Number(process.versions.node.split(".")[0]) < 22 && existsSync(pinned)) {
+  const again = spawnSync(pinned, process.argv.slice(1), { stdio: "inherit" });
+  process.exit(again.status ?? 1);
+}
+const build = spawnSync(process.execPath, ["scripts/build.mjs"], { stdio: "inherit" });
+if (build.status !== 0) process.exit(build.status ?? 1);
 
 function find(dir) {
   let out = [];

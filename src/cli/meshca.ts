@@ -9,6 +9,7 @@
  */
 import { Command, CommanderError } from "commander";
 import { errorMessage, isWeftError } from "../core/errors.ts";
+import { versionLine } from "./conventions.ts";
 import { registerBundle } from "./meshca/bundle.ts";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, help, type MeshcaDeps, meshcaContext } from "./meshca/context.ts";
 import { registerExport } from "./meshca/export-p12.ts";
@@ -29,6 +30,7 @@ export function buildMeshcaProgram(deps: MeshcaDeps): Command {
   const program = new Command("meshca");
   program
     .description("Weft's certificate authority: SPIFFE identities for a trust domain")
+    .version(versionLine("meshca"), "-V, --version", "print the version (and Node's and OpenSSL's)")
     .exitOverride()
     .configureOutput({
       writeOut: (s) => deps.stdout.write(s),

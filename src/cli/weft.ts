@@ -25,6 +25,7 @@ import { Sidecar } from "../proxy/sidecar.ts";
 import { tuneMalloc } from "../runtime/malloc-tuning.ts";
 import { missingNodeFlags } from "../runtime/node-flags.ts";
 import { runValidate, type ValidateOptions } from "./validate.ts";
+import { versionLine } from "./conventions.ts";
 
 export interface WeftDeps {
   readonly stdout: NodeJS.WritableStream;
@@ -111,6 +112,7 @@ export function discoveryFor(
 export function buildWeftProgram(deps: WeftDeps): Command {
   const program = new Command("weft")
     .description("Weft sidecar: transparent mutual-TLS TCP proxy with SPIFFE identities")
+    .version(versionLine("weft"), "-V, --version", "print the version (and Node's and OpenSSL's)")
     .exitOverride()
     .configureOutput({ writeOut: (s) => deps.stdout.write(s), writeErr: (s) => deps.stderr.write(s) })
     .showHelpAfterError(false);

@@ -19,9 +19,11 @@ export async function testNetwork(t: TestContext): Promise<TestNetwork> {
 }
 
 /** Skip (with the reason) unless root; under CI=true a missing root is a failure, not a skip. */
-export function requireRoot(t: TestContext): boolean {
+export function requireRoot(
+  t: TestContext,
+  why = "needs root (network namespaces and iptables); run the suite as root",
+): boolean {
   if (process.getuid?.() === 0) return true;
-  const why = "needs root (network namespaces and iptables); run the suite as root";
   if (process.env.CI === "true") throw new Error(`${why}: CI must run these tests`);
   t.skip(why);
   return false;

@@ -4,7 +4,7 @@
  * SIGTERM drains and exits 0.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +15,7 @@ import { systemClock } from "../../src/core/clock.ts";
 import { SIDECAR_NODE_FLAGS } from "../../src/runtime/node-flags.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { identityDir, writeIdentity } from "../helpers/sidecar.ts";
+import { logLine } from "../helpers/weft-process.ts";
 
 class Capture extends Writable {
   text = "";
@@ -86,32 +87,6 @@ inbound: { mode: lax }
   assert.match(missing.stderr, /^weft: E_IO: cannot read config/);
   assert.equal((await weft(["validate"])).code, 2, "a missing --config is a usage error");
 });
-
-/** Resolves with the first JSON log line on `child`'s stderr whose msg is `msg`. */
-function logLine(child: ChildProcess, msg: string): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    let buf = "";
-    const onData = (d: Buffer): void => {
-      buf += d.toString();
-      for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          const rec = JSON.parse(line) as Record<string, unknown>;
-          if (rec.msg === msg) {
-            child.stderr?.off("data", onData);
-            resolve(rec);
-            return;
-          }
-        } catch {
-          // not a log line
-        }
-      }
-    };
-    child.stderr?.on("data", onData);
-    child.once("exit", (code) => reject(new Error(`weft exited (${code}) before logging "${msg}"`)));
-  });
-}
 
 for (const [how, nodeFlags] of [
   ["with SIDECAR_NODE_FLAGS", SIDECAR_NODE_FLAGS],
