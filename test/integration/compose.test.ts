@@ -28,7 +28,13 @@ test("docker-compose.yml passes `docker-compose config`; every app has a sidecar
   ) as {
     services: Record<
       string,
-      { network_mode?: string; cap_add?: string[]; entrypoint?: string[]; user?: string }
+      {
+        network_mode?: string;
+        cap_add?: string[];
+        entrypoint?: string[];
+        user?: string;
+        healthcheck?: { test?: string[] };
+      }
     >;
   };
   const services = resolved.services;
@@ -51,7 +57,8 @@ test("docker-compose.yml passes `docker-compose config`; every app has a sidecar
   assert.match(dockerfile, /USER 1337/, "the proxy runs as UID 1337");
   assert.match(
     dockerfile,
-    /FROM node:20-bookworm-slim AS deps[\s\S]*FROM node:20-bookworm-slim/,
-    "multi-stage",
+    /FROM node:24-bookworm-slim AS build[\s\S]*FROM node:24-bookworm-slim\n/,
+    "multi-stage, on Node 24 LTS (image.test.ts runs its steps)",
   );
+  assert.deepEqual(services.ca?.healthcheck?.test, ["NONE"], "the CA has no /ready to ask");
 });
