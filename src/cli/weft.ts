@@ -24,8 +24,8 @@ import {
 import { Sidecar } from "../proxy/sidecar.ts";
 import { tuneMalloc } from "../runtime/malloc-tuning.ts";
 import { missingNodeFlags } from "../runtime/node-flags.ts";
-import { runValidate, type ValidateOptions } from "./validate.ts";
 import { versionLine } from "./conventions.ts";
+import { runValidate, type ValidateOptions } from "./validate.ts";
 
 export interface WeftDeps {
   readonly stdout: NodeJS.WritableStream;
