@@ -5,6 +5,8 @@
  *
  *   POST /v1/sign   {csr, token}  first certificate, paid for with a join token
  *   POST /v1/renew  {csr}         over mTLS with the current certificate; same identity only
+ *   POST /v1/sign/kubernetes {csr, token}  first certificate, paid for with a projected service-account
+ *                                 token (only with `kubeJoin`; see kube-join.ts)
  *   GET  /v1/bundle               the trust bundle as PEM (`?format=json` or Accept: application/json for JSON)
  *   GET  /healthz                 liveness
  *
@@ -22,6 +24,7 @@ import type { Clock, TimerHandle } from "../core/clock.ts";
 import { type ErrorCode, errorMessage, isWeftError, WeftError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { CertificateAuthority, IssuedCert } from "./authority.ts";
+import type { KubeJoinResult } from "./kube-join.ts";
 import type { SpiffeId } from "./spiffe-id.ts";
 import type { TokenStore } from "./tokens.ts";
 import { parseBundle, verifySvid } from "./verify.ts";
@@ -62,6 +65,8 @@ export interface CaServerOptions {
   headersTimeoutMs?: number;
   requestTimeoutMs?: number;
   maxConnections?: number;
+  /** Kubernetes join (`/v1/sign/kubernetes`): checks a projected service-account token. */
+  kubeJoin?: { authenticate(token: string): Promise<KubeJoinResult> };
 }
 
 export interface CaServerStats {
@@ -156,11 +161,15 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   E_RENEW_IDENTITY: 403,
   E_LIMIT: 413,
   E_CA_EXPIRED: 503,
+  E_KUBE_UNREACHABLE: 503,
+  E_KUBE_RBAC: 503,
+  E_KUBE_API: 503,
 };
 
 const ROUTES = new Map<string, string[]>([
   ["/v1/sign", ["POST"]],
   ["/v1/renew", ["POST"]],
+  ["/v1/sign/kubernetes", ["POST"]],
   ["/v1/bundle", ["GET", "HEAD"]],
   ["/healthz", ["GET", "HEAD"]],
 ]);
@@ -300,7 +309,12 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
         return send(res, 200, "application/x-pem-file", bundlePem);
       }
       const body = await readJsonBody(req, maxBody);
-      const issued = path === "/v1/sign" ? await signWithToken(body) : await renew(req, body);
+      const issued =
+        path === "/v1/sign"
+          ? await signWithToken(body)
+          : path === "/v1/sign/kubernetes"
+            ? await signWithKubeToken(body)
+            : await renew(req, body);
       counters.issued += 1;
       log.info(
         {
@@ -352,6 +366,35 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
       await use.refund();
       throw err;
     }
+  }
+
+  async function signWithKubeToken(
+    body: Record<string, unknown>,
+  ): Promise<{ cert: IssuedCert; via: string }> {
+    if (!options.kubeJoin) {
+      throw new HttpError(
+        404,
+        requestError("Kubernetes join is not enabled on this CA (meshca serve --kubernetes)", "not_found"),
+      );
+    }
+    const csr = stringField(body, "csr", 32 * 1024);
+    const token = stringField(body, "token", 16 * 1024);
+    rejectUnknownFields(body, ["csr", "token"]);
+    await ca.inspectCsr(csr);
+    const entitled = await options.kubeJoin.authenticate(token);
+    const cert = await ca.signCsr(csr, {
+      authorize: (id) => {
+        if (!id.equals(entitled.id)) {
+          throw new WeftError(
+            "E_CSR_IDENTITY",
+            `the service-account token entitles ${entitled.id.toString()}, but the CSR asks for ${id.toString()}`,
+            { reason: "identity_mismatch" },
+          );
+        }
+      },
+      ttlMs: options.leafTtlMs,
+    });
+    return { cert, via: entitled.ref };
   }
 
   async function renew(
