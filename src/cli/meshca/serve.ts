@@ -1,6 +1,7 @@
 /** `meshca serve`: run the CA server until shutdown. */
-import type { Command } from "commander";
+
 import { resolve } from "node:path";
+import type { Command } from "commander";
 import { startKubeJoin } from "../../ca/kube-join.ts";
 import { createCaServer, DEFAULT_LISTEN, parseListenAddress } from "../../ca/server.ts";
 import { help, type MeshcaContext, parseCliDuration } from "./context.ts";
