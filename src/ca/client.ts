@@ -82,6 +82,11 @@ export interface CaClientOptions {
   id: SpiffeId | string;
   /** Join token for the first certificate (not needed when `initial` holds a live one). */
   token?: string;
+  /**
+   * Kubernetes join instead of a join token: returns the pod's projected service-account token (re-read
+   * each time: kubelet rotates it), sent to `/v1/sign/kubernetes`.
+   */
+  kubernetesToken?: () => string;
   keyAlgorithm?: KeyAlgorithm;
   clock: Clock;
   logger: Logger;
@@ -165,7 +170,7 @@ export class CaClient {
       this.schedule();
       return;
     }
-    if (!this.options.token) {
+    if (!this.options.token && !this.options.kubernetesToken) {
       this.state = "stopped";
       throw new WeftError(
         "E_USAGE",
@@ -208,7 +213,7 @@ export class CaClient {
     if (this.inflight) return this.inflight;
     const expired = this.current.notAfter.getTime() <= this.clock.now();
     // An expired certificate cannot prove anything over mTLS; a bounded-use token may still get a new one.
-    const via = expired && this.options.token ? "token" : "renew";
+    const via = expired && (this.options.token || this.options.kubernetesToken) ? "token" : "renew";
     this.inflight = this.exchange(via).finally(() => {
       this.inflight = undefined;
     });
@@ -292,8 +297,9 @@ export class CaClient {
       via === "token"
         ? {
             method: "POST",
-            path: "/v1/sign",
-            body: { csr: csrPem, token: this.options.token },
+            ...(this.options.kubernetesToken
+              ? { path: "/v1/sign/kubernetes", body: { csr: csrPem, token: this.options.kubernetesToken() } }
+              : { path: "/v1/sign", body: { csr: csrPem, token: this.options.token } }),
             trustBundlePem: this.trustBundlePem,
             signal: this.abort.signal,
           }

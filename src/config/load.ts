@@ -95,7 +95,8 @@ export async function loadConfigFile(
 
 /**
  * Parse and validate. Environment overrides: `WEFT_LOG_LEVEL`, `WEFT_TRUST_DOMAIN`, `WEFT_CA_TOKEN`
- * (the join token, so it need not sit in a file). Throws `ConfigError` listing every problem.
+ * (the join token, so it need not sit in a file), `WEFT_CA_ID` (the SPIFFE ID to request: an injected
+ * pod builds it from its namespace and service account). Throws `ConfigError` listing every problem.
  */
 export function parseConfig(
   text: string,
@@ -114,6 +115,7 @@ export function parseConfig(
   if (env.WEFT_LOG_LEVEL) input.log = { ...(input.log as object), level: env.WEFT_LOG_LEVEL };
   const identity = input.identity as { ca?: Record<string, unknown> } | undefined;
   if (env.WEFT_CA_TOKEN && identity?.ca) identity.ca.token = env.WEFT_CA_TOKEN;
+  if (env.WEFT_CA_ID && identity?.ca) identity.ca.id = env.WEFT_CA_ID;
   const result = configSchema.safeParse(input);
   if (!result.success) throw new ConfigError(issuesFromZod(result.error));
   return deepFreeze(options.baseDir ? resolvePaths(result.data, options.baseDir) : result.data);

@@ -81,10 +81,20 @@ const caIdentity = z
     keyAlgorithm: z.enum(KEY_ALGORITHMS).default("ecdsa-p256"),
     /** Where to keep the issued key and chain so a restart can renew instead of needing a new token. */
     stateDir: z.string().min(1).optional(),
+    /**
+     * Kubernetes join: the pod's projected service-account token (audience weft-ca), sent instead of a
+     * join token and re-read each time (kubelet rotates it). What `weft inject` mounts.
+     */
+    kubernetesTokenFile: z.string().min(1).optional(),
   })
-  .refine((c) => c.token !== undefined || c.tokenFile !== undefined || c.stateDir !== undefined, {
-    message: "give token, tokenFile, or a stateDir that already holds a certificate",
-  });
+  .refine(
+    (c) =>
+      c.token !== undefined ||
+      c.tokenFile !== undefined ||
+      c.stateDir !== undefined ||
+      c.kubernetesTokenFile !== undefined,
+    { message: "give token, tokenFile, kubernetesTokenFile, or a stateDir that already holds a certificate" },
+  );
 
 const policyRule = z.strictObject({
   /** Local app ports this rule covers; omitted = every port. */

@@ -152,6 +152,21 @@ export class Sidecar {
       caBundlePem,
       id: ca.id,
       token,
+      ...(ca.kubernetesTokenFile !== undefined
+        ? {
+            kubernetesToken: () => {
+              const path = ca.kubernetesTokenFile!;
+              try {
+                return read(path).trim();
+              } catch (err) {
+                throw new WeftError(
+                  "E_IO",
+                  `identity.ca.kubernetesTokenFile ${path} cannot be read: ${errorMessage(err)}`,
+                );
+              }
+            },
+          }
+        : {}),
       keyAlgorithm: ca.keyAlgorithm,
       stateDir: ca.stateDir,
       trustDomain: c.trustDomain,

@@ -253,6 +253,8 @@ export interface CaIdentityOptions {
   readonly caBundlePem: string;
   readonly id: string;
   readonly token?: string;
+  /** Kubernetes join: reads the projected service-account token (see CaClientOptions.kubernetesToken). */
+  readonly kubernetesToken?: () => string;
   readonly keyAlgorithm?: KeyAlgorithm;
   /** Keep key and chain here (0600) so a restart renews instead of spending a token. */
   readonly stateDir?: string;
@@ -280,6 +282,7 @@ export class CaIdentitySource implements IdentitySource {
       bundlePem: o.caBundlePem,
       id: o.id,
       token: o.token,
+      ...(o.kubernetesToken ? { kubernetesToken: o.kubernetesToken } : {}),
       keyAlgorithm: o.keyAlgorithm,
       clock: o.clock,
       logger: o.logger,
