@@ -26,6 +26,7 @@ import { tuneMalloc } from "../runtime/malloc-tuning.ts";
 import { missingNodeFlags } from "../runtime/node-flags.ts";
 import { versionLine } from "./conventions.ts";
 import { runValidate, type ValidateOptions } from "./validate.ts";
+import { registerKubernetesCommands } from "./weft-k8s.ts";
 
 export interface WeftDeps {
   readonly stdout: NodeJS.WritableStream;
@@ -34,6 +35,10 @@ export interface WeftDeps {
   readonly clock: Clock;
   /** Resolves when the process is asked to stop (SIGTERM/SIGINT). */
   readonly waitForShutdown: () => Promise<void>;
+  /** Reads standard input (`weft inject -f -`). */
+  readonly readStdin?: () => Promise<string>;
+  /** Told the injector's URL once `weft injector` listens (tests). */
+  readonly onInjector?: (url: string) => void;
   /** Logger factory: the sidecar's level comes from its config. */
   readonly makeLogger?: (level: LogLevel) => Logger;
 }
@@ -253,6 +258,7 @@ ${EXIT_CODES}`,
       },
     );
   }
+  registerKubernetesCommands(program, deps, EXIT_CODES);
   return program;
 }
 
