@@ -21,6 +21,7 @@ import {
   type IptablesBackend,
   runIptablesCommand,
 } from "../proxy/capture/iptables.ts";
+import { ConfigReloader } from "../proxy/config-reload.ts";
 import { Sidecar } from "../proxy/sidecar.ts";
 import { tuneMalloc } from "../runtime/malloc-tuning.ts";
 import { missingNodeFlags } from "../runtime/node-flags.ts";
@@ -39,6 +40,11 @@ export interface WeftDeps {
   readonly readStdin?: () => Promise<string>;
   /** Told the injector's URL once `weft injector` listens (tests). */
   readonly onInjector?: (url: string) => void;
+  /**
+   * Subscribe to reload requests (SIGHUP in the real process): weft.yaml, the identity files and the
+   * services file are read again. Without it, only file changes reload.
+   */
+  readonly onReload?: (listener: () => void) => void;
   /** Logger factory: the sidecar's level comes from its config. */
   readonly makeLogger?: (level: LogLevel) => Logger;
 }
@@ -159,7 +165,22 @@ ${EXIT_CODES}`,
         readFile: (p) => readFileSync(p, "utf8"),
       });
       await sidecar.start();
+      const reloader = new ConfigReloader({
+        path: opts.config,
+        env: deps.env,
+        apply: (next) => sidecar.reload(next),
+        clock: deps.clock,
+        logger: logger.child({ component: "config" }),
+        metrics: sidecar.metrics,
+      });
+      await reloader.start();
+      deps.onReload?.(() => {
+        logger.info({ signal: "SIGHUP" }, "reloading weft.yaml, identity files and services file");
+        void reloader.reload("signal");
+        void sidecar.reloadSources();
+      });
       await deps.waitForShutdown();
+      await reloader.stop();
       logger.info({ deadline_ms: config.timeouts.drain }, "draining");
       const { forced } = await sidecar.drain();
       await sidecar.stop();

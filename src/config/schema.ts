@@ -6,6 +6,7 @@
 import { isIP } from "node:net";
 import { z } from "zod";
 import { KEY_ALGORITHMS } from "../ca/key-policy.ts";
+import { LOG_LEVELS } from "../core/log.ts";
 import {
   duration,
   healthCheckSchema,
@@ -259,7 +260,7 @@ export const configSchema = z.strictObject({
   services: servicesSchema.default([]),
   log: z
     .strictObject({
-      level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+      level: z.enum(LOG_LEVELS).default("info"),
       accessLog: z.boolean().default(true),
     })
     .prefault({}),

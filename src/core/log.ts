@@ -5,7 +5,8 @@
  */
 import { type DestinationStream, pino } from "pino";
 
-export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface Logger {
   child(bindings: Record<string, unknown>): Logger;
@@ -33,6 +34,23 @@ export function createLogger(
     },
     options.destination ?? pino.destination({ dest: 2, sync: true }),
   ) as unknown as Logger;
+}
+
+/** The level of a pino logger (and so of every child it made), or undefined for other loggers. */
+export function logLevel(logger: Logger): LogLevel | undefined {
+  const l = (logger as { level?: unknown }).level;
+  return typeof l === "string" ? (l as LogLevel) : undefined;
+}
+
+/**
+ * Change the level at runtime (config reload, the admin port's /logging). pino's children read the
+ * level through their parent unless given one of their own, so setting it on the root reaches every
+ * component's child. False for a logger without levels (in-memory test loggers).
+ */
+export function setLogLevel(logger: Logger, level: LogLevel): boolean {
+  if (logLevel(logger) === undefined) return false;
+  (logger as unknown as { level: string }).level = level;
+  return true;
 }
 
 /** A logger that drops everything. */

@@ -185,6 +185,17 @@ export class WeftMetrics {
     labelNames: ["resource"] as const,
     registers: [this.registry],
   });
+  readonly configReloads = new Counter({
+    name: "weft_config_reloads_total",
+    help: "weft.yaml reloads (file change, SIGHUP), by result: applied, unchanged, refused (invalid; the last good config stays).",
+    labelNames: ["result"] as const,
+    registers: [this.registry],
+  });
+  readonly configRestartPending = new Gauge({
+    name: "weft_config_restart_pending",
+    help: "1 when weft.yaml holds changes that only a restart applies (listener addresses, identity, ...).",
+    registers: [this.registry],
+  });
   readonly ready = new Gauge({
     name: "weft_ready",
     help: "1 when the sidecar has a certificate and its listeners are up and not draining.",

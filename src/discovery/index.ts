@@ -40,6 +40,8 @@ export interface DiscoveryOptions {
 
 export interface DiscoveryHandle extends Discovery {
   readonly registry: ServiceRegistry;
+  /** Replace the services declared in weft.yaml (a config reload); the services file still wins by name. */
+  setConfigServices(services: readonly ServiceConfig[]): void;
   /** Re-read the services file now (also done on change). */
   reloadFile(): Promise<boolean>;
   /** Re-resolve every DNS service now (also done on TTL). */
@@ -97,7 +99,8 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
     return Promise.all(fresh);
   };
 
-  registry.setDeclared("config", o.services);
+  let configServices = o.services;
+  registry.setDeclared("config", configServices);
   const kubernetes = o.kubernetes
     ? new K8sSource({
         ...o.kubernetes,
@@ -110,8 +113,24 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
       })
     : undefined;
 
+  /** Active health checks, once any service (or the default) asks for them. */
+  const startHealth = (): void => {
+    if (health || !started) return;
+    if (o.healthCheck === undefined && !configServices.some((s) => s.healthCheck !== undefined)) return;
+    health = new HealthChecker({
+      ...(o.healthCheck ? { defaults: o.healthCheck } : {}),
+      configFor: healthConfigFor,
+      forEachEndpoint: (fn) => registry.forEachEndpoint(fn),
+      metrics: o.metrics,
+      logger,
+      clock: o.clock,
+      ...(o.probe ? { probe: o.probe } : {}),
+    });
+    health.start();
+  };
+
   const healthConfigFor = (name: string) =>
-    [...o.services, ...registry.dnsServices()].find((s) => s.name === name)?.healthCheck;
+    [...configServices, ...registry.dnsServices()].find((s) => s.name === name)?.healthCheck;
 
   return {
     registry,
@@ -142,28 +161,23 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
         await kubernetes.synced;
       }
       await syncDns();
-      const anyHealth = o.healthCheck !== undefined || o.services.some((s) => s.healthCheck !== undefined);
-      if (anyHealth) {
-        health = new HealthChecker({
-          ...(o.healthCheck ? { defaults: o.healthCheck } : {}),
-          configFor: healthConfigFor,
-          forEachEndpoint: (fn) => registry.forEachEndpoint(fn),
-          metrics: o.metrics,
-          logger,
-          clock: o.clock,
-          ...(o.probe ? { probe: o.probe } : {}),
-        });
-        health.start();
-      }
+      startHealth();
     },
     async stop() {
       started = false;
       health?.stop();
+      health = undefined;
       for (const { source } of dnsSources.values()) source.stop();
       dnsSources.clear();
       await kubernetes?.stop();
       await file?.stop();
       registry.stop();
+    },
+    setConfigServices(services) {
+      configServices = services;
+      registry.setDeclared("config", services);
+      void syncDns();
+      startHealth();
     },
     reloadFile: async () => (file ? file.reload() : false),
     async refreshDns() {

@@ -118,6 +118,10 @@ export interface Discovery extends RouteTable {
   start(): Promise<void>;
   stop(): Promise<void>;
   describe(): ServiceStatus[];
+  /** Replace the services weft.yaml declares (config reload); absent = they cannot change live. */
+  setConfigServices?(services: readonly import("../config/services-schema.ts").ServiceConfig[]): void;
+  /** Re-read the services file now (SIGHUP); absent when there is none to read. */
+  reloadFile?(): Promise<boolean>;
 }
 
 /** `address:port`, with IPv6 in brackets. */

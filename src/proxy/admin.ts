@@ -3,10 +3,12 @@
  * registry), `/ready` (200 once the first certificate is loaded and the listeners are up; 503 with the
  * reason before that and while draining), `/live`, `/config` (the effective config, secrets redacted),
  * `/certs` (the identity in use: SPIFFE ID, serial, validity, seconds left) and `/endpoints` (discovery's
- * view of services and endpoints). Read-only: every other method or path is refused.
+ * view of services and endpoints), `/logging` (the log level; `POST /logging?level=debug` changes it
+ * until the next restart or a weft.yaml change of `log.level`). Otherwise read-only: every other
+ * method or path is refused.
  */
 import http from "node:http";
-import type { Logger } from "../core/log.ts";
+import { LOG_LEVELS, type Logger, type LogLevel } from "../core/log.ts";
 import type { WeftMetrics } from "../core/metrics.ts";
 import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
 
@@ -22,6 +24,9 @@ export interface AdminSources {
   config(): unknown;
   certs(): unknown;
   endpoints(): unknown;
+  /** The log level now, and a way to change it (`POST /logging?level=debug`). */
+  logLevel(): string | undefined;
+  setLogLevel(level: LogLevel): boolean;
 }
 
 export interface AdminOptions {
@@ -81,7 +86,24 @@ export class AdminServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const path = (req.url ?? "/").split("?")[0];
+    const url = new URL(req.url ?? "/", "http://admin");
+    const path = url.pathname;
+    if (path === "/logging" && req.method === "POST") {
+      const level = url.searchParams.get("level") ?? "";
+      if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+        res.writeHead(400, { "content-type": "text/plain" });
+        res.end(`level must be one of ${LOG_LEVELS.join(", ")}: POST /logging?level=debug\n`);
+        return;
+      }
+      const before = this.options.sources.logLevel();
+      if (!this.options.sources.setLogLevel(level as LogLevel)) {
+        res.writeHead(409, { "content-type": "text/plain" });
+        res.end("this sidecar's logger has no level to change\n");
+        return;
+      }
+      this.options.logger.warn({ from: before, to: level }, "log level changed through the admin port");
+      return json(res, { level });
+    }
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405, { allow: "GET, HEAD", "content-type": "text/plain" });
       res.end("method not allowed\n");
@@ -111,9 +133,11 @@ export class AdminServer {
         return json(res, s.certs());
       case "/endpoints":
         return json(res, s.endpoints());
+      case "/logging":
+        return json(res, { level: s.logLevel() ?? null });
       default:
         res.writeHead(404, { "content-type": "text/plain" });
-        res.end("not found: try /metrics /ready /live /config /certs /endpoints\n");
+        res.end("not found: try /metrics /ready /live /config /certs /endpoints /logging\n");
     }
   }
 }

@@ -12,14 +12,15 @@
  * Nothing here is global: two sidecars can run in one process (the integration tests do).
  */
 import { readFileSync } from "node:fs";
+import { deepFreeze } from "../config/load.ts";
 import type { Config } from "../config/schema.ts";
 import { type Clock, systemClock } from "../core/clock.ts";
 import { errorMessage, WeftError } from "../core/errors.ts";
-import { createLogger, type Logger } from "../core/log.ts";
+import { createLogger, type Logger, logLevel, setLogLevel } from "../core/log.ts";
 import { WeftMetrics } from "../core/metrics.ts";
 import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
 import { AdminServer, type Readiness } from "./admin.ts";
-import { InboundCaptureHandler } from "./capture/inbound-capture.ts";
+import { InboundCaptureHandler, type InboundCaptureOptions } from "./capture/inbound-capture.ts";
 import { Listener } from "./capture/listener.ts";
 import { LinuxOriginalDst, type OriginalDstResolver } from "./capture/original-dst.ts";
 import { platformSocketErrors, type SocketErrors } from "./capture/sockopt.ts";
@@ -30,11 +31,12 @@ import {
   FileIdentitySource,
   type IdentitySource,
 } from "./identity/sources.ts";
-import { OutboundHandler } from "./outbound/outbound.ts";
+import { OutboundHandler, type OutboundOptions } from "./outbound/outbound.ts";
+import type { InboundSettings } from "./outbound/route.ts";
 import { type Connector, MtlsConnector } from "./transport/connector.ts";
 import { PooledConnector } from "./transport/h2/pool.ts";
 import { TunnelTls } from "./transport/tls-context.ts";
-import { TunnelHandler } from "./tunnel/tunnel.ts";
+import { TunnelHandler, type TunnelOptions } from "./tunnel/tunnel.ts";
 
 const EXPIRY_CHECK_INTERVAL_MS = 60_000;
 
@@ -72,6 +74,58 @@ function isDiscovery(r: RouteTable | Discovery): r is Discovery {
   return typeof (r as Discovery).start === "function" && typeof (r as Discovery).describe === "function";
 }
 
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+/** What a config reload did: keys applied live, and keys whose change waits for a restart. */
+export interface ReloadOutcome {
+  readonly applied: readonly string[];
+  readonly restartNeeded: readonly string[];
+}
+
+/**
+ * Keys a reload applies to the running sidecar (new connections see them; open ones keep going). Every
+ * other key (trust domain, identity, listener addresses, transport, discovery sources...) needs a restart.
+ */
+const LIVE_KEYS: readonly RegExp[] = [
+  /^policy(\.|$)/,
+  /^services$/,
+  /^outboundPolicy$/,
+  /^timeouts\./,
+  /^log\./,
+  /^inbound\.(mode|appAddress|ports)$/,
+  /^listeners\.(outbound|inbound|tunnel)\.maxConnections$/,
+  /^listeners\.explicit\[\d+\]\.maxConnections$/,
+];
+
+/** Paths (`timeouts.idle`, `listeners.explicit[0].maxConnections`) whose values differ between a and b. */
+export function changedKeys(a: unknown, b: unknown, path = ""): string[] {
+  const isObj = (v: unknown): v is Record<string, unknown> =>
+    typeof v === "object" && v !== null && !Array.isArray(v);
+  if (isObj(a) && isObj(b)) {
+    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+    return [...keys].flatMap((k) => changedKeys(a[k], b[k], path ? `${path}.${k}` : k));
+  }
+  // Explicit listeners are compared one by one (so a limit change stays live); other lists as a whole.
+  if (path === "listeners.explicit" && Array.isArray(a) && Array.isArray(b) && a.length === b.length) {
+    return a.flatMap((x, i) => changedKeys(x, b[i], `${path}[${i}]`));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [path];
+}
+
+function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split(/\.|(?=\[)/).map((p) => (p.startsWith("[") ? Number(p.slice(1, -1)) : p));
+  let holder = target as Record<string | number, unknown>;
+  for (const p of parts.slice(0, -1)) holder = holder[p] as Record<string | number, unknown>;
+  holder[parts.at(-1)!] = value;
+}
+
+function getPath(source: unknown, path: string): unknown {
+  const parts = path.split(/\.|(?=\[)/).map((p) => (p.startsWith("[") ? Number(p.slice(1, -1)) : p));
+  let v = source as Record<string | number, unknown> | undefined;
+  for (const p of parts) v = v?.[p] as Record<string | number, unknown> | undefined;
+  return v;
+}
+
 export class Sidecar {
   readonly logger: Logger;
   readonly clock: Clock;
@@ -89,14 +143,37 @@ export class Sidecar {
   private listenersUp = false;
   private draining = false;
   private stopped = false;
+  /** The settings a reload changes in place; the handlers hold these objects and read them per connection. */
+  private current: Config;
+  private readonly live: {
+    readonly timeouts: Mutable<Config["timeouts"]>;
+    readonly inbound: Mutable<InboundSettings>;
+    connection?: Mutable<ConnectionDeps>;
+    tunnel?: Mutable<TunnelOptions>;
+    capture?: Mutable<InboundCaptureOptions>;
+    readonly outbound: Mutable<OutboundOptions>[];
+    readonly listeners: Map<string, Listener>;
+  };
 
   constructor(
-    readonly config: Config,
+    config: Config,
     private readonly deps: SidecarDeps = {},
   ) {
+    this.current = config;
     this.clock = deps.clock ?? systemClock;
     this.logger = deps.logger ?? createLogger({ level: config.log.level, name: "weft" });
     this.metrics = deps.metrics ?? new WeftMetrics({ processMetrics: true });
+    this.live = {
+      timeouts: { ...config.timeouts },
+      inbound: {
+        trustDomain: config.trustDomain,
+        policy: config.policy,
+        ports: config.inbound.ports,
+        reservedPorts: [],
+      },
+      outbound: [],
+      listeners: new Map(),
+    };
     this.tls = new TunnelTls({
       trustDomain: config.trustDomain,
       clock: this.clock,
@@ -176,6 +253,62 @@ export class Sidecar {
     });
   }
 
+  /** The config in effect: the one started with, plus what reloads applied. */
+  get config(): Config {
+    return this.current;
+  }
+
+  /**
+   * Apply a new weft.yaml (already validated) to the running sidecar: the keys of `LIVE_KEYS` take
+   * effect for new connections (open ones keep going, on the settings they started with); the others
+   * keep their running value and are reported as needing a restart.
+   */
+  reload(next: Config): ReloadOutcome {
+    const changed = changedKeys(this.current, next);
+    const canSetServices =
+      this.routes !== undefined && isDiscovery(this.routes) && !!this.routes.setConfigServices;
+    const live = (k: string) => LIVE_KEYS.some((re) => re.test(k)) && (k !== "services" || canSetServices);
+    const applied = changed.filter(live);
+    const restartNeeded = changed.filter((k) => !live(k));
+    if (applied.length > 0) {
+      const effective = structuredClone(this.current) as unknown as Record<string, unknown>;
+      for (const k of applied) setPath(effective, k, structuredClone(getPath(next, k)));
+      const c = deepFreeze(effective as unknown as Config);
+      this.current = c;
+      Object.assign(this.live.timeouts, c.timeouts);
+      this.live.inbound.policy = c.policy;
+      this.live.inbound.ports = c.inbound.ports;
+      if (this.live.connection) this.live.connection.accessLog = c.log.accessLog;
+      if (this.live.tunnel) this.live.tunnel.appAddress = c.inbound.appAddress;
+      if (this.live.capture) {
+        this.live.capture.mode = c.inbound.mode;
+        this.live.capture.appAddress = c.inbound.appAddress;
+      }
+      for (const o of this.live.outbound) o.outboundPolicy = c.outboundPolicy;
+      for (const name of ["outbound", "inbound", "tunnel"] as const) {
+        this.live.listeners.get(name)?.setMaxConnections(c.listeners[name].maxConnections);
+      }
+      c.listeners.explicit.forEach((e, i) => {
+        this.live.listeners.get(`explicit[${i}]`)?.setMaxConnections(e.maxConnections);
+      });
+      if (applied.includes("log.level")) setLogLevel(this.logger, c.log.level);
+      if (applied.includes("services") && this.routes && isDiscovery(this.routes)) {
+        this.routes.setConfigServices?.(c.services);
+      }
+    }
+    this.metrics.configRestartPending.set(restartNeeded.length > 0 ? 1 : 0);
+    return { applied, restartNeeded };
+  }
+
+  /** Re-read the identity files and the services file now (SIGHUP), besides their own watches. */
+  async reloadSources(): Promise<void> {
+    const id = this.identity as { reload?: () => Promise<void> };
+    await Promise.all([
+      id.reload?.call(this.identity),
+      this.routes && isDiscovery(this.routes) ? this.routes.reloadFile?.() : undefined,
+    ]);
+  }
+
   /** The route table in use (after `start()`). */
   get routeTable(): RouteTable {
     if (!this.routes) throw new WeftError("E_NOT_READY", "the sidecar has not started");
@@ -230,7 +363,7 @@ export class Sidecar {
     }
     if (isDiscovery(this.routes)) await this.routes.start();
 
-    const connDeps: ConnectionDeps = {
+    const connDeps: Mutable<ConnectionDeps> = {
       metrics: this.metrics,
       logger: this.logger.child({ component: "access" }),
       clock: this.clock,
@@ -238,6 +371,7 @@ export class Sidecar {
       tracker: this.tracker,
       socketErrors: this.deps.socketErrors ?? platformSocketErrors(),
     };
+    this.live.connection = connDeps;
     const keepalive = {
       intervalMs: c.upstream.sessionKeepalive.interval,
       timeoutMs: c.upstream.sessionKeepalive.timeout,
@@ -259,7 +393,7 @@ export class Sidecar {
     this.connector = connector;
     const listenerAddrs = (): SocketAddr[] =>
       this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined);
-    const timeouts = c.timeouts;
+    const timeouts = this.live.timeouts;
     const wantsOriginalDst = c.listeners.outbound.enabled || c.listeners.inbound.enabled;
     let originalDst = this.deps.originalDst;
     if (!originalDst && wantsOriginalDst) {
@@ -271,11 +405,12 @@ export class Sidecar {
       }
       originalDst = new LinuxOriginalDst();
     }
-    const reserved: number[] = [];
+    const reserved = this.live.inbound.reservedPorts as number[];
     const add = (
       name: string,
       opts: { address: string; port: number; maxConnections: number; highWaterMark?: number },
       onConnection: (s: import("node:net").Socket) => void,
+      key = name,
     ): Listener => {
       const l = new Listener({
         name,
@@ -293,69 +428,71 @@ export class Sidecar {
         },
       });
       this.listeners.push(l);
+      this.live.listeners.set(key, l);
       return l;
     };
 
     const tunnel = c.listeners.tunnel.enabled
       ? add("tunnel", c.listeners.tunnel, (s) => this.tunnelHandler!.handle(s))
       : undefined;
-    this.tunnelHandler = tunnel
-      ? new TunnelHandler({
-          tls: this.tls,
-          clock: this.clock,
-          logger: this.logger.child({ component: "tunnel" }),
-          metrics: this.metrics,
-          connection: connDeps,
-          settings: {
-            trustDomain: c.trustDomain,
-            policy: c.policy,
-            ports: c.inbound.ports,
-            reservedPorts: reserved,
-          },
-          appAddress: c.inbound.appAddress,
-          timeouts,
-          keepalive,
-          slots: tunnel,
-        })
-      : undefined;
+    if (tunnel) {
+      this.live.tunnel = {
+        tls: this.tls,
+        clock: this.clock,
+        logger: this.logger.child({ component: "tunnel" }),
+        metrics: this.metrics,
+        connection: connDeps,
+        settings: this.live.inbound,
+        appAddress: c.inbound.appAddress,
+        timeouts,
+        keepalive,
+        slots: tunnel,
+      };
+      this.tunnelHandler = new TunnelHandler(this.live.tunnel);
+    }
+    const outboundOptions = (o: Mutable<OutboundOptions>): OutboundOptions => {
+      this.live.outbound.push(o);
+      return o;
+    };
     const outbound = c.listeners.outbound.enabled
       ? add(
           "outbound",
           { ...c.listeners.outbound, highWaterMark: c.limits.earlyDataBytes },
-          new OutboundHandler({
-            kind: "outbound",
-            originalDst,
-            listenerAddrs,
-            routes: this.routes,
-            connector,
-            outboundPolicy: c.outboundPolicy,
-            clock: this.clock,
-            logger: this.logger.child({ component: "outbound" }),
-            metrics: this.metrics,
-            connection: connDeps,
-            timeouts,
-          }).handle,
+          new OutboundHandler(
+            outboundOptions({
+              kind: "outbound",
+              originalDst,
+              listenerAddrs,
+              routes: this.routes,
+              connector,
+              outboundPolicy: c.outboundPolicy,
+              clock: this.clock,
+              logger: this.logger.child({ component: "outbound" }),
+              metrics: this.metrics,
+              connection: connDeps,
+              timeouts,
+            }),
+          ).handle,
         )
       : undefined;
-    const inbound = c.listeners.inbound.enabled
-      ? add(
-          "inbound",
-          c.listeners.inbound,
-          new InboundCaptureHandler({
-            mode: c.inbound.mode,
-            originalDst: originalDst!,
-            appAddress: c.inbound.appAddress,
-            listenerAddrs,
-            reservedPorts: reserved,
-            clock: this.clock,
-            logger: this.logger.child({ component: "inbound" }),
-            metrics: this.metrics,
-            connection: connDeps,
-            timeouts,
-          }).handle,
-        )
+    if (c.listeners.inbound.enabled) {
+      this.live.capture = {
+        mode: c.inbound.mode,
+        originalDst: originalDst!,
+        appAddress: c.inbound.appAddress,
+        listenerAddrs,
+        reservedPorts: reserved,
+        clock: this.clock,
+        logger: this.logger.child({ component: "inbound" }),
+        metrics: this.metrics,
+        connection: connDeps,
+        timeouts,
+      };
+    }
+    const inbound = this.live.capture
+      ? add("inbound", c.listeners.inbound, new InboundCaptureHandler(this.live.capture).handle)
       : undefined;
-    const explicit = c.listeners.explicit.map((e) =>
+    const explicit = c.listeners.explicit.map((e, i) =>
       add(
         "explicit",
         {
@@ -364,19 +501,22 @@ export class Sidecar {
           maxConnections: e.maxConnections,
           highWaterMark: c.limits.earlyDataBytes,
         },
-        new OutboundHandler({
-          kind: "explicit",
-          explicit: { service: e.service, port: e.port },
-          listenerAddrs,
-          routes: this.routes!,
-          connector,
-          outboundPolicy: c.outboundPolicy,
-          clock: this.clock,
-          logger: this.logger.child({ component: "outbound", service: e.service }),
-          metrics: this.metrics,
-          connection: connDeps,
-          timeouts,
-        }).handle,
+        new OutboundHandler(
+          outboundOptions({
+            kind: "explicit",
+            explicit: { service: e.service, port: e.port },
+            listenerAddrs,
+            routes: this.routes!,
+            connector,
+            outboundPolicy: c.outboundPolicy,
+            clock: this.clock,
+            logger: this.logger.child({ component: "outbound", service: e.service }),
+            metrics: this.metrics,
+            connection: connDeps,
+            timeouts,
+          }),
+        ).handle,
+        `explicit[${i}]`,
       ),
     );
 
@@ -396,6 +536,8 @@ export class Sidecar {
           config: () => this.config,
           certs: () => this.certs(),
           endpoints: () => (this.routes && isDiscovery(this.routes) ? this.routes.describe() : []),
+          logLevel: () => logLevel(this.logger),
+          setLogLevel: (level) => setLogLevel(this.logger, level),
         },
       });
       const adminAddr = await this.admin.listen();

@@ -1,11 +1,11 @@
 /**
  * The `weft` CLI: `weft validate` reports every schema error at once, each naming its key (exit 1);
- * `weft proxy` started from a weft.yaml in a child process answers /ready on its admin port, and on
- * SIGTERM drains and exits 0.
+ * `weft proxy` started from a weft.yaml in a child process answers /ready on its admin port, reloads
+ * weft.yaml on SIGHUP and on change, and on SIGTERM drains and exits 0.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -133,6 +133,19 @@ services:
     assert.equal(await ready.text(), "ready\n");
     const certs = (await (await fetch(`http://${admin}/certs`)).json()) as Record<string, unknown>;
     assert.equal(certs.spiffeId, "spiffe://weft.local/ns/default/sa/frontend");
+
+    // SIGHUP reloads (and never ends the process); an edit of the file is picked up by itself.
+    const unchanged = logLine(child, "config unchanged");
+    child.kill("SIGHUP");
+    assert.equal((await unchanged).trigger, "signal");
+    assert.equal((await fetch(`http://${admin}/ready`)).status, 200);
+    const reloaded = logLine(child, "config reloaded");
+    await writeFile(config, `${await readFile(config, "utf8")}policy: { default: deny }\n`);
+    assert.deepEqual((await reloaded).applied, ["policy.default"]);
+    const effective = (await (await fetch(`http://${admin}/config`)).json()) as {
+      policy: { default: string };
+    };
+    assert.equal(effective.policy.default, "deny");
 
     const stopped = logLine(child, "stopped");
     const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));

@@ -50,8 +50,19 @@ export class Listener implements ConnectionSlots {
   private closing = false;
   private backoffMs = ACCEPT_BACKOFF_MIN_MS;
   private retryTimer: TimerHandle | undefined;
+  private maxConnections: number;
 
-  constructor(private readonly options: ListenerOptions) {}
+  constructor(private readonly options: ListenerOptions) {
+    this.maxConnections = options.maxConnections;
+  }
+
+  /**
+   * A new limit (config reload). Connections over a lowered limit are not closed; new ones are refused
+   * until the count is under it.
+   */
+  setMaxConnections(n: number): void {
+    this.maxConnections = n;
+  }
 
   /** Bind and start accepting; resolves with the bound address. */
   async listen(): Promise<SocketAddr> {
@@ -75,7 +86,7 @@ export class Listener implements ConnectionSlots {
    * pooled tunnel session is one connection, beside the socket that carries the session.
    */
   tryAcquire(): boolean {
-    if (this.activeCount >= this.options.maxConnections) return false;
+    if (this.activeCount >= this.maxConnections) return false;
     this.activeCount++;
     return true;
   }
@@ -123,7 +134,7 @@ export class Listener implements ConnectionSlots {
 
   private readonly onSocket = (socket: Socket): void => {
     this.backoffMs = ACCEPT_BACKOFF_MIN_MS;
-    if (this.closing || this.activeCount >= this.options.maxConnections) {
+    if (this.closing || this.activeCount >= this.maxConnections) {
       socket.on("error", noop);
       socket.destroy();
       this.options.onRefused?.(socket);
