@@ -36,6 +36,7 @@ export const ERROR_CODES = {
   E_TLS_HANDSHAKE: "the TLS handshake failed",
   E_PEER_IDENTITY: "the peer presented the wrong identity",
   E_CONNECT: "the upstream connection failed",
+  E_PEER_REFUSED: "the peer sidecar refused the connection or ended it before answering",
   E_TIMEOUT: "a deadline passed",
   E_LIMIT: "a limit was reached",
   E_ORIGINAL_DST: "the original destination could not be read",

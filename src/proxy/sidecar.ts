@@ -471,6 +471,7 @@ export class Sidecar {
               metrics: this.metrics,
               connection: connDeps,
               timeouts,
+              earlyDataBytes: c.limits.earlyDataBytes,
             }),
           ).handle,
         )
@@ -514,6 +515,7 @@ export class Sidecar {
             metrics: this.metrics,
             connection: connDeps,
             timeouts,
+            earlyDataBytes: c.limits.earlyDataBytes,
           }),
         ).handle,
         `explicit[${i}]`,

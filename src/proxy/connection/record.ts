@@ -9,6 +9,7 @@ import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
 import { formatAddr, type SocketAddr } from "../../discovery/types.ts";
 import type { SocketErrors } from "../capture/sockopt.ts";
+import { PEER_REASONS } from "../transport/answer.ts";
 import { type ByteSink, Splice, type SpliceEnd, type SpliceSide } from "./splice.ts";
 
 /**
@@ -40,6 +41,8 @@ export const CLOSE_REASONS = [
   "upstream_handshake_failed",
   "upstream_identity_mismatch",
   "upstream_untrusted",
+  // the peer sidecar refused (its reason, see transport/answer.ts) or never answered
+  ...PEER_REASONS,
   // tunnel (inbound mTLS)
   "handshake_timeout",
   "handshake_failed",

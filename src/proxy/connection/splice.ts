@@ -240,6 +240,9 @@ export class Splice {
     }
     downstream.stream.resume();
     upstream.stream.resume();
+    // The client's FIN may have been read while the connection was placed (its early bytes were read
+    // then): carry it now, as its 'end' will not come again.
+    if (downstream.stream.readableEnded) this.up.onEnd();
   }
 
   private watch(side: SpliceSide, name: "downstream" | "upstream"): void {

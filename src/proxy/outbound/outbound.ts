@@ -4,19 +4,19 @@
  * backend`) share it after the destination is known.
  *
  *   accept -> destination (original dst, or the explicit listener's service) -> route decision
- *     mesh:        pick an endpoint -> mTLS dial (connect + handshake under one deadline, the server must
- *                  prove the service's identity) -> on failure report it, exclude that endpoint and try
- *                  another, within `Service.retries` (attempts and a deadline for all of them)
- *                  -> PROXY v2 header (client address, endpoint address + app port, service TLV)
- *                  -> splice
+ *     mesh:        pick an endpoint -> mTLS dial (the server must prove the service's identity)
+ *                  -> PROXY v2 header (client address, endpoint address + app port, service TLV) and
+ *                  the client's early bytes, in one write -> the peer's answer (it answers after its
+ *                  app accepted; connect, handshake and answer share one deadline) -> on a failure or a
+ *                  refusal report it, exclude that endpoint and try another with the same bytes, within
+ *                  `Service.retries` (attempts and a deadline for all of them) -> splice
  *     passthrough: plain TCP to the original destination (unknown destination, `allow-any`) -> splice
  *     deny:        reset the client (loop, registry-only with no route, unknown service)
  *
  * The dial starts at once, before the client sends anything, so server-speaks-first protocols work.
- * Meanwhile the client's early bytes wait in its own socket buffer: nothing consumes them until the
- * splice starts, so Node reads at most the socket's high-water mark (`limits.earlyDataBytes`, set on
- * the listener) and TCP flow control holds the client beyond that. No copy, nothing to release, and
- * a retry on another endpoint still has every byte.
+ * The client's early bytes are read as they come and kept until a peer accepted them (early-data.ts):
+ * at most `limits.earlyDataBytes`, beyond which TCP flow control holds the client, so a refused attempt
+ * is retried on another endpoint with every byte and the answer adds no round trip.
  */
 import type { Socket } from "node:net";
 import type { Clock } from "../../core/clock.ts";
@@ -38,8 +38,10 @@ import {
   spliceConnection,
 } from "../connection/record.ts";
 import { resetSide, type Splice } from "../connection/splice.ts";
-import { type Connector, connectTcp, type Upstream } from "../transport/connector.ts";
+import { countsAgainstEndpoint, mayRetry, PEER_REASONS, type PeerReason } from "../transport/answer.ts";
+import { type Connector, connectTcp, NO_ANSWER, type Upstream } from "../transport/connector.ts";
 import { encodeProxyV2, PP2_TYPE_WEFT_SERVICE } from "../transport/proxy-protocol.ts";
+import { EarlyData } from "./early-data.ts";
 import { decideOutbound, endpointAppPort, type OutboundRoute } from "./route.ts";
 
 export interface OutboundOptions {
@@ -59,6 +61,8 @@ export interface OutboundOptions {
   readonly metrics: WeftMetrics;
   readonly connection: ConnectionDeps;
   readonly timeouts: { readonly connect: number; readonly idle: number; readonly halfClose: number };
+  /** Client bytes kept while the connection is placed (`limits.earlyDataBytes`). */
+  readonly earlyDataBytes: number;
 }
 
 /** Handles connections accepted on an outbound or explicit listener; `handle` is `onConnection`. */
@@ -158,6 +162,7 @@ class OutboundConnection {
         handshakeMs: undefined,
         resumed: false,
         tunnel: false,
+        answer: NO_ANSWER,
       });
     } catch (err) {
       this.failed(err);
@@ -175,6 +180,9 @@ class OutboundConnection {
       () => this.controller.abort(new WeftError("E_TIMEOUT", "retry deadline")),
       service.retries.deadlineMs,
     );
+    // The client's first bytes go with the first attempt and are kept until a peer accepts them.
+    const early = new EarlyData(client, o.earlyDataBytes);
+    early.start();
     const exclude = new Set<string>();
     let lastErr: unknown;
     let upstream: Upstream | undefined;
@@ -192,50 +200,24 @@ class OutboundConnection {
             });
           break;
         }
-        const ep = lease.endpoint;
         if (attempt > 1) o.metrics.upstreamConnectRetries.inc({ service: service.name });
         const attemptCtl = new AbortController();
         const onOuter = (): void => attemptCtl.abort(this.controller.signal.reason);
         this.controller.signal.addEventListener("abort", onOuter, { once: true });
+        // One deadline for the connect, the handshake and the peer's answer.
         const timer = o.clock.setTimeout(
           () => attemptCtl.abort(new WeftError("E_TIMEOUT", "connect deadline")),
           o.timeouts.connect,
         );
-        const t0 = o.clock.monotonic();
         try {
-          if (ep.sidecar) {
-            upstream = await o.connector.connect(
-              {
-                endpoint: ep,
-                expectedIdentity: ep.identity,
-                reportLost: lostReporter(o, lease, service.name),
-              },
-              attemptCtl.signal,
-            );
-          } else {
-            const port = endpointAppPort(target, ep);
-            const s = await connectTcp({ address: ep.address, port }, attemptCtl.signal);
-            upstream = {
-              side: { stream: s, raw: s },
-              peerIdentity: "none",
-              connectMs: o.clock.monotonic() - t0,
-              handshakeMs: undefined,
-              resumed: false,
-              tunnel: false,
-            };
-          }
-          const ms = o.clock.monotonic() - t0;
-          lease.reportSuccess(ms);
-          o.metrics.upstreamConnectDuration.observe({ service: service.name }, ms / 1000);
+          upstream = await this.attempt(target, lease, early, attemptCtl.signal);
           this.lease = lease;
-          rec.endpoint = ep.key;
-          rec.connectMs = upstream.connectMs;
-          rec.handshakeMs = upstream.handshakeMs;
-          rec.tlsResumed = upstream.handshakeMs === undefined ? undefined : upstream.resumed;
           break;
         } catch (err) {
           lastErr = err;
+          early.detach();
           const reason = isWeftError(err) ? err.reason : "connect_failed";
+          const ep = lease.endpoint;
           if (reason !== "aborted") {
             // Many connections may share one failure (a pooled session opening): it is counted once.
             const alreadyCounted = isWeftError(err) && err.alreadyCounted;
@@ -247,6 +229,7 @@ class OutboundConnection {
                 attempt,
                 reason,
                 already_counted: alreadyCounted,
+                early_bytes: early.bytes,
                 err: errorMessage(err),
               },
               "upstream attempt failed",
@@ -254,6 +237,7 @@ class OutboundConnection {
           }
           lease.release();
           exclude.add(ep.key);
+          if (!mayRetry(reason)) break;
         } finally {
           timer.cancel();
           this.controller.signal.removeEventListener("abort", onOuter);
@@ -263,27 +247,78 @@ class OutboundConnection {
       overall.cancel();
     }
     if (!upstream) {
+      early.release();
       this.failed(lastErr ?? this.controller.signal.reason);
       return;
     }
+    // The early bytes count as received from the client, under the peer that accepted them.
+    rec.setPeer(upstream.peerIdentity);
+    early.release(rec);
     if (client.destroyed || this.controller.signal.aborted) {
       resetSide(upstream.side);
       this.failed(this.controller.signal.reason ?? new WeftError("E_CONNECT", "client went away"));
       return;
     }
-    if (upstream.tunnel) {
-      // Only sidecars get a PROXY header; an endpoint without one gets the app's bytes alone.
-      const ep = this.lease!.endpoint;
-      upstream.side.stream.write(
-        encodeProxyV2({
-          command: "PROXY",
-          source: rec.src ?? { address: "0.0.0.0", port: 0 },
-          destination: { address: ep.address, port: endpointAppPort(target, ep) },
-          tlvs: [{ type: PP2_TYPE_WEFT_SERVICE, value: Buffer.from(service.name, "utf8") }],
-        }),
-      );
-    }
     this.startSplice(upstream);
+  }
+
+  /**
+   * One attempt on one endpoint: connect (mTLS to its sidecar, or plain TCP to an endpoint without
+   * one), send the PROXY header and the early bytes in one write, and wait for the peer's answer.
+   * Resolves with the accepted upstream; on a failure after the connect, what was opened is reset.
+   */
+  private async attempt(
+    target: RouteTarget,
+    lease: EndpointLease,
+    early: EarlyData,
+    signal: AbortSignal,
+  ): Promise<Upstream> {
+    const { o, rec } = this;
+    const ep = lease.endpoint;
+    const service = target.service;
+    const t0 = o.clock.monotonic();
+    let upstream: Upstream;
+    if (ep.sidecar) {
+      upstream = await o.connector.connect(
+        { endpoint: ep, expectedIdentity: ep.identity, reportLost: lostReporter(o, lease, service.name) },
+        signal,
+      );
+    } else {
+      const s = await connectTcp({ address: ep.address, port: endpointAppPort(target, ep) }, signal);
+      upstream = {
+        side: { stream: s, raw: s },
+        peerIdentity: "none",
+        connectMs: o.clock.monotonic() - t0,
+        handshakeMs: undefined,
+        resumed: false,
+        tunnel: false,
+        answer: NO_ANSWER,
+      };
+    }
+    try {
+      // Only sidecars get a PROXY header; an endpoint without one gets the app's bytes alone.
+      const preamble = upstream.tunnel
+        ? encodeProxyV2({
+            command: "PROXY",
+            source: rec.src ?? { address: "0.0.0.0", port: 0 },
+            destination: { address: ep.address, port: endpointAppPort(target, ep) },
+            tlvs: [{ type: PP2_TYPE_WEFT_SERVICE, value: Buffer.from(service.name, "utf8") }],
+          })
+        : undefined;
+      early.attach(upstream.side.stream, preamble);
+      await upstream.answer(signal);
+    } catch (err) {
+      resetSide(upstream.side);
+      throw err;
+    }
+    const ms = o.clock.monotonic() - t0;
+    lease.reportSuccess(ms);
+    o.metrics.upstreamConnectDuration.observe({ service: service.name }, ms / 1000);
+    rec.endpoint = ep.key;
+    rec.connectMs = upstream.connectMs;
+    rec.handshakeMs = upstream.handshakeMs;
+    rec.tlsResumed = upstream.handshakeMs === undefined ? undefined : upstream.resumed;
+    return upstream;
   }
 
   private startSplice(up: Upstream): void {
@@ -309,9 +344,13 @@ class OutboundConnection {
   }
 }
 
-/** One failure of the lease's endpoint: outlier detection and `weft_upstream_connect_failures_total`. */
+/**
+ * One failed attempt on the lease's endpoint: `weft_upstream_connect_failures_total`, and a failure for
+ * outlier detection unless the peer refused by policy (answer.ts `countsAgainstEndpoint`).
+ */
 function countFailure(o: OutboundOptions, lease: EndpointLease, service: string, reason: string): void {
-  lease.reportFailure(reason);
+  const peer = (PEER_REASONS as readonly string[]).includes(reason);
+  if (!peer || countsAgainstEndpoint(reason as PeerReason)) lease.reportFailure(reason);
   o.metrics.upstreamConnectFailures.inc({ service, endpoint: lease.endpoint.key, reason });
 }
 
@@ -326,6 +365,7 @@ function lostReporter(o: OutboundOptions, lease: EndpointLease, service: string)
 function upstreamReason(err: unknown, clientGone: boolean): CloseReason {
   const reason = isWeftError(err) ? err.reason : "";
   if (reason === "no_endpoint") return "no_endpoint";
+  if ((PEER_REASONS as readonly string[]).includes(reason)) return reason as PeerReason;
   if (reason === "aborted" || (clientGone && !isWeftError(err))) return "downstream_reset";
   if (reason.endsWith("_timeout") || (isWeftError(err) && err.code === "E_TIMEOUT"))
     return "upstream_timeout";

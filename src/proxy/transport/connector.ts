@@ -17,6 +17,7 @@ import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
 import { type Endpoint, formatAddr, type SocketAddr } from "../../discovery/types.ts";
 import type { SpliceSide } from "../connection/splice.ts";
+import { ALPN_WEFT2, peerRefusal, readStatus } from "./answer.ts";
 import { ALPN_WEFT, type TunnelTls } from "./tls-context.ts";
 
 /** A connected upstream, ready for the PROXY header and the splice. */
@@ -30,7 +31,17 @@ export interface Upstream {
   readonly resumed: boolean;
   /** A Weft tunnel (per-connection or pooled stream): the PROXY v2 header goes first. */
   readonly tunnel: boolean;
+  /**
+   * Resolves once the peer accepted the connection, which a Weft peer does only after its app did
+   * (answer.ts); rejects with the peer's refusal (`peer_*`), `answer_timeout` or `aborted`. Resolves at
+   * once where there is no answer step (plaintext, a `weft/1` peer). Call it after writing the PROXY
+   * header and the early bytes, so the answer costs no round trip of its own.
+   */
+  readonly answer: (signal: AbortSignal) => Promise<void>;
 }
+
+/** `Upstream.answer` where there is no answer step. */
+export const NO_ANSWER = (): Promise<void> => Promise.resolve();
 
 export interface UpstreamTarget {
   readonly endpoint: Endpoint;
@@ -53,8 +64,9 @@ export interface Connector {
 /**
  * Upstream failure reasons (labels of `weft_upstream_connect_failures_total`): connect_refused,
  * connect_failed, connect_timeout, handshake_failed, handshake_timeout, bad_alpn, identity_mismatch,
- * svid_<verifier reason>, aborted, not_ready; and keepalive_timeout for a pooled session that stopped
- * answering PING after it was opened.
+ * svid_<verifier reason>, aborted, not_ready; keepalive_timeout for a pooled session that stopped
+ * answering PING after it was opened; and the answer step's answer_timeout and `peer_*` refusals
+ * (answer.ts `PEER_REASONS`).
  */
 function failure(reason: string, message: string, cause?: unknown): WeftError {
   const code = reason.endsWith("_timeout")
@@ -126,6 +138,8 @@ export interface VerifiedTls {
   readonly resumed: boolean;
   /** The SecureContext it was made with: after a rotation, pooled sessions on an older one retire. */
   readonly context: tls.SecureContext;
+  /** The ALPN protocol the server chose. */
+  readonly alpn: string;
 }
 
 /** Mutual-TLS dial to an endpoint's sidecar, one connection per app connection; see the module comment. */
@@ -133,8 +147,16 @@ export class MtlsConnector implements Connector {
   constructor(private readonly options: MtlsConnectorOptions) {}
 
   async connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream> {
-    const v = await dialMtls(this.options, target, signal, ALPN_WEFT);
+    const v = await dialMtls(this.options, target, signal, [ALPN_WEFT2, ALPN_WEFT]);
+    const where = formatAddr(target.endpoint.address, target.endpoint.tunnelPort);
     return {
+      answer:
+        v.alpn === ALPN_WEFT2
+          ? async (answerSignal) => {
+              const refused = await readStatus(v.sock, where, answerSignal);
+              if (refused) throw peerRefusal(refused, where);
+            }
+          : NO_ANSWER,
       side: { stream: v.sock, raw: v.raw },
       peerIdentity: v.peer,
       connectMs: v.connectMs,
@@ -146,14 +168,15 @@ export class MtlsConnector implements Connector {
 }
 
 /**
- * TCP connect plus TLS 1.3 handshake with ALPN `alpn` under `signal`'s deadline; the server must present
- * an SVID for `target.expectedIdentity` (or resume a session in which it did).
+ * TCP connect plus TLS 1.3 handshake offering the ALPN protocols `alpns` (in order of preference) under
+ * `signal`'s deadline; the server must choose one of them and present an SVID for
+ * `target.expectedIdentity` (or resume a session in which it did).
  */
 export function dialMtls(
   options: MtlsConnectorOptions,
   target: UpstreamTarget,
   signal: AbortSignal,
-  alpn: string,
+  alpns: readonly string[],
 ): Promise<VerifiedTls> {
   const { tls: state, clock, metrics } = options;
   const ep = target.endpoint;
@@ -178,7 +201,7 @@ export function dialMtls(
     const sock = tls.connect({
       socket: raw,
       secureContext: context,
-      ALPNProtocols: [alpn],
+      ALPNProtocols: [...alpns],
       rejectUnauthorized: false,
       session: kept,
       allowHalfOpen: true,
@@ -218,8 +241,9 @@ export function dialMtls(
       const handshakeMs = clock.monotonic() - t0 - (connectMs ?? 0);
       // tls.connect does not apply noDelay to the socket it wraps; without it p99 was ~3x worse.
       sock.setNoDelay(true);
-      if (sock.alpnProtocol !== alpn) {
-        fail(failure("bad_alpn", `${where} did not agree to ${alpn}`));
+      const alpn = sock.alpnProtocol;
+      if (typeof alpn !== "string" || !alpns.includes(alpn)) {
+        fail(failure("bad_alpn", `${where} did not agree to ${alpns.join(" or ")}`));
         return;
       }
       const resumed = sock.isSessionReused();
@@ -253,7 +277,7 @@ export function dialMtls(
         { direction: "outbound", resumed: String(resumed) },
         handshakeMs / 1000,
       );
-      resolve({ sock, raw, peer, connectMs: connectMs ?? 0, handshakeMs, resumed, context });
+      resolve({ sock, raw, peer, connectMs: connectMs ?? 0, handshakeMs, resumed, context, alpn });
     });
   });
 }

@@ -33,6 +33,7 @@ import {
 } from "../connection/record.ts";
 import { resetSide, type Splice, type SpliceSide } from "../connection/splice.ts";
 import { decideInbound, type InboundSettings } from "../outbound/route.ts";
+import { ALPN_WEFT2, encodeStatus, type Refusal, refusalHeaders } from "../transport/answer.ts";
 import { connectTcp } from "../transport/connector.ts";
 import { type KeepaliveSettings, SessionKeepalive } from "../transport/h2/keepalive.ts";
 import {
@@ -126,7 +127,8 @@ export class TunnelHandler {
       secureContext: o.tls.context(),
       requestCert: true,
       rejectUnauthorized: false,
-      ALPNProtocols: [ALPN_WEFT, ALPN_H2],
+      // weft/2 first: the per-connection tunnel with the answer step (answer.ts); weft/1 for older peers.
+      ALPNProtocols: [ALPN_WEFT2, ALPN_WEFT, ALPN_H2],
       allowHalfOpen: true,
     } as tls.TLSSocketOptions);
     new TunnelConnection(o, rec, raw, sock, this.sessions, () => this.draining).start();
@@ -222,7 +224,7 @@ class TunnelConnection {
     rec.handshakeMs = o.clock.monotonic() - this.started;
     sock.setNoDelay(true);
     const alpn = sock.alpnProtocol;
-    if (alpn !== ALPN_WEFT && alpn !== ALPN_H2) {
+    if (alpn !== ALPN_WEFT2 && alpn !== ALPN_WEFT && alpn !== ALPN_H2) {
       this.refuse("bad_alpn", "bad_alpn");
       return;
     }
@@ -250,7 +252,9 @@ class TunnelConnection {
       this.servePooled(peer);
       return;
     }
-    await new TunnelStream(o, rec, { stream: sock, raw: this.raw }, peer).start();
+    const side: SpliceSide = { stream: sock, raw: this.raw };
+    const answer = alpn === ALPN_WEFT2 ? statusAnswer(side, o.clock, o.timeouts.connect) : legacyAnswer(side);
+    await new TunnelStream(o, rec, side, peer, answer).start();
   }
 
   /** An HTTP/2 session from a peer sidecar that pools its connections: one TunnelStream per CONNECT. */
@@ -291,7 +295,8 @@ class TunnelConnection {
       }
       // Each stream is a connection for the listener's limit, so a peer cannot multiply its sessions'
       // 10,000 streams: over the limit, RST_STREAM REFUSED_STREAM (nothing was processed, RFC 9113
-      // §8.7), counted as the per-connection path counts a refused accept.
+      // §8.7: the client retries it elsewhere as `peer_over_limit`), counted as the per-connection
+      // path counts a refused accept.
       if (o.slots && !o.slots.tryAcquire()) {
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
         o.metrics.connectionsClosed.inc({
@@ -314,13 +319,13 @@ class TunnelConnection {
       srec.src = rec.src;
       srec.peerSerial = rec.peerSerial;
       srec.setPeer(peer);
-      stream.respond({ ":status": 200 });
+      // No response yet: the CONNECT is answered once the app accepted (or with the refusal).
       const side: SpliceSide = {
         stream,
         reset: () => resetStream(stream),
         resetByPeer: () => streamWasReset(stream),
       };
-      void new TunnelStream(o, srec, side, peer).start();
+      void new TunnelStream(o, srec, side, peer, connectAnswer(stream)).start();
     });
   }
 }
@@ -340,6 +345,7 @@ class TunnelStream {
     private readonly rec: ConnectionRecord,
     private readonly down: SpliceSide,
     private readonly peer: string,
+    private readonly answer: TunnelAnswer,
   ) {}
 
   private readonly onEarlyError = (err: NodeJS.ErrnoException): void => {
@@ -351,6 +357,19 @@ class TunnelStream {
     if (this.rec.phase === "proxy_header") this.close("proxy_header_truncated", "destroy");
     else this.close("downstream_reset", "destroy");
   };
+
+  /**
+   * Refuse the stream before the app got anything: the record ends with `reason`, the peer gets
+   * `refusal` as its answer (and retries elsewhere).
+   */
+  private refuse(reason: CloseReason, refusal: Refusal, err?: unknown): void {
+    this.timer?.cancel();
+    this.rec.finish(reason, err);
+    this.down.stream.removeListener("error", this.onEarlyError);
+    this.down.stream.removeListener("close", this.onEarlyClose);
+    this.appSocket?.destroy();
+    this.answer.refuse(refusal);
+  }
 
   private close(reason: CloseReason, how: "reset" | "destroy", err?: unknown): void {
     this.timer?.cancel();
@@ -413,8 +432,11 @@ class TunnelStream {
       }
       const err = new WeftError("E_POLICY_DENIED", decision.detail, { reason: decision.why });
       o.logger.warn({ conn_id: rec.id, peer_identity: peer, port, rule: decision.why }, err.message);
-      // A refused connection looks like a closed port to the client: a reset, not a clean end.
-      this.close(decision.reason, "reset", err);
+      this.refuse(
+        decision.reason,
+        decision.reason === "policy_denied" ? "policy_denied" : "port_not_allowed",
+        err,
+      );
       return;
     }
 
@@ -434,8 +456,9 @@ class TunnelStream {
     } catch (err) {
       deadline.cancel();
       if (rec.isFinished) return;
-      // The app refused: the peer gets a reset, as a client connecting to a closed port would.
-      this.close("app_connect_failed", "reset", err);
+      // The app refused or did not answer: so does the peer, and the client retries elsewhere.
+      const refused = isWeftError(err) && err.reason === "connect_refused";
+      this.refuse("app_connect_failed", refused ? "app_refused" : "app_unreachable", err);
       return;
     } finally {
       stream.removeListener("close", abortOnClose);
@@ -454,8 +477,70 @@ class TunnelStream {
     rec.phase = "streaming";
     stream.removeListener("error", this.onEarlyError);
     stream.removeListener("close", this.onEarlyClose);
+    // The app accepted: so does the peer, and only now (answer.ts).
+    this.answer.accept();
     this.splice = spliceConnection(rec, down, { stream: app, raw: app }, o, () => this.forced);
   }
+}
+
+/** How a tunnel stream answers its client (answer.ts): once, after the app accepted or with a refusal. */
+interface TunnelAnswer {
+  accept(): void;
+  /** The record is finished already; end the stream so that the client learns `refusal`. */
+  refuse(refusal: Refusal): void;
+}
+
+/** weft/1: no answer; a refusal is a reset, as a client connecting to a closed port would see. */
+function legacyAnswer(side: SpliceSide): TunnelAnswer {
+  return { accept: noop, refuse: () => resetSide(side) };
+}
+
+/**
+ * weft/2: the status message before the app's first byte. A refusal ends the TLS stream after it; what
+ * the client already sent is read and dropped until it closes, so our close is a FIN, never a reset that
+ * could overtake the status (bounded by `lingerMs`, then destroyed).
+ */
+function statusAnswer(side: SpliceSide, clock: Clock, lingerMs: number): TunnelAnswer {
+  return {
+    accept: () => side.stream.write(encodeStatus(undefined)),
+    refuse: (refusal) => {
+      const s = side.stream;
+      if (s.destroyed) return;
+      const timer = clock.setTimeout(() => {
+        s.destroy();
+        side.raw?.destroy();
+      }, lingerMs);
+      s.once("close", () => timer.cancel());
+      s.on("error", noop);
+      s.end(encodeStatus(refusal));
+      s.resume();
+    },
+  };
+}
+
+/** h2: the CONNECT response, 200 once the app accepted. */
+function connectAnswer(stream: http2.ServerHttp2Stream): TunnelAnswer {
+  return {
+    accept: () => {
+      if (!stream.destroyed && !stream.headersSent) stream.respond({ ":status": 200 });
+    },
+    refuse: (refusal) => refuseConnect(stream, refusal),
+  };
+}
+
+/**
+ * Refuse a CONNECT: the refusal as the response (END_STREAM), then RST_STREAM NO_ERROR (RFC 9113 §8.1:
+ * the response is complete, the request body is not wanted), which frees the stream at once and makes
+ * an older client that does not wait for the answer see a reset, as it used to.
+ */
+function refuseConnect(stream: http2.ServerHttp2Stream, refusal: Refusal): void {
+  if (stream.destroyed) return;
+  try {
+    if (!stream.headersSent) stream.respond(refusalHeaders(refusal), { endStream: true });
+  } catch {
+    // The stream or its session is going away; the close below still ends it.
+  }
+  stream.close(http2.constants.NGHTTP2_NO_ERROR);
 }
 
 function proxyHeaderReason(err: unknown): CloseReason {

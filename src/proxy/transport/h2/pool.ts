@@ -27,6 +27,7 @@ import type { Clock, TimerHandle } from "../../../core/clock.ts";
 import { isWeftError, WeftError } from "../../../core/errors.ts";
 import type { Logger } from "../../../core/log.ts";
 import { formatAddr } from "../../../discovery/types.ts";
+import { peerRefusal, readResponse } from "../answer.ts";
 import {
   type Connector,
   dialMtls,
@@ -162,7 +163,12 @@ export class PooledConnector implements Connector {
         mustOpen = true;
         continue;
       }
+      const where = formatAddr(ep.address, ep.tunnelPort);
       return {
+        answer: async (answerSignal) => {
+          const refused = await readResponse(stream, where, answerSignal);
+          if (refused) throw peerRefusal(refused, where);
+        },
         side: {
           stream,
           reset: () => resetStream(stream),
@@ -227,7 +233,7 @@ export class PooledConnector implements Connector {
     );
     let v: Awaited<ReturnType<typeof dialMtls>>;
     try {
-      v = await dialMtls(this.o, target, ctl.signal, ALPN_H2);
+      v = await dialMtls(this.o, target, ctl.signal, [ALPN_H2]);
     } finally {
       timer.cancel();
     }
