@@ -10,7 +10,7 @@
  * also keyEncipherment), EKU serverAuth + clientAuth, exactly one URI SAN, SKI, AKI. Signing certs =
  * CA:true (critical), keyCertSign + cRLSign (critical), URI SAN `spiffe://<td>` (no path), SKI, AKI.
  */
-import { KeyObject, randomBytes, X509Certificate } from "node:crypto";
+import { createPrivateKey, KeyObject, randomBytes, X509Certificate } from "node:crypto";
 import { type Clock, systemClock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
 import { checkCsrSignature, checkPublicKey } from "./key-policy.ts";
@@ -229,6 +229,51 @@ export class CertificateAuthority {
 
   bundlePem(): string {
     return this.material.bundlePem;
+  }
+
+  /**
+   * Throws E_CONFIG unless the material holds together: the signing key matches the intermediate, the
+   * intermediate is signed by a root of the bundle, and it is still valid. A directory caught in the
+   * middle of `meshca rotate` (files written one by one) fails this and is read again later.
+   */
+  checkConsistent(): void {
+    const inter = new X509Certificate(this.material.intermediateCertPem);
+    let keyMatches = false;
+    try {
+      keyMatches = inter.checkPrivateKey(createPrivateKey(this.material.intermediateKeyPem));
+    } catch {
+      keyMatches = false;
+    }
+    if (!keyMatches) {
+      throw new WeftError(
+        "E_CONFIG",
+        "intermediate-key.pem does not match intermediate.pem (a rotation in progress?)",
+        {
+          reason: "key_mismatch",
+        },
+      );
+    }
+    const roots = splitPemCertificates(this.material.bundlePem).map((p) => new X509Certificate(p));
+    if (!roots.some((r) => inter.checkIssued(r) && inter.verify(r.publicKey))) {
+      throw new WeftError(
+        "E_CONFIG",
+        "intermediate.pem is not signed by a root of bundle.pem (a rotation in progress?)",
+        {
+          reason: "untrusted_intermediate",
+        },
+      );
+    }
+    if (this.clock.now() >= this.intermediateNotAfter) {
+      throw new WeftError(
+        "E_CA_EXPIRED",
+        `the intermediate CA expired at ${new Date(this.intermediateNotAfter).toISOString()}`,
+      );
+    }
+  }
+
+  /** The intermediate that signs (PEM). */
+  signingCertPem(): string {
+    return this.material.intermediateCertPem;
   }
 
   private key(): Promise<CryptoKey> {

@@ -433,7 +433,11 @@ function lifetimeSoFar(chainPem: string, now: number): number {
 }
 
 function isTransient(err: WeftError): boolean {
-  return err.code === "E_CA_UNREACHABLE" && err.reason !== "server_untrusted";
+  return (
+    err.code === "E_CA_UNREACHABLE" &&
+    err.reason !== "server_untrusted" &&
+    err.reason !== "server_name_mismatch"
+  );
 }
 
 function asWeftError(err: unknown): WeftError {
@@ -569,6 +573,20 @@ function unreachable(err: Error, base: URL): WeftError {
   if (isWeftError(err))
     return new WeftError("E_CA_UNREACHABLE", err.message, { reason: "timeout", cause: err });
   const code = (err as NodeJS.ErrnoException).code ?? "";
+  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") {
+    const names = (err as { cert?: { subjectaltname?: string } }).cert?.subjectaltname ?? "";
+    const has = names
+      .split(/,\s*/)
+      .filter((n) => n.startsWith("DNS:") || n.startsWith("IP Address:"))
+      .map((n) => n.replace("IP Address:", ""))
+      .map((n) => n.replace("DNS:", ""));
+    return new WeftError(
+      "E_CA_UNREACHABLE",
+      `the CA server's certificate names ${has.join(", ") || "no DNS name or IP"}, not ${base.hostname.replace(/^\[|\]$/g, "")}; ` +
+        `start meshca serve with --san ${base.hostname.replace(/^\[|\]$/g, "")} or use one of those names in the CA URL`,
+      { reason: "server_name_mismatch", cause: err },
+    );
+  }
   if (UNTRUSTED_CODES.has(code)) {
     return new WeftError(
       "E_CA_UNREACHABLE",

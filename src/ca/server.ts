@@ -9,6 +9,14 @@
  *                                 token (only with `kubeJoin`; see kube-join.ts)
  *   GET  /v1/bundle               the trust bundle as PEM (`?format=json` or Accept: application/json for JSON)
  *   GET  /healthz                 liveness
+ *   GET  /metrics                 Prometheus metrics (CaMetrics), also on `metricsListen` over plain HTTP
+ *
+ * Availability against one hostile client: connections are capped per source address (IPv6 per /64)
+ * beside the global cap, and failed credential attempts (bad token, bad client certificate) spend a
+ * per-address budget; once it is spent the address gets 429 with Retry-After before its request is read
+ * (rate-limit.ts). Both are counted. With `loadCa`, the CA directory is re-read every
+ * `reloadIntervalMs`: after `meshca rotate` the new intermediate signs and the new bundle is served
+ * without a restart, and the server's own certificate is re-issued under it.
  *
  * The server asks for a client certificate but does not let TLS reject a missing or foreign one (a
  * workload with a token has no certificate yet); `/v1/renew` verifies the presented chain itself. Every
@@ -16,18 +24,22 @@
  * bytes never crash the process. Issued certificates are logged (ID, serial, expiry); keys, CSRs and
  * tokens never are.
  */
-import type { IncomingMessage, ServerResponse } from "node:http";
+
+import { X509Certificate } from "node:crypto";
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
 import { isIP } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Clock, TimerHandle } from "../core/clock.ts";
 import { type ErrorCode, errorMessage, isWeftError, WeftError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
+import { CaMetrics } from "../core/metrics.ts";
 import type { CertificateAuthority, IssuedCert } from "./authority.ts";
 import type { KubeJoinResult } from "./kube-join.ts";
+import { addressKey, FailureLimiter } from "./rate-limit.ts";
 import type { SpiffeId } from "./spiffe-id.ts";
 import type { TokenStore } from "./tokens.ts";
-import { parseBundle, verifySvid } from "./verify.ts";
+import { parseBundle, type TrustBundle, verifySvid } from "./verify.ts";
 
 /** Largest request body accepted: a CSR is ~1 KiB (RSA-3072 ~2 KiB); 64 KiB leaves room, nothing more. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -40,6 +52,10 @@ export const REQUEST_TIMEOUT_MS = 30_000;
 export const IDLE_TIMEOUT_MS = 30_000;
 export const KEEP_ALIVE_TIMEOUT_MS = 5_000;
 export const MAX_CONNECTIONS = 1024;
+/** Connections one source address (IPv6: one /64) may hold at once. */
+export const MAX_CONNECTIONS_PER_ADDRESS = 64;
+/** How often the CA directory is checked for a rotation (with `loadCa`). */
+export const RELOAD_INTERVAL_MS = 5_000;
 /** The server's own certificate lives this long and is replaced at half its life. */
 export const SERVER_CERT_TTL_MS = 7 * 86_400_000;
 
@@ -67,6 +83,16 @@ export interface CaServerOptions {
   maxConnections?: number;
   /** Kubernetes join (`/v1/sign/kubernetes`): checks a projected service-account token. */
   kubeJoin?: { authenticate(token: string): Promise<KubeJoinResult> };
+  maxConnectionsPerAddress?: number;
+  /** Failed credential attempts one address may make at once, and how often one more is allowed. */
+  failureBurst?: number;
+  failureRefillMs?: number;
+  /** Re-reads the CA directory; the server swaps to what it returns when it changed. */
+  loadCa?: () => Promise<CertificateAuthority>;
+  reloadIntervalMs?: number;
+  /** Also serve GET /metrics over plain HTTP here (`host:port`), for scrapers without the bundle. */
+  metricsListen?: string | ListenAddress;
+  metrics?: CaMetrics;
 }
 
 export interface CaServerStats {
@@ -81,6 +107,11 @@ export interface CaServer {
   readonly port: number;
   /** Certificates issued and requests refused since start. */
   stats(): CaServerStats;
+  readonly metrics: CaMetrics;
+  /** Where the plain-HTTP metrics listener is bound, when `metricsListen` was given. */
+  readonly metricsPort: number | undefined;
+  /** Check the CA directory now (what the reload timer does); resolves true when the CA changed. */
+  reloadCa(): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -164,7 +195,42 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   E_KUBE_UNREACHABLE: 503,
   E_KUBE_RBAC: 503,
   E_KUBE_API: 503,
+  E_RATE_LIMITED: 429,
+  E_REVOKED: 403,
 };
+
+/** Refusals that spend the caller's failure budget: it tried a credential that does not hold. */
+const CREDENTIAL_FAILURES = new Set<ErrorCode>([
+  "E_TOKEN_INVALID",
+  "E_TOKEN_EXPIRED",
+  "E_TOKEN_USED",
+  "E_TOKEN_MISMATCH",
+  "E_SVID",
+  "E_RENEW_IDENTITY",
+  "E_REVOKED",
+]);
+
+/** What the server signs and verifies with; replaced as a whole when the CA directory changes. */
+interface Signing {
+  readonly ca: CertificateAuthority;
+  readonly bundlePem: string;
+  readonly bundle: TrustBundle;
+  readonly bundleRootsDer: ReadonlySet<string>;
+  /** Identifies the material: the bundle and the signing certificate. */
+  readonly key: string;
+}
+
+function signingState(ca: CertificateAuthority): Signing {
+  const bundlePem = ca.bundlePem();
+  const bundle = parseBundle(bundlePem, ca.trustDomain);
+  return {
+    ca,
+    bundlePem,
+    bundle,
+    bundleRootsDer: new Set(bundle.roots.map((r) => r.raw.toString("base64"))),
+    key: `${bundlePem}\n${ca.signingCertPem()}`,
+  };
+}
 
 const ROUTES = new Map<string, string[]>([
   ["/v1/sign", ["POST"]],
@@ -172,24 +238,30 @@ const ROUTES = new Map<string, string[]>([
   ["/v1/sign/kubernetes", ["POST"]],
   ["/v1/bundle", ["GET", "HEAD"]],
   ["/healthz", ["GET", "HEAD"]],
+  ["/metrics", ["GET", "HEAD"]],
 ]);
 
 /** Starts the CA server; resolves once it listens (the real port is in `port`). */
 export async function createCaServer(options: CaServerOptions): Promise<CaServer> {
-  const { ca, tokens, clock } = options;
+  const { tokens, clock } = options;
   const log = options.logger.child({ component: "ca-server" });
+  const metrics = options.metrics ?? new CaMetrics();
+  let signing = signingState(options.ca);
+  const limiter = new FailureLimiter({
+    clock,
+    ...(options.failureBurst !== undefined ? { burst: options.failureBurst } : {}),
+    ...(options.failureRefillMs !== undefined ? { refillMs: options.failureRefillMs } : {}),
+  });
+  const maxPerAddress = options.maxConnectionsPerAddress ?? MAX_CONNECTIONS_PER_ADDRESS;
   const listen = typeof options.listen === "string" ? parseListenAddress(options.listen) : options.listen;
   const sans = serverSans(listen.host, options.sans);
   const maxBody = options.maxBodyBytes ?? MAX_BODY_BYTES;
   const serverCertTtlMs = options.serverCertTtlMs ?? SERVER_CERT_TTL_MS;
   const counters: CaServerStats = { issued: 0, refused: 0 };
-  const bundlePem = ca.bundlePem();
-  const bundle = parseBundle(bundlePem, ca.trustDomain);
-  const bundleRootsDer = new Set(bundle.roots.map((r) => r.raw.toString("base64")));
 
   const headersTimeoutMs = options.headersTimeoutMs ?? HEADERS_TIMEOUT_MS;
   const requestTimeoutMs = Math.max(options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS, headersTimeoutMs);
-  const serverIdentity = await ca.issueServer({ ...sans, ttlMs: serverCertTtlMs });
+  let serverIdentity = await signing.ca.issueServer({ ...sans, ttlMs: serverCertTtlMs });
   const server: Server = createServer(
     {
       key: serverIdentity.keyPem,
@@ -215,6 +287,29 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
   server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
   server.maxHeadersCount = 64;
   server.maxConnections = options.maxConnections ?? MAX_CONNECTIONS;
+  // The per-address cap, beside the global one: `connection` carries the raw TCP socket, before TLS.
+  const perAddress = new Map<string, number>();
+  const openSockets = new Set<import("node:net").Socket>();
+  server.on("connection", (socket: import("node:net").Socket) => {
+    const key = addressKey(socket.remoteAddress);
+    const held = perAddress.get(key) ?? 0;
+    if (held >= maxPerAddress) {
+      metrics.connectionsRefused.inc({ reason: "per_address_limit" });
+      socket.destroy();
+      return;
+    }
+    perAddress.set(key, held + 1);
+    openSockets.add(socket);
+    metrics.connectionsActive.inc();
+    socket.once("close", () => {
+      openSockets.delete(socket);
+      metrics.connectionsActive.dec();
+      const left = (perAddress.get(key) ?? 1) - 1;
+      if (left <= 0) perAddress.delete(key);
+      else perAddress.set(key, left);
+    });
+  });
+  server.on("drop", () => metrics.connectionsRefused.inc({ reason: "global_limit" }));
   server.setTimeout(IDLE_TIMEOUT_MS, (socket) => socket.destroy());
   server.on("tlsClientError", (err) => log.debug({ err: errorMessage(err) }, "tls handshake failed"));
   server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
@@ -243,10 +338,13 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
   const scheduleServerCert = (notAfter: Date) => {
     const delay = Math.max(60_000, (notAfter.getTime() - clock.now()) / 2);
     rotation = clock.setTimeout(() => {
-      ca.issueServer({ ...sans, ttlMs: serverCertTtlMs })
+      signing.ca
+        .issueServer({ ...sans, ttlMs: serverCertTtlMs })
         .then((next) => {
           if (closed) return;
-          server.setSecureContext({ key: next.keyPem, cert: next.chainPem });
+          server.setSecureContext(serverContext(next));
+          serverIdentity = next;
+          publishExpiry();
           log.info(
             { serial: next.serial, not_after: next.notAfter.toISOString() },
             "server certificate renewed",
@@ -260,6 +358,83 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
     }, delay);
   };
   scheduleServerCert(serverIdentity.notAfter);
+
+  function serverContext(identity: { keyPem: string; chainPem: string }) {
+    return { key: identity.keyPem, cert: identity.chainPem, minVersion: "TLSv1.2" as const };
+  }
+
+  /** The expiry gauges of the CA's own certificates. */
+  function publishExpiry(): void {
+    metrics.certExpiry.reset();
+    const stamp = (pem: string) => new X509Certificate(pem);
+    for (const root of signing.bundle.roots) {
+      metrics.certExpiry.set(
+        { cert: "root", serial: root.serialNumber.toLowerCase() },
+        Math.floor(Date.parse(root.validTo) / 1000),
+      );
+    }
+    const inter = stamp(signing.ca.signingCertPem());
+    metrics.certExpiry.set(
+      { cert: "intermediate", serial: inter.serialNumber.toLowerCase() },
+      Math.floor(Date.parse(inter.validTo) / 1000),
+    );
+    metrics.certExpiry.set(
+      { cert: "server", serial: serverIdentity.serial },
+      Math.floor(serverIdentity.notAfter.getTime() / 1000),
+    );
+  }
+  publishExpiry();
+
+  // After `meshca rotate` the directory holds a new intermediate (and bundle): sign with it from now on.
+  let reloadTimer: TimerHandle | undefined;
+  let lastReloadError: string | undefined;
+  async function reloadCa(): Promise<boolean> {
+    if (!options.loadCa || closed) return false;
+    let next: Signing;
+    try {
+      const ca = await options.loadCa();
+      if (ca.trustDomain !== signing.ca.trustDomain) {
+        throw new WeftError(
+          "E_CONFIG",
+          `the CA directory now serves trust domain ${ca.trustDomain}, not ${signing.ca.trustDomain}; restart meshca serve to switch`,
+        );
+      }
+      next = signingState(ca);
+    } catch (err) {
+      const msg = errorMessage(err);
+      if (msg !== lastReloadError)
+        log.error({ err: msg }, "cannot reload the CA directory; still signing with the loaded CA");
+      lastReloadError = msg;
+      metrics.caReloads.inc({ outcome: "failed" });
+      return false;
+    }
+    lastReloadError = undefined;
+    if (next.key === signing.key) return false;
+    const identity = await next.ca.issueServer({ ...sans, ttlMs: serverCertTtlMs });
+    if (closed) return false;
+    signing = next;
+    server.setSecureContext(serverContext(identity));
+    serverIdentity = identity;
+    rotation?.cancel();
+    scheduleServerCert(identity.notAfter);
+    publishExpiry();
+    metrics.caReloads.inc({ outcome: "reloaded" });
+    log.info(
+      {
+        intermediate_serial: new X509Certificate(next.ca.signingCertPem()).serialNumber.toLowerCase(),
+        roots: next.bundle.roots.length,
+      },
+      "signing CA reloaded from its directory",
+    );
+    return true;
+  }
+  const scheduleReload = () => {
+    if (!options.loadCa || closed) return;
+    reloadTimer = clock.setTimeout(() => {
+      void reloadCa().finally(scheduleReload);
+    }, options.reloadIntervalMs ?? RELOAD_INTERVAL_MS);
+  };
+  scheduleReload();
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const remote = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
@@ -296,17 +471,43 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
         remote,
       );
     }
+    const source = addressKey(req.socket.remoteAddress);
     try {
       if (path === "/healthz") {
         req.resume();
         return sendJson(res, 200, { ok: true });
       }
+      if (path === "/metrics") {
+        req.resume();
+        return send(res, 200, "text/plain; version=0.0.4", await metrics.render());
+      }
       if (path === "/v1/bundle") {
         req.resume();
         const wantsJson =
           query.get("format") === "json" || /application\/json/.test(req.headers.accept ?? "");
-        if (wantsJson) return sendJson(res, 200, { trustDomain: ca.trustDomain, bundle: bundlePem });
-        return send(res, 200, "application/x-pem-file", bundlePem);
+        if (wantsJson)
+          return sendJson(res, 200, { trustDomain: signing.ca.trustDomain, bundle: signing.bundlePem });
+        return send(res, 200, "application/x-pem-file", signing.bundlePem);
+      }
+      // A spent failure budget is answered before anything of the request is read or checked.
+      const waitMs = limiter.retryAfterMs(source);
+      if (waitMs > 0) {
+        req.resume();
+        if (path === "/v1/sign") metrics.tokenAttempts.inc({ outcome: "rate_limited" });
+        const seconds = Math.max(1, Math.ceil(waitMs / 1000));
+        return refuse(
+          res,
+          new HttpError(
+            429,
+            new WeftError(
+              "E_RATE_LIMITED",
+              `too many failed attempts from ${source}; retry in ${seconds} s`,
+              { reason: "rate_limited" },
+            ),
+            { "Retry-After": String(seconds) },
+          ),
+          remote,
+        );
       }
       const body = await readJsonBody(req, maxBody);
       const issued =
@@ -316,6 +517,10 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
             ? await signWithKubeToken(body)
             : await renew(req, body);
       counters.issued += 1;
+      metrics.issued.inc({
+        via: path === "/v1/sign" ? "token" : path === "/v1/sign/kubernetes" ? "kubernetes" : "renew",
+      });
+      if (path === "/v1/sign") metrics.tokenAttempts.inc({ outcome: "ok" });
       log.info(
         {
           spiffe_id: issued.cert.id.toString(),
@@ -336,6 +541,10 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
     } catch (err) {
       if (err instanceof HttpError) return refuse(res, err, remote);
       if (isWeftError(err)) {
+        if (CREDENTIAL_FAILURES.has(err.code)) limiter.fail(source);
+        if (path === "/v1/sign" && err.code.startsWith("E_TOKEN_")) {
+          metrics.tokenAttempts.inc({ outcome: err.reason });
+        }
         const status = STATUS_BY_CODE[err.code];
         if (status !== undefined) return refuse(res, new HttpError(status, err), remote);
       }
@@ -348,6 +557,7 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
     const token = stringField(body, "token", 256);
     rejectUnknownFields(body, ["csr", "token"]);
     // Check the CSR (signature, shape) before the token, so a broken CSR never spends it.
+    const { ca } = signing;
     const requested = await ca.inspectCsr(csr);
     const use = await tokens.consume(token, requested);
     try {
@@ -380,6 +590,7 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
     const csr = stringField(body, "csr", 32 * 1024);
     const token = stringField(body, "token", 16 * 1024);
     rejectUnknownFields(body, ["csr", "token"]);
+    const { ca } = signing;
     await ca.inspectCsr(csr);
     const entitled = await options.kubeJoin.authenticate(token);
     const cert = await ca.signCsr(csr, {
@@ -404,7 +615,7 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
     const csr = stringField(body, "csr", 32 * 1024);
     rejectUnknownFields(body, ["csr"]);
     const presented = presentedIdentity(req.socket as TLSSocket);
-    const cert = await ca.signCsr(csr, {
+    const cert = await signing.ca.signCsr(csr, {
       authorize: (id) => {
         if (!id.equals(presented)) {
           throw new WeftError(
@@ -434,13 +645,14 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
       if (seen.has(key)) break;
       seen.add(key);
       // A client may send the root too; the verifier anchors on the bundle, so leave roots out.
-      if (!bundleRootsDer.has(key)) chain.push(cert.raw);
+      if (!signing.bundleRootsDer.has(key)) chain.push(cert.raw);
     }
-    return verifySvid(chain, bundle, { now: new Date(clock.now()), role: "client" });
+    return verifySvid(chain, signing.bundle, { now: new Date(clock.now()), role: "client" });
   }
 
   function refuse(res: ServerResponse, err: HttpError, remote: string): void {
     counters.refused += 1;
+    metrics.refused.inc({ status: String(err.status), reason: err.error.reason });
     log.warn(
       { status: err.status, code: err.error.code, reason: err.error.reason, remote },
       "request refused",
@@ -468,19 +680,73 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
           ? `[${listen.host}]`
           : listen.host;
   const url = `https://${urlHost}:${port}`;
-  log.info({ url, trust_domain: ca.trustDomain, sans }, "ca server listening");
+  log.info({ url, trust_domain: signing.ca.trustDomain, sans }, "ca server listening");
+
+  let metricsServer: import("node:http").Server | undefined;
+  let metricsPort: number | undefined;
+  if (options.metricsListen !== undefined) {
+    const at =
+      typeof options.metricsListen === "string"
+        ? parseListenAddress(options.metricsListen)
+        : options.metricsListen;
+    const plain = createHttpServer((req, res) => {
+      req.resume();
+      if ((req.url ?? "").split("?")[0] !== "/metrics") {
+        res.writeHead(404).end();
+        return;
+      }
+      metrics.render().then(
+        (text) => send(res, 200, "text/plain; version=0.0.4", text),
+        () => res.writeHead(500).end(),
+      );
+    });
+    plain.headersTimeout = headersTimeoutMs;
+    plain.requestTimeout = requestTimeoutMs;
+    plain.maxConnections = 64;
+    metricsServer = plain;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        plain.once("error", reject);
+        plain.listen(at.port, at.host, () => {
+          plain.off("error", reject);
+          resolve();
+        });
+      });
+    } catch (err) {
+      closed = true;
+      rotation?.cancel();
+      reloadTimer?.cancel();
+      server.close();
+      server.closeAllConnections();
+      throw new WeftError(
+        "E_USAGE",
+        `cannot listen for metrics on ${at.host}:${at.port}: ${errorMessage(err)}`,
+      );
+    }
+    plain.on("error", (err) => log.error({ err: errorMessage(err) }, "metrics listener error"));
+    const a = plain.address();
+    metricsPort = typeof a === "object" && a ? a.port : at.port;
+  }
 
   return {
     url,
     host: listen.host,
     port,
+    metrics,
+    metricsPort,
+    reloadCa,
     stats: () => ({ ...counters }),
     close: () =>
       new Promise<void>((resolve) => {
         closed = true;
         rotation?.cancel();
+        reloadTimer?.cancel();
+        metricsServer?.close();
+        metricsServer?.closeAllConnections();
         server.close(() => resolve());
         server.closeAllConnections();
+        // Connections still in their TLS handshake are not HTTP connections yet.
+        for (const sock of openSockets) sock.destroy();
       }),
   };
 }

@@ -28,6 +28,8 @@ export const ERROR_CODES = {
   E_RENEW_IDENTITY: "renewal asked for an identity other than the one presented",
   E_REQUEST: "the request is malformed",
   E_CA_UNREACHABLE: "the CA server could not be reached",
+  E_RATE_LIMITED: "too many failed attempts from this address; retry later",
+  E_REVOKED: "the certificate is revoked or was replaced by a renewal",
   // data plane
   E_POLICY_DENIED: "the peer's identity may not reach this destination",
   E_NO_ROUTE: "no service owns the destination",

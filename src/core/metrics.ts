@@ -280,3 +280,64 @@ export class WeftMetrics {
     return matches.reduce((sum, v) => sum + v.value, 0);
   }
 }
+
+/**
+ * The CA server's metrics (`meshca serve`, GET /metrics): issuance, refusals by reason, join-token
+ * attempts by outcome, connections refused by the per-address and global caps, revocations, and the
+ * expiry of the CA's own certificates. Its own Registry, like WeftMetrics. Labels are bounded: reasons
+ * and outcomes are fixed sets, `cert` is root/intermediate/server and `serial` names only the CA's own.
+ */
+export class CaMetrics {
+  readonly registry = new Registry();
+
+  readonly issued = new Counter({
+    name: "meshca_certificates_issued_total",
+    help: "Workload certificates issued, by how the caller proved itself (token = first certificate, renew = renewal).",
+    labelNames: ["via"] as const,
+    registers: [this.registry],
+  });
+  readonly refused = new Counter({
+    name: "meshca_requests_refused_total",
+    help: "Requests refused, by HTTP status and reason (bad token, weak key, revoked, rate limited, ...).",
+    labelNames: ["status", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly tokenAttempts = new Counter({
+    name: "meshca_token_attempts_total",
+    help: "Join-token requests to /v1/sign, by outcome (ok, or the refusal's reason; rate_limited when refused unread).",
+    labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsRefused = new Counter({
+    name: "meshca_connections_refused_total",
+    help: "TCP connections closed at accept: per_address_limit (one source holds too many) or global_limit.",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsActive = new Gauge({
+    name: "meshca_connections_active",
+    help: "Connections open to the CA server now.",
+    registers: [this.registry],
+  });
+  readonly revokedSerials = new Gauge({
+    name: "meshca_revoked_serials",
+    help: "Revoked certificates not yet expired (the list served with the bundle).",
+    registers: [this.registry],
+  });
+  readonly caReloads = new Counter({
+    name: "meshca_ca_reloads_total",
+    help: "Times the signing CA was reloaded from its directory (after meshca rotate), by outcome.",
+    labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
+  readonly certExpiry = new Gauge({
+    name: "meshca_certificate_expiry_timestamp_seconds",
+    help: "notAfter of the CA's own certificates: each root of the bundle, the intermediate, the server certificate.",
+    labelNames: ["cert", "serial"] as const,
+    registers: [this.registry],
+  });
+
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

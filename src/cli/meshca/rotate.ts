@@ -19,7 +19,7 @@ export function registerRotate(program: Command, ctx: MeshcaContext): void {
       help([
         "meshca rotate intermediate",
         "meshca rotate root          # then distribute the new bundle: meshca bundle --out ... --force",
-        "# restart meshca serve afterwards so it signs with the new CA",
+        "# a running meshca serve signs with the new CA within 5 s",
       ]),
     )
     .action(async (which: string, opts: { rootTtl?: number; intermediateTtl?: number; dir: string }) => {
