@@ -31,7 +31,7 @@ import { createServer, type Server } from "node:https";
 import { isIP } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Clock, TimerHandle } from "../core/clock.ts";
-import { type ErrorCode, errorMessage, isWeftError, WeftError } from "../core/errors.ts";
+import { type ErrorCode, errorMessage, isWeftError, listenError, WeftError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { CaMetrics } from "../core/metrics.ts";
 import type { CertificateAuthority, IssuedCert } from "./authority.ts";
@@ -662,9 +662,11 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
   }
 
   await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
+    const onError = (err: Error) =>
+      reject(listenError("the CA server", listen.host, listen.port, "--listen", err));
+    server.once("error", onError);
     server.listen(listen.port, listen.host, () => {
-      server.off("error", reject);
+      server.off("error", onError);
       resolve();
     });
   });

@@ -4,11 +4,13 @@
  */
 import { systemClock } from "../core/clock.ts";
 import { createLogger, type LogLevel } from "../core/log.ts";
+import { exitQuietlyOnClosedPipe } from "./conventions.ts";
 import { runMeshca } from "./meshca.ts";
 
 const LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 const level = process.env.WEFT_LOG_LEVEL;
 
+exitQuietlyOnClosedPipe(process.stdout);
 process.exitCode = await runMeshca(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,

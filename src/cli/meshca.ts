@@ -9,7 +9,7 @@
  */
 import { Command, CommanderError } from "commander";
 import { errorMessage, isWeftError } from "../core/errors.ts";
-import { versionLine } from "./conventions.ts";
+import { applyConventions, errorLine, missingCommandLine, versionLine } from "./conventions.ts";
 import { registerBundle } from "./meshca/bundle.ts";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, help, type MeshcaDeps, meshcaContext } from "./meshca/context.ts";
 import { registerExport } from "./meshca/export-p12.ts";
@@ -63,6 +63,7 @@ export function buildMeshcaProgram(deps: MeshcaDeps): Command {
   ]) {
     register(program, ctx);
   }
+  applyConventions(program, deps.stdout);
   return program;
 }
 
@@ -83,9 +84,10 @@ function exitCodeFor(e: unknown, deps: MeshcaDeps): number {
     // because a command group was given without its subcommand, which is a usage error.
     if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return EXIT_OK;
     if (e.code === "commander.executeSubCommandAsync") return e.exitCode;
+    const line = missingCommandLine("meshca", e.code);
+    if (line) deps.stderr.write(`${line}\n`);
     return EXIT_USAGE;
   }
-  const line = errorMessage(e).replaceAll(/\s*\n\s*/g, " ");
-  deps.stderr.write(`meshca: ${line}\n`);
+  deps.stderr.write(`${errorLine("meshca", e)}\n`);
   return isWeftError(e, "E_USAGE") ? EXIT_USAGE : EXIT_FAILURE;
 }

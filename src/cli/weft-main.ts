@@ -4,6 +4,7 @@
  * ends the process). Exit codes 0 ok, 1 failure, 2 usage.
  */
 import { systemClock } from "../core/clock.ts";
+import { exitQuietlyOnClosedPipe } from "./conventions.ts";
 import { runWeft } from "./weft.ts";
 
 // From the first instant: SIGHUP's default action would end the process (before the sidecar is up too).
@@ -12,6 +13,7 @@ process.on("SIGHUP", () => {
   for (const l of reloadListeners) l();
 });
 
+exitQuietlyOnClosedPipe(process.stdout);
 process.exitCode = await runWeft(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,

@@ -17,15 +17,24 @@ import { createDiscovery } from "../discovery/index.ts";
 import { HttpsKubeApi } from "../k8s/client.ts";
 import { resolveConnection } from "../k8s/config.ts";
 import {
+  buildRules,
   DEFAULT_IPTABLES_OPTIONS,
   type IptablesBackend,
+  type IptablesOptions,
   runIptablesCommand,
 } from "../proxy/capture/iptables.ts";
 import { ConfigReloader } from "../proxy/config-reload.ts";
 import { Sidecar } from "../proxy/sidecar.ts";
 import { tuneMalloc } from "../runtime/malloc-tuning.ts";
 import { missingNodeFlags } from "../runtime/node-flags.ts";
-import { versionLine } from "./conventions.ts";
+import {
+  applyConventions,
+  errorLine,
+  jsonOption,
+  missingCommandLine,
+  versionLine,
+  writeJson,
+} from "./conventions.ts";
 import { runValidate, type ValidateOptions } from "./validate.ts";
 import { registerKubernetesCommands } from "./weft-k8s.ts";
 
@@ -250,36 +259,42 @@ Examples:
 ${EXIT_CODES}`,
       );
   for (const action of ["install", "uninstall", "print"] as const) {
-    common(ipt.command(action).description(`${action} Weft's nat rules`)).action(
-      async (o: Record<string, string | boolean>) => {
-        const num = (k: string) => {
-          const n = Number(o[k]);
-          if (!Number.isInteger(n) || n < 0 || n > 65535)
-            throw new WeftError("E_USAGE", `--${k} "${o[k]}" is not a number`);
-          return n;
-        };
-        const include = String(o.includeInboundPorts);
-        const text = await runIptablesCommand(action, {
-          proxyUid: num("proxyUid"),
-          outboundPort: num("outboundPort"),
-          inboundPort: num("inboundPort"),
-          tunnelPort: num("tunnelPort"),
-          adminPort: num("adminPort"),
-          excludeOutboundPorts: ports(String(o.excludeOutboundPorts)),
-          excludeInboundPorts: ports(String(o.excludeInboundPorts)),
-          excludeOutboundCidrs: String(o.excludeOutboundCidrs)
-            .split(",")
-            .map((c) => c.trim())
-            .filter(Boolean),
-          includeInbound: include === "*" ? "*" : ports(include),
-          ipv6: o.ipv6 !== false,
-          backend: o.backend as IptablesBackend,
-        });
-        deps.stdout.write(text);
-      },
-    );
+    const cmd = common(ipt.command(action).description(`${action} Weft's nat rules`));
+    if (action === "print") cmd.addOption(jsonOption());
+    cmd.action(async (o: Record<string, string | boolean>) => {
+      const num = (k: string) => {
+        const n = Number(o[k]);
+        if (!Number.isInteger(n) || n < 0 || n > 65535)
+          throw new WeftError("E_USAGE", `--${k} "${o[k]}" is not a number`);
+        return n;
+      };
+      const include = String(o.includeInboundPorts);
+      const options: Partial<IptablesOptions> = {
+        proxyUid: num("proxyUid"),
+        outboundPort: num("outboundPort"),
+        inboundPort: num("inboundPort"),
+        tunnelPort: num("tunnelPort"),
+        adminPort: num("adminPort"),
+        excludeOutboundPorts: ports(String(o.excludeOutboundPorts)),
+        excludeInboundPorts: ports(String(o.excludeInboundPorts)),
+        excludeOutboundCidrs: String(o.excludeOutboundCidrs)
+          .split(",")
+          .map((c) => c.trim())
+          .filter(Boolean),
+        includeInbound: include === "*" ? "*" : ports(include),
+        ipv6: o.ipv6 !== false,
+        backend: o.backend as IptablesBackend,
+      };
+      if (o.json) {
+        const rules = buildRules(options);
+        writeJson(deps.stdout, { ipv4: rules.v4, ipv6: rules.v6 || null });
+        return;
+      }
+      deps.stdout.write(await runIptablesCommand(action, options));
+    });
   }
   registerKubernetesCommands(program, deps, EXIT_CODES);
+  applyConventions(program, deps.stdout);
   return program;
 }
 
@@ -293,6 +308,8 @@ export async function runWeft(argv: readonly string[], deps: WeftDeps): Promise<
     if (err instanceof CommanderError) {
       if (err.code === "commander.helpDisplayed" || err.code === "commander.version" || err.exitCode === 0)
         return 0;
+      const line = missingCommandLine("weft", err.code);
+      if (line) deps.stderr.write(`${line}\n`);
       return 2;
     }
     if (err instanceof ExitCode) return err.exitCode;
@@ -301,11 +318,7 @@ export async function runWeft(argv: readonly string[], deps: WeftDeps): Promise<
       for (const i of err.issues) deps.stderr.write(`  ${i.key}: ${i.message}\n`);
       return 1;
     }
-    if (err instanceof WeftError && err.code === "E_USAGE") {
-      deps.stderr.write(`weft: ${err.message}\n`);
-      return 2;
-    }
-    deps.stderr.write(`weft: ${errorMessage(err)}\n`);
-    return 1;
+    deps.stderr.write(`${errorLine("weft", err)}\n`);
+    return err instanceof WeftError && err.code === "E_USAGE" ? 2 : 1;
   }
 }

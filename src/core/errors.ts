@@ -9,6 +9,9 @@ export const ERROR_CODES = {
   E_CONFIG: "configuration is invalid",
   E_USAGE: "command-line usage is wrong",
   E_IO: "a file could not be read or written",
+  E_ADDR_IN_USE: "a port to listen on is taken by another process",
+  E_LISTEN: "a socket could not listen (permission, no such address)",
+  E_INTERNAL: "an unexpected failure (a defect: report it)",
   E_EXISTS: "refusing to overwrite existing material",
   // SPIFFE IDs
   E_SPIFFE_ID: "a SPIFFE ID breaks a rule of the SPIFFE-ID spec",
@@ -102,4 +105,41 @@ export function isRoutineSocketError(err: unknown): boolean {
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);
+}
+
+/**
+ * A failed listen() as a WeftError that says what to change: `what` names the listener ("the admin
+ * server"), `setting` the config key or option that moves it (`listeners.admin.port`, `--listen`).
+ */
+export function listenError(
+  what: string,
+  address: string,
+  port: number,
+  setting: string,
+  err: unknown,
+): WeftError {
+  const at = `${what} cannot listen on ${address.includes(":") ? `[${address}]` : address}:${port}`;
+  const options = { reason: "listen_failed", cause: err };
+  switch ((err as { code?: unknown } | null)?.code) {
+    case "EADDRINUSE":
+      return new WeftError(
+        "E_ADDR_IN_USE",
+        `${at}: the port is in use by another process; stop that process (ss -ltnp 'sport = :${port}' names it) or set ${setting} to a free port`,
+        options,
+      );
+    case "EACCES":
+      return new WeftError(
+        "E_LISTEN",
+        `${at}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE, so set ${setting} to 1024 or above`,
+        options,
+      );
+    case "EADDRNOTAVAIL":
+      return new WeftError(
+        "E_LISTEN",
+        `${at}: no interface of this host has the address ${address}; set ${setting} to one of its addresses (or 0.0.0.0)`,
+        options,
+      );
+    default:
+      return new WeftError("E_LISTEN", `${at}: ${errorMessage(err)}; check ${setting}`, options);
+  }
 }

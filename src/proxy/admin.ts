@@ -8,6 +8,7 @@
  * method or path is refused.
  */
 import http from "node:http";
+import { listenError } from "../core/errors.ts";
 import { LOG_LEVELS, type Logger, type LogLevel } from "../core/log.ts";
 import type { WeftMetrics } from "../core/metrics.ts";
 import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
@@ -68,9 +69,19 @@ export class AdminServer {
 
   listen(): Promise<SocketAddr> {
     return new Promise((resolve, reject) => {
-      this.server.once("error", reject);
+      const onError = (err: Error) =>
+        reject(
+          listenError(
+            "the admin server",
+            this.options.address,
+            this.options.port,
+            "listeners.admin.port",
+            err,
+          ),
+        );
+      this.server.once("error", onError);
       this.server.listen({ host: this.options.address, port: this.options.port }, () => {
-        this.server.removeListener("error", reject);
+        this.server.removeListener("error", onError);
         this.server.on("error", (err) => this.options.logger.warn({ err }, "admin server error"));
         const a = this.server.address() as { address: string; port: number };
         resolve({ address: normalizeAddress(a.address), port: a.port });

@@ -408,7 +408,13 @@ export class Sidecar {
     const reserved = this.live.inbound.reservedPorts as number[];
     const add = (
       name: string,
-      opts: { address: string; port: number; maxConnections: number; highWaterMark?: number },
+      opts: {
+        address: string;
+        port: number;
+        maxConnections: number;
+        highWaterMark?: number;
+        setting?: string;
+      },
       onConnection: (s: import("node:net").Socket) => void,
       key = name,
     ): Listener => {
@@ -499,6 +505,7 @@ export class Sidecar {
         {
           address: e.listen.address,
           port: e.listen.port,
+          setting: `listeners.explicit[${i}].listen`,
           maxConnections: e.maxConnections,
           highWaterMark: c.limits.earlyDataBytes,
         },

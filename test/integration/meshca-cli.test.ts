@@ -12,49 +12,13 @@ import { test } from "node:test";
 import { promisify } from "node:util";
 import { createCsr } from "../../src/ca/authority.ts";
 import { SpiffeId } from "../../src/ca/spiffe-id.ts";
-import { type MeshcaDeps, runMeshca } from "../../src/cli/meshca.ts";
-import { ManualClock } from "../../src/core/clock.ts";
+import { runMeshca } from "../../src/cli/meshca.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
+import { type CliResult as Result, meshcaWorkspace as workspace } from "../helpers/cli.ts";
 
 const run = promisify(execFile);
 const REPO = resolve(import.meta.dirname, "../..");
 const WEB = "spiffe://weft.local/ns/default/sa/web";
-
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function workspace(t: import("node:test").TestContext) {
-  const cwd = await mkdtemp(join(tmpdir(), "weft-meshca-"));
-  t.after(() => rm(cwd, { recursive: true, force: true }));
-  // Whole seconds: X.509 times have no milliseconds, so countdowns come out exact.
-  const clock = new ManualClock(Math.floor(Date.now() / 1000) * 1000);
-  const env: Record<string, string | undefined> = {};
-  const meshca = async (...argv: string[]): Promise<Result> => {
-    let stdout = "";
-    let stderr = "";
-    const deps: MeshcaDeps = {
-      stdout: { write: (s: string) => (stdout += s) },
-      stderr: { write: (s: string) => (stderr += s) },
-      clock,
-      cwd,
-      env,
-      logger: new MemoryLogger(),
-      waitForShutdown: () => Promise.resolve(),
-    };
-    const code = await runMeshca(argv, deps);
-    return { code, stdout, stderr };
-  };
-  const ok = async (...argv: string[]) => {
-    const r = await meshca(...argv);
-    assert.equal(r.code, 0, `meshca ${argv.join(" ")} failed: ${r.stderr}`);
-    return r;
-  };
-  const p = (...parts: string[]) => join(cwd, ...parts);
-  return { cwd, clock, env, meshca, ok, p };
-}
 
 function assertOneLineError(r: Result, code: number, pattern: RegExp) {
   assert.equal(r.code, code, `expected exit ${code}, got ${r.code}: ${r.stderr}`);

@@ -8,22 +8,12 @@ import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { type TestContext, test } from "node:test";
-import { runWeft } from "../../src/cli/weft.ts";
-import { systemClock } from "../../src/core/clock.ts";
 import { SIDECAR_NODE_FLAGS } from "../../src/runtime/node-flags.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { weftCli } from "../helpers/cli.ts";
 import { identityDir, writeIdentity } from "../helpers/sidecar.ts";
 import { logLine } from "../helpers/weft-process.ts";
-
-class Capture extends Writable {
-  text = "";
-  override _write(chunk: Buffer, _enc: string, cb: () => void): void {
-    this.text += chunk.toString();
-    cb();
-  }
-}
 
 async function tempFile(t: TestContext, name: string, text: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "weft-cli-"));
@@ -33,18 +23,7 @@ async function tempFile(t: TestContext, name: string, text: string): Promise<str
   return path;
 }
 
-async function weft(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const stdout = new Capture();
-  const stderr = new Capture();
-  const code = await runWeft(args, {
-    stdout,
-    stderr,
-    env: {},
-    clock: systemClock,
-    waitForShutdown: () => Promise.resolve(),
-  });
-  return { code, stdout: stdout.text, stderr: stderr.text };
-}
+const weft = (args: string[]) => weftCli(...args);
 
 test("weft validate lists every error with its key and exits 1; a good config exits 0", async (t) => {
   const bad = await tempFile(

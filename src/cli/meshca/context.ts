@@ -15,6 +15,7 @@ import { formatDuration, parseDuration } from "../../config/units.ts";
 import type { Clock } from "../../core/clock.ts";
 import { errorMessage, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
+import { writeJson } from "../conventions.ts";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -52,6 +53,8 @@ export interface MeshcaContext {
   tokenStore(dir: string, trustDomain: string): TokenStore;
   /** A fresh `--dir <dir>` option (commander options cannot be shared between commands). */
   dirOption(): Option;
+  /** A command's result: `data` as one JSON document with `--json`, else the human text `human` prints. */
+  emit(json: boolean | undefined, data: unknown, human: () => void): void;
 }
 
 export function meshcaContext(deps: MeshcaDeps): MeshcaContext {
@@ -77,6 +80,7 @@ export function meshcaContext(deps: MeshcaDeps): MeshcaContext {
     tokenStore: (dir, trustDomain) =>
       new TokenStore({ file: resolve(path(dir), TOKENS_FILE), clock: deps.clock, trustDomain }),
     dirOption: () => new Option("--dir <dir>", "CA directory").default(DEFAULT_DIR),
+    emit: (json, data, human) => (json ? writeJson(deps.stdout, data) : human()),
   };
 }
 

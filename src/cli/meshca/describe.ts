@@ -28,38 +28,66 @@ function describeKey(cert: X509Certificate): string {
   }
 }
 
-/** The human summary `meshca inspect` prints for one certificate. */
-export function describeCertificate(cert: X509Certificate, now: number, title: string): string[] {
-  const uris = (cert.subjectAltName ?? "")
-    .split(/,\s*/)
-    .filter((s) => s.startsWith("URI:"))
-    .map((s) => s.slice(4));
-  const others = (cert.subjectAltName ?? "")
-    .split(/,\s*/)
-    .filter((s) => s.length > 0 && !s.startsWith("URI:"));
+/** What `meshca inspect` shows of one certificate (`--json` prints these objects). */
+export interface CertificateFacts {
+  readonly role: "root CA" | "intermediate CA" | "leaf";
+  readonly spiffeIds: string[];
+  readonly subject: string;
+  readonly issuer: string;
+  readonly serial: string;
+  readonly notBefore: string;
+  readonly notAfter: string;
+  /** `expires in 23h 59m`, `expired 2h ago`, `not valid for another 5m`. */
+  readonly validity: string;
+  readonly key: string;
+  readonly ca: boolean;
+  readonly otherSans: string[];
+  readonly extendedKeyUsage: string[];
+  readonly sha256: string;
+}
+
+export function certificateFacts(cert: X509Certificate, now: number): CertificateFacts {
+  const sans = (cert.subjectAltName ?? "").split(/,\s*/).filter((s) => s.length > 0);
   const selfSigned = cert.subject === cert.issuer && cert.checkIssued(cert);
-  const role = cert.ca ? (selfSigned ? "root CA" : "intermediate CA") : "leaf";
   const notBefore = new Date(cert.validFrom);
   const notAfter = new Date(cert.validTo);
-  const validity =
-    now < notBefore.getTime()
-      ? `not valid for another ${formatDuration(notBefore.getTime() - now)}`
-      : countdown(notAfter, now);
+  return {
+    role: cert.ca ? (selfSigned ? "root CA" : "intermediate CA") : "leaf",
+    spiffeIds: sans.filter((s) => s.startsWith("URI:")).map((s) => s.slice(4)),
+    subject: cert.subject.replaceAll("\n", ", "),
+    issuer: cert.issuer.replaceAll("\n", ", "),
+    serial: cert.serialNumber.toLowerCase(),
+    notBefore: notBefore.toISOString(),
+    notAfter: notAfter.toISOString(),
+    validity:
+      now < notBefore.getTime()
+        ? `not valid for another ${formatDuration(notBefore.getTime() - now)}`
+        : countdown(notAfter, now),
+    key: describeKey(cert),
+    ca: cert.ca,
+    otherSans: sans.filter((s) => !s.startsWith("URI:")),
+    extendedKeyUsage: (cert.keyUsage ?? []).map(ekuName),
+    sha256: cert.fingerprint256,
+  };
+}
+
+/** The human summary `meshca inspect` prints for one certificate. */
+export function describeCertificate(cert: X509Certificate, now: number, title: string): string[] {
+  const f = certificateFacts(cert, now);
   const lines = [
-    `${title}: ${role}`,
-    `  SPIFFE ID:   ${uris.length === 0 ? "(none)" : uris.join(", ")}`,
-    `  subject:     ${cert.subject.replaceAll("\n", ", ") || "(empty)"}`,
-    `  issuer:      ${cert.issuer.replaceAll("\n", ", ") || "(empty)"}`,
-    `  serial:      ${cert.serialNumber.toLowerCase()}`,
-    `  not before:  ${notBefore.toISOString()}`,
-    `  not after:   ${notAfter.toISOString()} (${validity})`,
-    `  key:         ${describeKey(cert)}`,
-    `  CA:          ${cert.ca ? "yes" : "no"}`,
+    `${title}: ${f.role}`,
+    `  SPIFFE ID:   ${f.spiffeIds.length === 0 ? "(none)" : f.spiffeIds.join(", ")}`,
+    `  subject:     ${f.subject || "(empty)"}`,
+    `  issuer:      ${f.issuer || "(empty)"}`,
+    `  serial:      ${f.serial}`,
+    `  not before:  ${f.notBefore}`,
+    `  not after:   ${f.notAfter} (${f.validity})`,
+    `  key:         ${f.key}`,
+    `  CA:          ${f.ca ? "yes" : "no"}`,
   ];
-  if (others.length > 0) lines.push(`  other SANs:  ${others.join(", ")}`);
-  if (cert.keyUsage && cert.keyUsage.length > 0)
-    lines.push(`  ext usage:   ${cert.keyUsage.map(ekuName).join(", ")}`);
-  lines.push(`  sha256:      ${cert.fingerprint256}`);
+  if (f.otherSans.length > 0) lines.push(`  other SANs:  ${f.otherSans.join(", ")}`);
+  if (f.extendedKeyUsage.length > 0) lines.push(`  ext usage:   ${f.extendedKeyUsage.join(", ")}`);
+  lines.push(`  sha256:      ${f.sha256}`);
   return lines;
 }
 

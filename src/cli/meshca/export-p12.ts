@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { writeFileAtomic } from "../../ca/store.ts";
 import { WeftError } from "../../core/errors.ts";
+import { jsonOption } from "../conventions.ts";
 import { fileExists, help, type MeshcaContext, readText, usage } from "./context.ts";
 
 export function registerExport(program: Command, ctx: MeshcaContext): void {
@@ -29,8 +30,10 @@ export function registerExport(program: Command, ctx: MeshcaContext): void {
         "keytool -list -keystore web.p12 -storetype PKCS12 -storepass:file pw.txt",
       ]),
     )
+    .addOption(jsonOption())
     .action(
       async (opts: {
+        json?: boolean;
         p12: string;
         cert: string;
         key: string;
@@ -76,7 +79,9 @@ export function registerExport(program: Command, ctx: MeshcaContext): void {
           ...(opts.name ? { friendlyName: opts.name } : {}),
         });
         await writeFileAtomic(target, der, 0o600);
-        out(`wrote ${target} (${der.length} bytes)`);
+        ctx.emit(opts.json, { file: target, bytes: der.length }, () =>
+          out(`wrote ${target} (${der.length} bytes)`),
+        );
       },
     );
 }

@@ -7,6 +7,7 @@ import { createTrustDomain } from "../../ca/authority.ts";
 import { SpiffeId } from "../../ca/spiffe-id.ts";
 import { TOKENS_FILE } from "../../ca/tokens.ts";
 import { errorMessage, WeftError } from "../../core/errors.ts";
+import { jsonOption } from "../conventions.ts";
 import { help, type MeshcaContext, parseCliDuration, usage } from "./context.ts";
 
 export function registerInit(program: Command, ctx: MeshcaContext): void {
@@ -16,6 +17,7 @@ export function registerInit(program: Command, ctx: MeshcaContext): void {
     .description("create a trust domain: root CA, intermediate signing CA and trust bundle")
     .requiredOption("--trust-domain <td>", "trust domain name, e.g. weft.local")
     .addOption(dirOption())
+    .addOption(jsonOption())
     .option(
       "--root-ttl <duration>",
       "lifetime of the root CA (default: the library's, 10 years)",
@@ -38,6 +40,7 @@ export function registerInit(program: Command, ctx: MeshcaContext): void {
         rootTtl?: number;
         intermediateTtl?: number;
         force?: boolean;
+        json?: boolean;
       }) => {
         const store = storeAt(opts.dir);
         if ((await store.exists()) && !opts.force) {
@@ -61,12 +64,21 @@ export function registerInit(program: Command, ctx: MeshcaContext): void {
         await store.save(material, { force: Boolean(opts.force) });
         if (opts.force) await rm(resolve(path(opts.dir), TOKENS_FILE), { force: true });
         const root = new X509Certificate(material.rootCertPem);
-        out(`created trust domain ${material.trustDomain} in ${path(opts.dir)}`);
-        out(
-          `  root CA:         ${root.subject.replaceAll("\n", ", ")}, valid until ${new Date(root.validTo).toISOString()}`,
-        );
-        out(`  root sha256:     ${root.fingerprint256}`);
-        out(`  trust bundle:    meshca bundle --dir ${opts.dir}`);
+        const result = {
+          trustDomain: material.trustDomain,
+          dir: path(opts.dir),
+          root: {
+            subject: root.subject.replaceAll("\n", ", "),
+            notAfter: new Date(root.validTo).toISOString(),
+            sha256: root.fingerprint256,
+          },
+        };
+        ctx.emit(opts.json, result, () => {
+          out(`created trust domain ${result.trustDomain} in ${result.dir}`);
+          out(`  root CA:         ${result.root.subject}, valid until ${result.root.notAfter}`);
+          out(`  root sha256:     ${result.root.sha256}`);
+          out(`  trust bundle:    meshca bundle --dir ${opts.dir}`);
+        });
       },
     );
 }

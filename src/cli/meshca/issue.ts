@@ -5,6 +5,7 @@ import type { IssuedIdentity, KeyAlgorithm } from "../../ca/authority.ts";
 import { SpiffeId } from "../../ca/spiffe-id.ts";
 import { writeIdentityDir } from "../../ca/store.ts";
 import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
+import { jsonOption } from "../conventions.ts";
 import {
   countdown,
   fileExists,
@@ -38,6 +39,7 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
     .option("--name <name>", "name of the identity's folder under <dir>/issued (default <ns>-<sa>)")
     .option("--force", "overwrite the identity's existing files")
     .addOption(dirOption())
+    .addOption(jsonOption())
     .addHelpText(
       "after",
       help([
@@ -57,6 +59,7 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
         name?: string;
         force?: boolean;
         dir: string;
+        json?: boolean;
       }) => {
         const { store, ca } = await loadCa(opts.dir);
         const id = identityFromOptions(opts, ca.trustDomain);
@@ -80,15 +83,26 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
         const written = opts.out
           ? await writeFlat(path(opts.out), identity)
           : await store.writeIssued(name, identity, { force: Boolean(opts.force) });
-        out(`issued ${identity.id.toString()}`);
-        out(`  serial:     ${identity.serial}`);
-        out(
-          `  not after:  ${identity.notAfter.toISOString()} (${countdown(identity.notAfter, deps.clock.now())})`,
-        );
-        out(`  key:        ${written.keyPath}`);
-        out(`  cert:       ${written.certPath}`);
-        out(`  chain:      ${written.chainPath}`);
-        out(`  bundle:     ${written.bundlePath}`);
+        const result = {
+          spiffeId: identity.id.toString(),
+          serial: identity.serial,
+          notAfter: identity.notAfter.toISOString(),
+          files: {
+            key: written.keyPath,
+            cert: written.certPath,
+            chain: written.chainPath,
+            bundle: written.bundlePath,
+          },
+        };
+        ctx.emit(opts.json, result, () => {
+          out(`issued ${result.spiffeId}`);
+          out(`  serial:     ${result.serial}`);
+          out(`  not after:  ${result.notAfter} (${countdown(identity.notAfter, deps.clock.now())})`);
+          out(`  key:        ${written.keyPath}`);
+          out(`  cert:       ${written.certPath}`);
+          out(`  chain:      ${written.chainPath}`);
+          out(`  bundle:     ${written.bundlePath}`);
+        });
       },
     );
 }

@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { SpiffeId } from "../../ca/spiffe-id.ts";
 import { writeFileAtomic } from "../../ca/store.ts";
 import { errorMessage, WeftError } from "../../core/errors.ts";
+import { jsonOption } from "../conventions.ts";
 import { fileExists, help, type MeshcaContext, parseCliDuration, readText, usage } from "./context.ts";
 
 export function registerSign(program: Command, ctx: MeshcaContext): void {
@@ -19,6 +20,7 @@ export function registerSign(program: Command, ctx: MeshcaContext): void {
     .option("--out <chain.pem>", "write the chain here instead of stdout")
     .option("--force", "overwrite --out if it exists")
     .addOption(dirOption())
+    .addOption(jsonOption())
     .addHelpText(
       "after",
       help([
@@ -29,7 +31,7 @@ export function registerSign(program: Command, ctx: MeshcaContext): void {
     .action(
       async (
         csrFile: string,
-        opts: { idAllow?: string; ttl?: number; out?: string; force?: boolean; dir: string },
+        opts: { idAllow?: string; ttl?: number; out?: string; force?: boolean; dir: string; json?: boolean },
       ) => {
         const { ca } = await loadCa(opts.dir);
         const csrPem = await readText(path(csrFile), "CSR");
@@ -64,6 +66,17 @@ export function registerSign(program: Command, ctx: MeshcaContext): void {
           await writeFileAtomic(path(opts.out), issued.chainPem, 0o644);
           err(
             `signed ${issued.id.toString()} serial ${issued.serial}, valid until ${issued.notAfter.toISOString()}: ${path(opts.out)}`,
+          );
+        } else if (opts.json) {
+          ctx.emit(
+            true,
+            {
+              spiffeId: issued.id.toString(),
+              serial: issued.serial,
+              notAfter: issued.notAfter.toISOString(),
+              chainPem: issued.chainPem,
+            },
+            () => {},
           );
         } else {
           deps.stdout.write(issued.chainPem.endsWith("\n") ? issued.chainPem : `${issued.chainPem}\n`);

@@ -1,6 +1,7 @@
 /** `meshca token create | list | revoke`: join tokens, stored only as hashes. */
 import type { Command } from "commander";
 import { errorMessage, isWeftError } from "../../core/errors.ts";
+import { jsonOption } from "../conventions.ts";
 import { countdown, help, type MeshcaContext, parseCliDuration, parsePositiveInt, usage } from "./context.ts";
 
 export function registerToken(program: Command, ctx: MeshcaContext): void {
@@ -25,6 +26,7 @@ export function registerToken(program: Command, ctx: MeshcaContext): void {
     .option("--ttl <duration>", "how long the token stays valid", parseCliDuration, 3_600_000)
     .option("--uses <n>", "how many certificates the token may obtain", parsePositiveInt, 1)
     .addOption(dirOption())
+    .addOption(jsonOption())
     .addHelpText(
       "after",
       help([
@@ -33,27 +35,52 @@ export function registerToken(program: Command, ctx: MeshcaContext): void {
         "TOKEN=$(meshca token create --id spiffe://weft.local/ns/default/sa/web 2>/dev/null)",
       ]),
     )
-    .action(async (opts: { id: string; ttl: number; uses: number; dir: string }) => {
+    .action(async (opts: { id: string; ttl: number; uses: number; dir: string; json?: boolean }) => {
       const { ca } = await loadCa(opts.dir);
       const created = await tokenStore(opts.dir, ca.trustDomain)
         .create({ idPattern: opts.id, ttlMs: opts.ttl, maxUses: opts.uses })
         .catch((e: unknown) => {
           throw isWeftError(e, "E_SPIFFE_ID") ? usage(`--id: ${errorMessage(e)}`) : e;
         });
-      out(created.token);
-      err(
-        `token ${created.ref} for ${created.idPattern}: ${created.maxUses} use(s), expires ${created.expiresAt.toISOString()} ` +
-          `(${countdown(created.expiresAt, deps.clock.now())}); it is shown only now`,
+      ctx.emit(
+        opts.json,
+        {
+          token: created.token,
+          ref: created.ref,
+          idPattern: created.idPattern,
+          maxUses: created.maxUses,
+          expiresAt: created.expiresAt.toISOString(),
+        },
+        () => {
+          out(created.token);
+          err(
+            `token ${created.ref} for ${created.idPattern}: ${created.maxUses} use(s), expires ${created.expiresAt.toISOString()} ` +
+              `(${countdown(created.expiresAt, deps.clock.now())}); it is shown only now`,
+          );
+        },
       );
     });
   token
     .command("list")
     .description("list join tokens (reference, identity, uses, expiry; never the tokens)")
     .addOption(dirOption())
-    .addHelpText("after", help(["meshca token list --dir certs"]))
-    .action(async (opts: { dir: string }) => {
+    .addOption(jsonOption())
+    .addHelpText("after", help(["meshca token list --dir certs", "meshca token list --json"]))
+    .action(async (opts: { dir: string; json?: boolean }) => {
       const { ca } = await loadCa(opts.dir);
       const tokens = await tokenStore(opts.dir, ca.trustDomain).list();
+      if (opts.json) {
+        const rows = tokens.map((t) => ({
+          ref: t.ref,
+          state: t.state,
+          uses: t.uses,
+          maxUses: t.maxUses,
+          expiresAt: t.expiresAt.toISOString(),
+          idPattern: t.idPattern,
+        }));
+        ctx.emit(true, { tokens: rows }, () => {});
+        return;
+      }
       if (tokens.length === 0) {
         out("no tokens");
         return;
@@ -76,10 +103,11 @@ export function registerToken(program: Command, ctx: MeshcaContext): void {
     .description("spend every remaining use of a token, by its reference from `token list`")
     .argument("<ref>", "token reference (at least 6 hex digits)")
     .addOption(dirOption())
+    .addOption(jsonOption())
     .addHelpText("after", help(["meshca token revoke 3f9a1c"]))
-    .action(async (ref: string, opts: { dir: string }) => {
+    .action(async (ref: string, opts: { dir: string; json?: boolean }) => {
       const { ca } = await loadCa(opts.dir);
       await tokenStore(opts.dir, ca.trustDomain).revoke(ref.toLowerCase());
-      out(`revoked token ${ref}`);
+      ctx.emit(opts.json, { revoked: ref.toLowerCase() }, () => out(`revoked token ${ref}`));
     });
 }

@@ -2,7 +2,8 @@
 import { type Command, Option } from "commander";
 import { SpiffeId } from "../../ca/spiffe-id.ts";
 import { bundleTrustDomain, parseBundle, verifySvid } from "../../ca/verify.ts";
-import { errorMessage, WeftError } from "../../core/errors.ts";
+import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
+import { jsonOption } from "../conventions.ts";
 import { countdown, help, type MeshcaContext, readText, splitCertificates, usage } from "./context.ts";
 
 export function registerVerify(program: Command, ctx: MeshcaContext): void {
@@ -24,6 +25,7 @@ export function registerVerify(program: Command, ctx: MeshcaContext): void {
       ]),
     )
     .addOption(dirOption())
+    .addOption(jsonOption())
     .addHelpText(
       "after",
       help(
@@ -41,7 +43,14 @@ EXIT CODES
     .action(
       async (
         file: string,
-        opts: { bundle?: string; trustDomain?: string; id?: string; role?: "client" | "server"; dir: string },
+        opts: {
+          bundle?: string;
+          trustDomain?: string;
+          id?: string;
+          role?: "client" | "server";
+          dir: string;
+          json?: boolean;
+        },
       ) => {
         const chainPem = await readText(path(file), "chain");
         let expected: SpiffeId | undefined;
@@ -75,23 +84,35 @@ EXIT CODES
           bundlePem = ca.bundlePem();
           trustDomain ??= ca.trustDomain;
         }
-        const id = verifySvid(chainPem, parseBundle(bundlePem, trustDomain), {
-          now: new Date(deps.clock.now()),
-          role: opts.role ?? "any",
-        });
-        if (expected && !id.equals(expected)) {
-          throw new WeftError(
-            "E_SVID",
-            `the chain is valid but names ${id.toString()}, not ${expected.toString()}`,
-            {
-              reason: "unexpected_id",
-            },
-          );
+        const bundle = parseBundle(bundlePem, trustDomain);
+        let id: SpiffeId;
+        try {
+          id = verifySvid(chainPem, bundle, { now: new Date(deps.clock.now()), role: opts.role ?? "any" });
+          if (expected && !id.equals(expected)) {
+            throw new WeftError(
+              "E_SVID",
+              `the chain is valid but names ${id.toString()}, not ${expected.toString()}`,
+              {
+                reason: "unexpected_id",
+              },
+            );
+          }
+        } catch (e) {
+          // A chain that is not valid is a result too: with --json it is printed, and the exit code is 1.
+          if (opts.json && isWeftError(e, "E_SVID")) {
+            ctx.emit(true, { valid: false, code: e.code, reason: e.reason, message: e.message }, () => {});
+          }
+          throw e;
         }
         const leaf = splitCertificates(chainPem, path(file))[0]!;
         const notAfter = new Date(leaf.validTo);
-        out(
-          `valid: ${id.toString()} (expires ${notAfter.toISOString()}, ${countdown(notAfter, deps.clock.now())})`,
+        ctx.emit(
+          opts.json,
+          { valid: true, spiffeId: id.toString(), trustDomain, notAfter: notAfter.toISOString() },
+          () =>
+            out(
+              `valid: ${id.toString()} (expires ${notAfter.toISOString()}, ${countdown(notAfter, deps.clock.now())})`,
+            ),
         );
       },
     );

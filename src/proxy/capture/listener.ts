@@ -9,7 +9,7 @@
  */
 import net, { type Socket } from "node:net";
 import type { Clock, TimerHandle } from "../../core/clock.ts";
-import { WeftError } from "../../core/errors.ts";
+import { listenError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
 
@@ -22,6 +22,8 @@ export interface ListenerOptions {
   readonly address: string;
   /** 0 picks a free port (tests). */
   readonly port: number;
+  /** The config key that moves it, for errors (default `listeners.<name>.port`). */
+  readonly setting?: string;
   readonly maxConnections: number;
   /** Read/write high-water mark of accepted sockets (Node's default when omitted). */
   readonly highWaterMark?: number;
@@ -115,10 +117,12 @@ export class Listener implements ConnectionSlots {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
         reject(
-          new WeftError(
-            "E_IO",
-            `the ${this.options.name} listener cannot listen on ${this.options.address}:${port}: ${err.message}`,
-            { reason: "listen_failed", cause: err },
+          listenError(
+            `the ${this.options.name} listener`,
+            this.options.address,
+            port,
+            this.options.setting ?? `listeners.${this.options.name}.port`,
+            err,
           ),
         );
       };
