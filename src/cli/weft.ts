@@ -35,6 +35,7 @@ import {
   versionLine,
   writeJson,
 } from "./conventions.ts";
+import { registerExplain } from "./explain.ts";
 import { runValidate, type ValidateOptions } from "./validate.ts";
 import { registerKubernetesCommands } from "./weft-k8s.ts";
 
@@ -216,6 +217,8 @@ ${EXIT_CODES}`,
     .action(async (opts: ValidateOptions) => {
       await runValidate(opts, deps);
     });
+
+  registerExplain(program, deps, EXIT_CODES);
 
   const ipt = program
     .command("iptables")

@@ -98,6 +98,11 @@ const caIdentity = z
   );
 
 const policyRule = z.strictObject({
+  /** A name for metrics (`rule` label) and `weft explain`; default `rules[<index>]`. */
+  name: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,63}$/, { message: "must be 1-63 letters, digits, '_', '.', '-'" })
+    .optional(),
   /** Local app ports this rule covers; omitted = every port. */
   ports: z.array(port).optional(),
   /** SPIFFE IDs or patterns (`*` matches within one path segment) allowed to connect. */

@@ -128,8 +128,14 @@ export class WeftMetrics {
   });
   readonly policyDenied = new Counter({
     name: "weft_policy_denied_total",
-    help: "Connections refused by authorization policy.",
-    labelNames: ["peer_identity", "port"] as const,
+    help: "Connections refused by authorization policy, by the rule(s) that covered the port (`default` when none did).",
+    labelNames: ["peer_identity", "port", "rule"] as const,
+    registers: [this.registry],
+  });
+  readonly policyAllowed = new Counter({
+    name: "weft_policy_allowed_total",
+    help: "Connections allowed by authorization policy, by the rule that allowed them (`default` when no rule covers the port).",
+    labelNames: ["peer_identity", "port", "rule"] as const,
     registers: [this.registry],
   });
   readonly inboundPlaintext = new Counter({

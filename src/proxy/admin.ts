@@ -4,7 +4,8 @@
  * reason before that and while draining), `/live`, `/config` (the effective config, secrets redacted),
  * `/certs` (the identity in use: SPIFFE ID, serial, validity, seconds left) and `/endpoints` (discovery's
  * view of services and endpoints), `/logging` (the log level; `POST /logging?level=debug` changes it
- * until the next restart or a weft.yaml change of `log.level`). Otherwise read-only: every other
+ * until the next restart or a weft.yaml change of `log.level`), `/explain` (what the sidecar would do
+ * with a connection and why, for `weft explain`). Otherwise read-only: every other
  * method or path is refused.
  */
 import http from "node:http";
@@ -25,6 +26,8 @@ export interface AdminSources {
   config(): unknown;
   certs(): unknown;
   endpoints(): unknown;
+  /** `/explain?dst=host:port`, `?service=name[&port=n]` or `?peer=spiffe://...&port=n`: what would happen, and why. */
+  explain(query: URLSearchParams): { status: number; body: unknown };
   /** The log level now, and a way to change it (`POST /logging?level=debug`). */
   logLevel(): string | undefined;
   setLogLevel(level: LogLevel): boolean;
@@ -146,14 +149,18 @@ export class AdminServer {
         return json(res, s.endpoints());
       case "/logging":
         return json(res, { level: s.logLevel() ?? null });
+      case "/explain": {
+        const r = s.explain(url.searchParams);
+        return json(res, r.body, r.status);
+      }
       default:
         res.writeHead(404, { "content-type": "text/plain" });
-        res.end("not found: try /metrics /ready /live /config /certs /endpoints /logging\n");
+        res.end("not found: try /metrics /ready /live /config /certs /endpoints /logging /explain\n");
     }
   }
 }
 
-function json(res: http.ServerResponse, value: unknown): void {
-  res.writeHead(200, { "content-type": "application/json" });
+function json(res: http.ServerResponse, value: unknown, status = 200): void {
+  res.writeHead(status, { "content-type": "application/json" });
   res.end(`${JSON.stringify(value, null, 2)}\n`);
 }

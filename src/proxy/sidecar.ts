@@ -12,6 +12,7 @@
  * Nothing here is global: two sidecars can run in one process (the integration tests do).
  */
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { deepFreeze } from "../config/load.ts";
 import type { Config } from "../config/schema.ts";
 import { type Clock, systemClock } from "../core/clock.ts";
@@ -25,6 +26,7 @@ import { Listener } from "./capture/listener.ts";
 import { LinuxOriginalDst, type OriginalDstResolver } from "./capture/original-dst.ts";
 import { platformSocketErrors, type SocketErrors } from "./capture/sockopt.ts";
 import { type ConnectionDeps, ConnectionTracker } from "./connection/record.ts";
+import { type ExplainContext, explainInbound, explainOutbound } from "./explain.ts";
 import {
   CaIdentitySource,
   ExpiryWatch,
@@ -545,6 +547,7 @@ export class Sidecar {
           config: () => this.config,
           certs: () => this.certs(),
           endpoints: () => (this.routes && isDiscovery(this.routes) ? this.routes.describe() : []),
+          explain: (q) => this.explain(q),
           logLevel: () => logLevel(this.logger),
           setLogLevel: (level) => setLogLevel(this.logger, level),
         },
@@ -576,6 +579,45 @@ export class Sidecar {
       "sidecar listening",
     );
     return this.addrs;
+  }
+
+  /** `/explain` on the admin port: see explain.ts. Bad queries get 400 with what to ask instead. */
+  explain(q: URLSearchParams): { status: number; body: unknown } {
+    const bad = (message: string) => ({ status: 400, body: { error: message } });
+    if (!this.routes) return { status: 503, body: { error: "the sidecar has not started" } };
+    const ctx: ExplainContext = {
+      config: this.current,
+      routes: this.routes,
+      inbound: this.live.inbound,
+      listenerAddrs: this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined),
+      localIdentity: this.identity.current()?.id,
+      tracker: this.tracker,
+    };
+    const portParam = q.get("port");
+    const port = portParam === null ? undefined : Number(portParam);
+    if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
+      return bad(`port "${portParam}" is not a port (1-65535)`);
+    }
+    const peer = q.get("peer");
+    if (peer !== null) {
+      if (!/^spiffe:\/\/[^/\s]+(\/\S*)?$/.test(peer)) return bad(`peer "${peer}" is not a SPIFFE ID`);
+      if (port === undefined) return bad("peer needs port: /explain?peer=spiffe://...&port=8080");
+      return { status: 200, body: explainInbound(ctx, peer, port) };
+    }
+    const service = q.get("service");
+    if (service !== null)
+      return { status: 200, body: explainOutbound(ctx, { service, ...(port ? { port } : {}) }) };
+    const dst = q.get("dst");
+    if (dst !== null) {
+      const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(dst);
+      const p = m ? Number(m[3]) : 0;
+      const address = m ? (m[1] ?? m[2]!) : "";
+      if (!m || p < 1 || p > 65535 || isIP(address) === 0) {
+        return bad(`dst "${dst}" is not address:port (198.18.0.10:8080 or [fd00::1]:8080)`);
+      }
+      return { status: 200, body: explainOutbound(ctx, { dst: { address, port: p } }) };
+    }
+    return bad("ask /explain?dst=address:port, ?service=name[&port=n] or ?peer=spiffe://...&port=n");
   }
 
   /** The identity in use, for `/certs`. */

@@ -93,7 +93,7 @@ test("pooled: policy per stream — a denied stream is reset and counted, the se
   assert.match(
     server,
     new RegExp(
-      `weft_policy_denied_total\\{peer_identity="spiffe://weft.local/ns/default/sa/frontend",port="${app.port}"\\} 3`,
+      `weft_policy_denied_total\\{peer_identity="spiffe://weft.local/ns/default/sa/frontend",port="${app.port}",rule="rules\\[0\\]"\\} 3`,
     ),
   );
   assert.equal(metricValue(server, "weft_tunnel_pooled_sessions"), 1, "the session survived three refusals");

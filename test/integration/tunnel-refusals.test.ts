@@ -198,7 +198,7 @@ test("an identity the policy does not allow is refused: policy_denied, counted a
   await metric(
     pair.server,
     new RegExp(
-      `weft_policy_denied_total\\{peer_identity="${pair.clientIssued.id.toString()}",port="${app.port}"\\} 1`,
+      `weft_policy_denied_total\\{peer_identity="${pair.clientIssued.id.toString()}",port="${app.port}",rule="rules\\[0\\]"\\} 1`,
     ),
   );
 });

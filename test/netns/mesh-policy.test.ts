@@ -120,13 +120,17 @@ test("netns: only the allowed identity reaches nginx and redis; plaintext from a
   await pollUntil("web and cache to count the denials", async () => {
     const [w, c] = await Promise.all([web.admin("/metrics"), cache.admin("/metrics")]);
     return (
-      metricValue(w, `weft_policy_denied_total{peer_identity="${INTRUDER}",port="8080"}`) >= 1 &&
-      metricValue(c, `weft_policy_denied_total{peer_identity="${INTRUDER}",port="6379"}`) >= 1
+      metricValue(w, `weft_policy_denied_total{peer_identity="${INTRUDER}",port="8080",rule="rules[0]"}`) >=
+        1 &&
+      metricValue(c, `weft_policy_denied_total{peer_identity="${INTRUDER}",port="6379",rule="rules[0]"}`) >= 1
     );
   });
   const webMetrics = await web.admin("/metrics");
   assert.equal(
-    metricValue(webMetrics, `weft_policy_denied_total{peer_identity="${FRONTEND}",port="8080"}`),
+    metricValue(
+      webMetrics,
+      `weft_policy_denied_total{peer_identity="${FRONTEND}",port="8080",rule="rules[0]"}`,
+    ),
     0,
     "the allowed identity is never denied",
   );

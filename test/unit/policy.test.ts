@@ -31,17 +31,44 @@ test("rules covering a port replace the default for that port", () => {
       { allow: ["spiffe://other.test/ns/x/sa/y"] },
     ],
   };
-  // The port-less rule covers every port: only its identity and, on 5432, api get in.
+  // The port-less rule covers every port: only its identity and, on 5432, api get in. The decision names
+  // the rule (by index, or its name when it has one); a denial names every rule that covered the port.
   assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/api", 5432), {
     allowed: true,
+    rule: "rules[0]",
   });
-  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://other.test/ns/x/sa/y", 5432), { allowed: true });
+  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://other.test/ns/x/sa/y", 5432), {
+    allowed: true,
+    rule: "rules[1]",
+  });
   assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/web", 5432), {
     allowed: false,
     why: "not_in_rules",
+    rule: "rules[0],rules[1]",
   });
   assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/api", 80), {
     allowed: false,
     why: "not_in_rules",
+    rule: "rules[1]",
   });
+  const named = {
+    default: "allow-trust-domain" as const,
+    rules: [{ name: "db-clients", ports: [5432], allow: ["spiffe://weft.local/ns/default/sa/api"] }],
+  };
+  assert.deepEqual(mayReach(named, "weft.local", "spiffe://weft.local/ns/default/sa/api", 5432), {
+    allowed: true,
+    rule: "db-clients",
+  });
+  assert.deepEqual(mayReach(named, "weft.local", "spiffe://weft.local/ns/default/sa/api", 80), {
+    allowed: true,
+    rule: "default",
+  });
+  assert.deepEqual(
+    mayReach({ default: "deny", rules: [] }, "weft.local", "spiffe://weft.local/ns/a/sa/b", 80),
+    {
+      allowed: false,
+      why: "default_deny",
+      rule: "default",
+    },
+  );
 });

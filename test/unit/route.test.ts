@@ -203,6 +203,7 @@ test("decideInbound, as a table", () => {
   for (const c of cases) {
     const d = decideInbound(c.peer, c.port, c.s ?? base);
     const got = d.kind === "allow" ? `allow:${d.proxyProtocol}` : `deny:${d.reason}:${d.why}`;
+    assert.ok(d.rule.length > 0, `${c.name}: the decision names its rule`);
     assert.equal(got, c.want, c.name);
     if (d.kind === "deny" && d.reason === "policy_denied") {
       assert.equal(d.detail, `${c.peer} may not reach port ${c.port}`);

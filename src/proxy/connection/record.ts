@@ -270,6 +270,19 @@ export class ConnectionRecord implements ByteSink {
     });
     m.connectionDuration.observe({ direction: this.direction, service: this.service }, durationS);
     this.deps.tracker.delete(this);
+    if (reason !== "closed") {
+      this.deps.tracker.remember({
+        at: new Date(this.deps.clock.now()).toISOString(),
+        direction: this.direction,
+        src: this.src ? formatAddr(this.src.address, this.src.port) : undefined,
+        dst: this.dst ? formatAddr(this.dst.address, this.dst.port) : undefined,
+        service: this.service,
+        peerIdentity: this.peer,
+        endpoint: this.endpoint || undefined,
+        reason,
+        error: err === undefined ? undefined : err instanceof Error ? err.message : String(err),
+      });
+    }
     if (!this.deps.accessLog) return;
     const fields: Record<string, unknown> = {
       conn_id: this.id,
@@ -294,9 +307,29 @@ export class ConnectionRecord implements ByteSink {
   }
 }
 
-/** The live connections of one sidecar: for drain (wait until none) and shutdown (abort the rest). */
+/** A connection that did not end normally, as `weft explain` and `/explain` show it. */
+export interface EndedConnection {
+  readonly at: string;
+  readonly direction: string;
+  readonly src: string | undefined;
+  readonly dst: string | undefined;
+  readonly service: string;
+  readonly peerIdentity: string;
+  readonly endpoint: string | undefined;
+  readonly reason: CloseReason;
+  readonly error: string | undefined;
+}
+
+/** How many recent abnormal endings a sidecar keeps for `/explain` (oldest dropped first). */
+export const RECENT_ENDINGS = 100;
+
+/**
+ * The live connections of one sidecar: for drain (wait until none) and shutdown (abort the rest); and the
+ * last `RECENT_ENDINGS` connections that ended with a reason other than `closed`, for `/explain`.
+ */
 export class ConnectionTracker {
   private readonly live = new Set<ConnectionRecord>();
+  private readonly ended: EndedConnection[] = [];
   private waiters: Array<() => void> = [];
   private seq = 0;
 
@@ -304,6 +337,21 @@ export class ConnectionTracker {
   nextId(): string {
     this.seq++;
     return this.seq.toString(36);
+  }
+
+  /** Keep a connection that ended abnormally (bounded: the oldest goes). */
+  remember(e: EndedConnection): void {
+    if (this.ended.length >= RECENT_ENDINGS) this.ended.shift();
+    this.ended.push(e);
+  }
+
+  /** Recent abnormal endings, newest first, that match `filter`. */
+  recent(filter: (e: EndedConnection) => boolean = () => true, limit = 10): EndedConnection[] {
+    const out: EndedConnection[] = [];
+    for (let i = this.ended.length - 1; i >= 0 && out.length < limit; i--) {
+      if (filter(this.ended[i]!)) out.push(this.ended[i]!);
+    }
+    return out;
   }
 
   add(rec: ConnectionRecord): void {

@@ -71,12 +71,20 @@ export function decideOutbound(
 }
 
 export type InboundDecision =
-  | { readonly kind: "allow"; readonly port: number; readonly proxyProtocol: "none" | "v1" | "v2" }
+  | {
+      readonly kind: "allow";
+      readonly port: number;
+      readonly proxyProtocol: "none" | "v1" | "v2";
+      /** The policy rule that allowed (see `PolicyDecision`). */
+      readonly rule: string;
+    }
   | {
       readonly kind: "deny";
       readonly reason: "policy_denied" | "forbidden_port";
       readonly why: PolicyDenial | "proxy_port";
       readonly detail: string;
+      /** The policy rule(s) that denied, or `proxy_port`. */
+      readonly rule: string;
     };
 
 export interface InboundSettings {
@@ -96,6 +104,7 @@ export function decideInbound(peer: string, port: number, settings: InboundSetti
       reason: "forbidden_port",
       why: "proxy_port",
       detail: `port ${port} belongs to the proxy itself`,
+      rule: "proxy_port",
     };
   }
   const d = mayReach(settings.policy, settings.trustDomain, peer, port);
@@ -105,10 +114,11 @@ export function decideInbound(peer: string, port: number, settings: InboundSetti
       reason: "policy_denied",
       why: d.why,
       detail: `${peer} may not reach port ${port}`,
+      rule: d.rule,
     };
   }
   const p = settings.ports.find((x) => x.port === port);
-  return { kind: "allow", port, proxyProtocol: p?.proxyProtocol ?? "none" };
+  return { kind: "allow", port, proxyProtocol: p?.proxyProtocol ?? "none", rule: d.rule };
 }
 
 /**

@@ -7,6 +7,8 @@
  */
 
 export interface PolicyRule {
+  /** A name for metrics and `weft explain` (default `rules[<index>]`). */
+  readonly name?: string;
   /** Local ports this rule covers; omitted = every port. */
   readonly ports?: readonly number[];
   /** SPIFFE IDs or patterns allowed to connect. */
@@ -21,9 +23,18 @@ export interface PolicyConfig {
 /** Why a peer was denied (the `rule` field of the log line). */
 export type PolicyDenial = "not_in_rules" | "default_deny" | "other_trust_domain";
 
+/**
+ * `rule`: the rule that allowed (its name, or `rules[<index>]`), `default` when no rule covers the port;
+ * for a denial by rules, every covering rule joined with `,`.
+ */
 export type PolicyDecision =
-  | { readonly allowed: true }
-  | { readonly allowed: false; readonly why: PolicyDenial };
+  | { readonly allowed: true; readonly rule: string }
+  | { readonly allowed: false; readonly why: PolicyDenial; readonly rule: string };
+
+/** The label of rule `i`: its name, or `rules[i]`. */
+export function ruleName(rules: readonly PolicyRule[], i: number): string {
+  return rules[i]?.name ?? `rules[${i}]`;
+}
 
 /** Does `id` match `pattern` (exact, or with `*` standing for any run of characters within one segment)? */
 export function matchesIdPattern(pattern: string, id: string): boolean {
@@ -45,13 +56,20 @@ export function mayReach(
   peer: string,
   port: number,
 ): PolicyDecision {
-  const covering = policy.rules.filter((r) => r.ports === undefined || r.ports.includes(port));
+  const covering = policy.rules
+    .map((r, i) => ({ r, i }))
+    .filter(({ r }) => r.ports === undefined || r.ports.includes(port));
   if (covering.length > 0) {
-    const ok = covering.some((r) => r.allow.some((p) => matchesIdPattern(p, peer)));
-    return ok ? { allowed: true } : { allowed: false, why: "not_in_rules" };
+    const hit = covering.find(({ r }) => r.allow.some((p) => matchesIdPattern(p, peer)));
+    if (hit) return { allowed: true, rule: ruleName(policy.rules, hit.i) };
+    return {
+      allowed: false,
+      why: "not_in_rules",
+      rule: covering.map(({ i }) => ruleName(policy.rules, i)).join(","),
+    };
   }
-  if (policy.default === "deny") return { allowed: false, why: "default_deny" };
+  if (policy.default === "deny") return { allowed: false, why: "default_deny", rule: "default" };
   return trustDomainOf(peer) === trustDomain
-    ? { allowed: true }
-    : { allowed: false, why: "other_trust_domain" };
+    ? { allowed: true, rule: "default" }
+    : { allowed: false, why: "other_trust_domain", rule: "default" };
 }

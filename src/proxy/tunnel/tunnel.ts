@@ -428,10 +428,13 @@ class TunnelStream {
     const decision = decideInbound(peer, port, o.settings);
     if (decision.kind === "deny") {
       if (decision.reason === "policy_denied") {
-        o.metrics.policyDenied.inc({ peer_identity: peer, port: String(port) });
+        o.metrics.policyDenied.inc({ peer_identity: peer, port: String(port), rule: decision.rule });
       }
       const err = new WeftError("E_POLICY_DENIED", decision.detail, { reason: decision.why });
-      o.logger.warn({ conn_id: rec.id, peer_identity: peer, port, rule: decision.why }, err.message);
+      o.logger.warn(
+        { conn_id: rec.id, peer_identity: peer, port, rule: decision.why, policy_rule: decision.rule },
+        err.message,
+      );
       this.refuse(
         decision.reason,
         decision.reason === "policy_denied" ? "policy_denied" : "port_not_allowed",
@@ -440,6 +443,7 @@ class TunnelStream {
       return;
     }
 
+    o.metrics.policyAllowed.inc({ peer_identity: peer, port: String(port), rule: decision.rule });
     rec.phase = "connecting";
     const controller = new AbortController();
     const deadline = o.clock.setTimeout(
