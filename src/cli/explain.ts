@@ -145,7 +145,10 @@ export function renderOutbound(a: OutboundExplanation): string {
   );
   out += row("identity", `each endpoint's sidecar must prove ${s.identity}`);
   out += row("transport", a.transport);
-  out += row("retries", `${s.retries.attempts} attempts within ${s.retries.deadlineMs} ms, ${s.balancer}`);
+  out += row(
+    "retries",
+    `${s.retries.attempts} attempt${s.retries.attempts === 1 ? "" : "s"} within ${s.retries.deadlineMs} ms, ${s.balancer}`,
+  );
   out += "  endpoints:\n";
   for (const e of a.endpoints) {
     const parts = [e.key.padEnd(22), e.state.padEnd(9), `weight ${e.weight}`];
