@@ -8,6 +8,7 @@ import type { Command } from "commander";
 import { WeftError } from "../core/errors.ts";
 import type { EndedConnection } from "../proxy/connection/record.ts";
 import type { InboundExplanation, OutboundExplanation } from "../proxy/explain.ts";
+import { jsonOption, writeJson } from "./conventions.ts";
 import type { WeftDeps } from "./weft.ts";
 
 const DEFAULT_ADMIN = "127.0.0.1:15000";
@@ -54,7 +55,7 @@ export function registerExplain(program: Command, deps: WeftDeps, exitCodes: str
     .option("--port <port>", "with --from: the local app port; with --service: which service port")
     .option("--admin <host:port>", "the sidecar's admin address", DEFAULT_ADMIN)
     .option("--peer-admin <host:port>", "outbound: also ask the server-side sidecar (its admin address)")
-    .option("--json", "print the sidecar's answer as JSON")
+    .addOption(jsonOption())
     .addHelpText(
       "after",
       `
@@ -94,7 +95,7 @@ ${exitCodes}`,
         }
       }
       if (o.json) {
-        deps.stdout.write(`${JSON.stringify(peer ? { ...answer, peerSide: peer } : answer, null, 2)}\n`);
+        writeJson(deps.stdout, peer ? { ...answer, peerSide: peer } : answer);
       } else {
         deps.stdout.write(answer.kind === "outbound" ? renderOutbound(answer) : renderInbound(answer));
         if (peer) deps.stdout.write(`\nServer side (${o.peerAdmin}):\n${indent(renderInbound(peer))}`);

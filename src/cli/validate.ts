@@ -20,6 +20,7 @@ import { formatAddr } from "../discovery/types.ts";
 import { redact } from "../proxy/admin.ts";
 import { DEFAULT_IPTABLES_OPTIONS } from "../proxy/capture/iptables.ts";
 import { loadIdentity } from "../proxy/identity/sources.ts";
+import { writeJson } from "./conventions.ts";
 import { ExitCode, type WeftDeps } from "./weft.ts";
 
 const PROXY_UID = DEFAULT_IPTABLES_OPTIONS.proxyUid;
@@ -261,25 +262,19 @@ export async function runValidate(o: ValidateOptions, deps: WeftDeps): Promise<v
       err instanceof ConfigError
         ? err.issues.map((i) => ({ severity: "error", key: i.key, message: i.message }))
         : [{ severity: "error", key: o.config, message: errorMessage(err) }];
-    deps.stdout.write(`${JSON.stringify({ config: o.config, valid: false, problems }, null, 2)}\n`);
+    writeJson(deps.stdout, { config: o.config, valid: false, problems });
     throw new ExitCode(1);
   }
   const findings = await checkConfig(config, { clock: deps.clock, ...(user ? { proxyUser: user } : {}) });
   const errors = findings.filter((f) => f.severity === "error");
   if (o.json) {
-    deps.stdout.write(
-      `${JSON.stringify(
-        {
-          config: o.config,
-          valid: errors.length === 0,
-          problems: findings,
-          checkedAs: user ? { uid: user.uid, gid: user.gid } : { uid: process.getuid?.() ?? null },
-          ...(o.print ? { effective: redact(config) } : {}),
-        },
-        null,
-        2,
-      )}\n`,
-    );
+    writeJson(deps.stdout, {
+      config: o.config,
+      valid: errors.length === 0,
+      problems: findings,
+      checkedAs: user ? { uid: user.uid, gid: user.gid } : { uid: process.getuid?.() ?? null },
+      ...(o.print ? { effective: redact(config) } : {}),
+    });
     if (errors.length > 0) throw new ExitCode(1);
     return;
   }

@@ -204,7 +204,7 @@ ${EXIT_CODES}`,
     )
     .requiredOption("-c, --config <file>", "weft.yaml")
     .option("--print", "print the effective config (defaults filled in, paths resolved, secrets redacted)")
-    .option("--json", "print the result as JSON on stdout")
+    .addOption(jsonOption())
     .option(
       "--proxy-uid <uid>",
       "check that files are readable by this UID (default: 1337 when run as root, else the current user)",
