@@ -150,8 +150,12 @@ test("completion scripts: bash and zsh complete commands, options, fixed values 
     return r.stdout.split("\n").filter(Boolean);
   };
   const top = complete("weft", "");
-  for (const c of ["proxy", "validate", "iptables", "completion"]) assert.ok(top.includes(c), `${c} in ${top}`);
-  assert.ok(top.every((c) => /^[a-z][a-z0-9-]*$/.test(c)), "commands only, at the top");
+  for (const c of ["proxy", "validate", "iptables", "completion"])
+    assert.ok(top.includes(c), `${c} in ${top}`);
+  assert.ok(
+    top.every((c) => /^[a-z][a-z0-9-]*$/.test(c)),
+    "commands only, at the top",
+  );
   assert.deepEqual(complete("weft", "ip"), ["iptables"]);
   assert.deepEqual(complete("weft", "iptables", ""), ["install", "uninstall", "print"]);
   assert.deepEqual(complete("weft", "iptables", "install", "--back"), ["--backend"]);
