@@ -215,6 +215,7 @@ export class CertificateAuthority {
   private readonly intermediate: x509.X509Certificate;
   private readonly intermediateNotAfter: number;
   private signingKey: Promise<CryptoKey> | undefined;
+  private rootFp: string | undefined;
 
   constructor(
     private readonly material: CaMaterial,
@@ -269,6 +270,12 @@ export class CertificateAuthority {
         `the intermediate CA expired at ${new Date(this.intermediateNotAfter).toISOString()}`,
       );
     }
+  }
+
+  /** SHA-256 fingerprint of the root the signing intermediate chains to (recorded per certificate). */
+  rootFingerprint(): string {
+    this.rootFp ??= new X509Certificate(this.material.rootCertPem).fingerprint256;
+    return this.rootFp;
   }
 
   /** The intermediate that signs (PEM). */

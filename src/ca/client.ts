@@ -80,8 +80,11 @@ export interface CaClientOptions {
   /** The trust bundle the server's certificate must chain to. Required: nothing is trusted on first use. */
   bundlePem: string;
   id: SpiffeId | string;
-  /** Join token for the first certificate (not needed when `initial` holds a live one). */
-  token?: string;
+  /**
+   * Join token for the first certificate (not needed when `initial` holds a live one); a function is
+   * called for each attempt, so a token file replaced while the sidecar waits is picked up.
+   */
+  token?: string | (() => string | undefined);
   /**
    * Kubernetes join instead of a join token: returns the pod's projected service-account token (re-read
    * each time: kubelet rotates it), sent to `/v1/sign/kubernetes`.
@@ -101,6 +104,11 @@ export interface CaClientOptions {
   retryBaseMs?: number;
   retryMaxMs?: number;
   startMaxAttempts?: number;
+  /**
+   * Keep trying after a refusal too (bad or spent token, untrusted server), not only after transient
+   * failures: what a sidecar wants, since an operator may fix the token file or the CA while it waits.
+   */
+  retryRefusals?: boolean;
   requestTimeoutMs?: number;
 }
 
@@ -170,7 +178,7 @@ export class CaClient {
       this.schedule();
       return;
     }
-    if (!this.options.token && !this.options.kubernetesToken) {
+    if (!this.hasToken() && !this.options.kubernetesToken) {
       this.state = "stopped";
       throw new WeftError(
         "E_USAGE",
@@ -187,12 +195,21 @@ export class CaClient {
         const weft = asWeftError(err);
         this.recordFailure(weft);
         if (this.isStopped()) throw weft;
-        if (!isTransient(weft) || attempt >= maxAttempts) {
+        const transient = isTransient(weft);
+        if ((!transient && !this.options.retryRefusals) || attempt >= maxAttempts) {
           this.state = "stopped";
           throw weft;
         }
         const delay = this.backoff(attempt, Number.POSITIVE_INFINITY);
-        this.log.warn({ err: weft.message, attempt, retry_in_ms: delay }, "first certificate request failed");
+        const fields = {
+          err: weft.message,
+          code: weft.code,
+          reason: weft.reason,
+          attempt,
+          retry_in_ms: delay,
+        };
+        if (transient) this.log.warn(fields, "first certificate request failed; retrying");
+        else this.log.error(fields, "the CA refused the first certificate request; retrying");
         await new Promise<void>((resolve) => {
           this.timer = this.clock.setTimeout(resolve, delay);
         });
@@ -213,7 +230,7 @@ export class CaClient {
     if (this.inflight) return this.inflight;
     const expired = this.current.notAfter.getTime() <= this.clock.now();
     // An expired certificate cannot prove anything over mTLS; a bounded-use token may still get a new one.
-    const via = expired && (this.options.token || this.options.kubernetesToken) ? "token" : "renew";
+    const via = expired && (this.hasToken() || this.options.kubernetesToken) ? "token" : "renew";
     this.inflight = this.exchange(via).finally(() => {
       this.inflight = undefined;
     });
@@ -247,6 +264,50 @@ export class CaClient {
     if (!this.current) return undefined;
     const { receivedAt: _, ...material } = this.current;
     return material;
+  }
+
+  private hasToken(): boolean {
+    const t = this.options.token;
+    return typeof t === "function" ? true : Boolean(t);
+  }
+
+  private tokenNow(): string | undefined {
+    const t = this.options.token;
+    return typeof t === "function" ? t() : t;
+  }
+
+  /**
+   * The revoked serials the CA serves with its bundle (GET /v1/bundle as JSON), verified like every
+   * request against the trust bundle. At most 100,000 entries; malformed ones are an error.
+   */
+  async fetchRevoked(): Promise<string[]> {
+    const response = await this.transport({
+      method: "GET",
+      path: "/v1/bundle?format=json",
+      trustBundlePem: this.trustBundlePem,
+      signal: this.abort.signal,
+    });
+    const body = response.body as { revoked?: unknown } | null;
+    if (response.status !== 200 || !body || typeof body !== "object") {
+      throw new WeftError("E_CA_UNREACHABLE", `the CA server answered ${response.status} for its bundle`, {
+        reason: "bad_response",
+      });
+    }
+    const list = body.revoked ?? [];
+    if (!Array.isArray(list) || list.length > 100_000) {
+      throw new WeftError("E_CA_UNREACHABLE", "the CA server's revocation list is malformed", {
+        reason: "bad_response",
+      });
+    }
+    return list.map((entry) => {
+      const serial = (entry as { serial?: unknown } | null)?.serial;
+      if (typeof serial !== "string" || !/^[0-9a-fA-F]{1,64}$/.test(serial)) {
+        throw new WeftError("E_CA_UNREACHABLE", "the CA server's revocation list holds a malformed serial", {
+          reason: "bad_response",
+        });
+      }
+      return serial.toLowerCase();
+    });
   }
 
   private isStopped(): boolean {
@@ -299,7 +360,7 @@ export class CaClient {
             method: "POST",
             ...(this.options.kubernetesToken
               ? { path: "/v1/sign/kubernetes", body: { csr: csrPem, token: this.options.kubernetesToken() } }
-              : { path: "/v1/sign", body: { csr: csrPem, token: this.options.token } }),
+              : { path: "/v1/sign", body: { csr: csrPem, token: this.tokenNow() } }),
             trustBundlePem: this.trustBundlePem,
             signal: this.abort.signal,
           }

@@ -37,6 +37,7 @@ import { CaMetrics } from "../core/metrics.ts";
 import type { CertificateAuthority, IssuedCert } from "./authority.ts";
 import type { KubeJoinResult } from "./kube-join.ts";
 import { addressKey, FailureLimiter } from "./rate-limit.ts";
+import type { SerialStore } from "./serials.ts";
 import type { SpiffeId } from "./spiffe-id.ts";
 import type { TokenStore } from "./tokens.ts";
 import { parseBundle, type TrustBundle, verifySvid } from "./verify.ts";
@@ -93,6 +94,8 @@ export interface CaServerOptions {
   /** Also serve GET /metrics over plain HTTP here (`host:port`), for scrapers without the bundle. */
   metricsListen?: string | ListenAddress;
   metrics?: CaMetrics;
+  /** Records every certificate issued, refuses revoked/superseded renewals, lists revoked serials. */
+  serials?: SerialStore;
 }
 
 export interface CaServerStats {
@@ -485,8 +488,16 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
         req.resume();
         const wantsJson =
           query.get("format") === "json" || /application\/json/.test(req.headers.accept ?? "");
-        if (wantsJson)
-          return sendJson(res, 200, { trustDomain: signing.ca.trustDomain, bundle: signing.bundlePem });
+        if (wantsJson) {
+          // The revoked, unexpired serials travel with the bundle: sidecars fetch both together.
+          const revoked = options.serials ? await options.serials.revokedUnexpired() : [];
+          metrics.revokedSerials.set(revoked.length);
+          return sendJson(res, 200, {
+            trustDomain: signing.ca.trustDomain,
+            bundle: signing.bundlePem,
+            revoked,
+          });
+        }
         return send(res, 200, "application/x-pem-file", signing.bundlePem);
       }
       // A spent failure budget is answered before anything of the request is read or checked.
@@ -571,11 +582,21 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
         },
         ttlMs: options.leafTtlMs,
       });
+      await recordIssued(cert);
       return { cert, via: `token:${use.ref}` };
     } catch (err) {
       await use.refund();
       throw err;
     }
+  }
+
+  async function recordIssued(cert: IssuedCert): Promise<void> {
+    await options.serials?.record({
+      serial: cert.serial,
+      id: cert.id.toString(),
+      notAfter: cert.notAfter,
+      root: signing.ca.rootFingerprint(),
+    });
   }
 
   async function signWithKubeToken(
@@ -605,6 +626,7 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
       },
       ttlMs: options.leafTtlMs,
     });
+    await recordIssued(cert);
     return { cert, via: entitled.ref };
   }
 
@@ -614,23 +636,38 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
   ): Promise<{ cert: IssuedCert; via: string }> {
     const csr = stringField(body, "csr", 32 * 1024);
     rejectUnknownFields(body, ["csr"]);
-    const presented = presentedIdentity(req.socket as TLSSocket);
-    const cert = await signing.ca.signCsr(csr, {
-      authorize: (id) => {
-        if (!id.equals(presented)) {
-          throw new WeftError(
-            "E_RENEW_IDENTITY",
-            `the client certificate proves ${presented.toString()}, but the CSR asks for ${id.toString()}`,
-            { reason: "identity_differs" },
-          );
-        }
-      },
-      ttlMs: options.leafTtlMs,
-    });
+    const { id: presented, leaf } = presentedIdentity(req.socket as TLSSocket);
+    // A revoked certificate, or one a renewal already replaced, renews no more (checked and claimed
+    // before signing, so two renewals racing with one certificate get one).
+    const complete = await options.serials?.claimRenewal(
+      leaf.serialNumber,
+      presented.toString(),
+      new Date(leaf.validTo),
+      "",
+    );
+    let cert: IssuedCert;
+    try {
+      cert = await signing.ca.signCsr(csr, {
+        authorize: (id) => {
+          if (!id.equals(presented)) {
+            throw new WeftError(
+              "E_RENEW_IDENTITY",
+              `the client certificate proves ${presented.toString()}, but the CSR asks for ${id.toString()}`,
+              { reason: "identity_differs" },
+            );
+          }
+        },
+        ttlMs: options.leafTtlMs,
+      });
+    } catch (err) {
+      await complete?.();
+      throw err;
+    }
+    await complete?.({ serial: cert.serial, notAfter: cert.notAfter, root: signing.ca.rootFingerprint() });
     return { cert, via: "renew" };
   }
 
-  function presentedIdentity(socket: TLSSocket): SpiffeId {
+  function presentedIdentity(socket: TLSSocket): { id: SpiffeId; leaf: X509Certificate } {
     const peer =
       typeof socket.getPeerCertificate === "function" ? socket.getPeerCertificate(true) : undefined;
     if (!peer?.raw) {
@@ -647,7 +684,8 @@ export async function createCaServer(options: CaServerOptions): Promise<CaServer
       // A client may send the root too; the verifier anchors on the bundle, so leave roots out.
       if (!signing.bundleRootsDer.has(key)) chain.push(cert.raw);
     }
-    return verifySvid(chain, signing.bundle, { now: new Date(clock.now()), role: "client" });
+    const id = verifySvid(chain, signing.bundle, { now: new Date(clock.now()), role: "client" });
+    return { id, leaf: new X509Certificate(chain[0]!) };
   }
 
   function refuse(res: ServerResponse, err: HttpError, remote: string): void {

@@ -16,6 +16,7 @@ import { registerExport } from "./meshca/export-p12.ts";
 import { registerInit } from "./meshca/init.ts";
 import { registerInspect } from "./meshca/inspect.ts";
 import { registerIssue } from "./meshca/issue.ts";
+import { registerRevoke } from "./meshca/revoke.ts";
 import { registerRotate } from "./meshca/rotate.ts";
 import { registerServe } from "./meshca/serve.ts";
 import { registerSign } from "./meshca/sign.ts";
@@ -58,6 +59,7 @@ export function buildMeshcaProgram(deps: MeshcaDeps): Command {
     registerBundle,
     registerInspect,
     registerVerify,
+    registerRevoke,
     registerExport,
     registerRotate,
   ]) {

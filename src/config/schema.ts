@@ -87,6 +87,13 @@ const caIdentity = z
      * join token and re-read each time (kubelet rotates it). What `weft inject` mounts.
      */
     kubernetesTokenFile: z.string().min(1).optional(),
+    /**
+     * How often the revoked serials are fetched from the CA with its bundle; a revoked peer is refused on
+     * new handshakes and its pooled sessions end within this interval.
+     */
+    revocationRefresh: duration.default(30_000),
+    /** Longest wait between attempts while the CA is unreachable (exponential backoff with jitter up to it). */
+    retryMax: duration.default(30_000),
   })
   .refine(
     (c) =>

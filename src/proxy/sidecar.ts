@@ -182,6 +182,12 @@ export class Sidecar {
       sessionResumption: config.tls.sessionResumption,
     });
     this.identity = deps.identity ?? this.buildIdentity();
+    this.identity.onRevoked?.((serials) => {
+      // New handshakes refuse these serials at once; TunnelTls's trust-change hook re-checks the peers
+      // of running pooled sessions and ends those that fail.
+      this.tls.setRevoked(serials);
+      this.logger.info({ revoked: serials.length }, "revocation list applied");
+    });
     this.identity.onChange((id) => {
       try {
         this.tls.update(id);
@@ -209,17 +215,23 @@ export class Sidecar {
       });
     }
     const ca = c.identity.ca!;
-    let token = ca.token;
-    if (token === undefined && ca.tokenFile !== undefined) {
-      try {
-        token = read(ca.tokenFile).trim();
-      } catch (err) {
-        throw new WeftError(
-          "E_IO",
-          `identity.ca.tokenFile ${ca.tokenFile} cannot be read: ${errorMessage(err)}`,
-        );
-      }
-    }
+    // The token file is read at each attempt: it may appear, or be replaced, while the sidecar waits.
+    const tokenFile = ca.tokenFile;
+    const token =
+      ca.token ??
+      (tokenFile === undefined
+        ? undefined
+        : () => {
+            try {
+              return read(tokenFile).trim();
+            } catch (err) {
+              throw new WeftError(
+                "E_IO",
+                `identity.ca.tokenFile ${tokenFile} cannot be read: ${errorMessage(err)}`,
+                { reason: "token_file" },
+              );
+            }
+          });
     let caBundlePem: string;
     try {
       caBundlePem = read(ca.bundle);
@@ -248,6 +260,8 @@ export class Sidecar {
         : {}),
       keyAlgorithm: ca.keyAlgorithm,
       stateDir: ca.stateDir,
+      revocationRefreshMs: ca.revocationRefresh,
+      retryMaxMs: ca.retryMax,
       trustDomain: c.trustDomain,
       clock: this.clock,
       logger: this.logger.child({ component: "identity" }),
@@ -326,6 +340,9 @@ export class Sidecar {
   readiness(): Readiness {
     if (this.draining) return { ready: false, reason: "draining" };
     if (!this.tls.ready) return { ready: false, reason: "no_certificate" };
+    // Every peer refuses an expired certificate: not ready until renewal (which keeps trying) replaces it.
+    const own = this.tls.current();
+    if (own && own.notAfter <= this.clock.now()) return { ready: false, reason: "certificate_expired" };
     if (!this.listenersUp) return { ready: false, reason: "listeners_not_up" };
     return { ready: true };
   }
@@ -346,10 +363,10 @@ export class Sidecar {
       metrics: this.metrics,
       intervalMs: EXPIRY_CHECK_INTERVAL_MS,
       current: () => this.identity.current(),
-      onCheck:
-        this.identity instanceof CaIdentitySource
-          ? () => (this.identity as CaIdentitySource).pollFailures()
-          : undefined,
+      onCheck: () => {
+        if (this.identity instanceof CaIdentitySource) this.identity.pollFailures();
+        this.publishReady();
+      },
     });
     this.expiry.start();
 

@@ -241,7 +241,7 @@ test("the bundle is served as PEM and as JSON", async (t) => {
   assert.match(String(pem.headers["content-type"]), /application\/x-pem-file/);
   assert.equal(pem.text, s.bundlePem);
   const json = await s.send("GET", "/v1/bundle?format=json");
-  assert.deepEqual(JSON.parse(json.text), { trustDomain: "weft.local", bundle: s.bundlePem });
+  assert.deepEqual(JSON.parse(json.text), { trustDomain: "weft.local", bundle: s.bundlePem, revoked: [] });
   const health = await s.send("GET", "/healthz");
   assert.equal(health.status, 200);
 });

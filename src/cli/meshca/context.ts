@@ -9,6 +9,7 @@ import { resolve } from "node:path";
 import { InvalidArgumentError, Option } from "commander";
 import { CertificateAuthority, type KeyAlgorithm } from "../../ca/authority.ts";
 import { KEY_ALGORITHMS as ALL_KEY_ALGORITHMS } from "../../ca/key-policy.ts";
+import { SERIALS_FILE, SerialStore } from "../../ca/serials.ts";
 import { CaStore } from "../../ca/store.ts";
 import { TOKENS_FILE, TokenStore } from "../../ca/tokens.ts";
 import { formatDuration, parseDuration } from "../../config/units.ts";
@@ -51,6 +52,14 @@ export interface MeshcaContext {
   /** The CA in `dir`, or E_IO naming the `meshca init` that makes one. */
   loadCa(dir: string): Promise<{ store: CaStore; ca: CertificateAuthority }>;
   tokenStore(dir: string, trustDomain: string): TokenStore;
+  /** The record of issued certificates of the CA in `dir` (revocation, root retirement). */
+  serialStore(dir: string): SerialStore;
+  /** Record a certificate this command issued from the CA in `dir`. */
+  recordIssued(
+    dir: string,
+    ca: CertificateAuthority,
+    cert: { serial: string; id: { toString(): string }; notAfter: Date },
+  ): Promise<void>;
   /** A fresh `--dir <dir>` option (commander options cannot be shared between commands). */
   dirOption(): Option;
   /** A command's result: `data` as one JSON document with `--json`, else the human text `human` prints. */
@@ -79,6 +88,14 @@ export function meshcaContext(deps: MeshcaDeps): MeshcaContext {
     },
     tokenStore: (dir, trustDomain) =>
       new TokenStore({ file: resolve(path(dir), TOKENS_FILE), clock: deps.clock, trustDomain }),
+    serialStore: (dir) => new SerialStore(resolve(path(dir), SERIALS_FILE), deps.clock),
+    recordIssued: (dir, ca, cert) =>
+      new SerialStore(resolve(path(dir), SERIALS_FILE), deps.clock).record({
+        serial: cert.serial,
+        id: cert.id.toString(),
+        notAfter: cert.notAfter,
+        root: ca.rootFingerprint(),
+      }),
     dirOption: () => new Option("--dir <dir>", "CA directory").default(DEFAULT_DIR),
     emit: (json, data, human) => (json ? writeJson(deps.stdout, data) : human()),
   };

@@ -80,6 +80,7 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
           ...(opts.ttl ? { ttlMs: opts.ttl } : {}),
           keyAlgorithm: opts.keyAlg,
         });
+        await ctx.recordIssued(opts.dir, ca, identity);
         const written = opts.out
           ? await writeFlat(path(opts.out), identity)
           : await store.writeIssued(name, identity, { force: Boolean(opts.force) });

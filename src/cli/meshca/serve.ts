@@ -84,6 +84,7 @@ export function registerServe(program: Command, ctx: MeshcaContext): void {
         ...(kube ? { kubeJoin: kube.join } : {}),
         ca,
         tokens: tokenStore(opts.dir, ca.trustDomain),
+        serials: ctx.serialStore(opts.dir),
         logger: deps.logger,
         clock: deps.clock,
         listen,

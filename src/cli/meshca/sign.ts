@@ -62,6 +62,7 @@ export function registerSign(program: Command, ctx: MeshcaContext): void {
           },
           ...(opts.ttl ? { ttlMs: opts.ttl } : {}),
         });
+        await ctx.recordIssued(opts.dir, ca, issued);
         if (opts.out) {
           await writeFileAtomic(path(opts.out), issued.chainPem, 0o644);
           err(

@@ -35,6 +35,8 @@ export interface IdentitySource {
   onChange(listener: (identity: Identity) => void): void;
   /** For `/certs`: the kind of source and its state. */
   describe(): Record<string, unknown>;
+  /** Called with the revoked serials each time the list the CA serves changes (CA sources only). */
+  onRevoked?(listener: (serials: readonly string[]) => void): void;
 }
 
 /** PEM text -> DER of each CERTIFICATE block, in order. */
@@ -252,7 +254,8 @@ export interface CaIdentityOptions {
   /** Trust bundle PEM for the CA server's certificate. */
   readonly caBundlePem: string;
   readonly id: string;
-  readonly token?: string;
+  /** The join token, or a function that reads it (the token file) at each attempt. */
+  readonly token?: string | (() => string | undefined);
   /** Kubernetes join: reads the projected service-account token (see CaClientOptions.kubernetesToken). */
   readonly kubernetesToken?: () => string;
   readonly keyAlgorithm?: KeyAlgorithm;
@@ -262,6 +265,12 @@ export interface CaIdentityOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly metrics: WeftMetrics;
+  /** How often the revoked serials are fetched from the CA (0 = never). */
+  readonly revocationRefreshMs?: number;
+  /** Longest wait between attempts while the CA cannot be reached. */
+  readonly retryMaxMs?: number;
+  /** First wait between attempts (tests shorten it). */
+  readonly retryBaseMs?: number;
 }
 
 /** Identity from the CA server via `CaClient`; see the module comment. */
@@ -271,12 +280,31 @@ export class CaIdentitySource implements IdentitySource {
   private client: CaClient | undefined;
   private failuresSeen = 0;
   private startError: string | undefined;
+  private readonly revokedListeners: Array<(serials: readonly string[]) => void> = [];
+  private revoked: string[] | undefined;
+  private revocationTimer: TimerHandle | undefined;
+  private revocationError: string | undefined;
+  private revocationFetchedAt: number | undefined;
+  private stopped = false;
 
   constructor(private readonly options: CaIdentityOptions) {}
 
+  /**
+   * Starts getting the first certificate and resolves at once: while the CA cannot be reached (or
+   * refuses), the client keeps trying with capped exponential backoff and jitter, logging each attempt
+   * with its reason, and the sidecar stays not ready. Only a configuration that can never work (no
+   * token and no stored certificate) rejects.
+   */
   async start(): Promise<void> {
     const o = this.options;
     const initial = o.stateDir ? await readState(o.stateDir) : undefined;
+    if (o.token === undefined && !o.kubernetesToken && !initial) {
+      throw new WeftError(
+        "E_USAGE",
+        `no join token and no stored certificate for ${o.id}; make one with meshca token create`,
+        { reason: "no_token" },
+      );
+    }
     this.client = new CaClient({
       url: o.url,
       bundlePem: o.caBundlePem,
@@ -288,14 +316,51 @@ export class CaIdentitySource implements IdentitySource {
       logger: o.logger,
       initial,
       onIdentity: (m) => this.install(m),
+      startMaxAttempts: Number.POSITIVE_INFINITY,
+      retryRefusals: true,
+      ...(o.retryMaxMs !== undefined ? { retryMaxMs: o.retryMaxMs } : {}),
+      ...(o.retryBaseMs !== undefined ? { retryBaseMs: o.retryBaseMs } : {}),
     });
-    try {
-      await this.client.start();
-    } catch (err) {
+    const client = this.client;
+    client.start().catch((err: unknown) => {
+      if (this.stopped) return;
       this.startError = errorMessage(err);
       o.metrics.certRenewalFailures.inc();
-      throw err;
+      o.logger.error({ err: this.startError }, "the CA client gave up getting a first certificate");
+    });
+    if ((o.revocationRefreshMs ?? 0) > 0) void this.refreshRevoked();
+  }
+
+  /** Fetch the revoked serials now (then every `revocationRefreshMs`); failures keep the last list. */
+  async refreshRevoked(): Promise<void> {
+    const o = this.options;
+    this.revocationTimer?.cancel();
+    try {
+      const serials = await this.client!.fetchRevoked();
+      this.revocationFetchedAt = o.clock.now();
+      if (this.revocationError !== undefined) o.logger.info({}, "revocation list fetched again");
+      this.revocationError = undefined;
+      const changed = this.revoked === undefined || serials.join(",") !== this.revoked.join(",");
+      this.revoked = serials;
+      if (changed) {
+        if (serials.length > 0) o.logger.info({ revoked: serials.length }, "revocation list changed");
+        for (const l of this.revokedListeners) l(serials);
+      }
+    } catch (err) {
+      const msg = errorMessage(err);
+      if (msg !== this.revocationError) {
+        o.logger.warn({ err: msg }, "cannot fetch the revocation list; keeping the last one");
+      }
+      this.revocationError = msg;
     }
+    if (!this.stopped && (o.revocationRefreshMs ?? 0) > 0) {
+      this.revocationTimer = o.clock.setTimeout(() => void this.refreshRevoked(), o.revocationRefreshMs!);
+    }
+  }
+
+  onRevoked(listener: (serials: readonly string[]) => void): void {
+    this.revokedListeners.push(listener);
+    if (this.revoked) listener(this.revoked);
   }
 
   private install(m: IdentityMaterial): void {
@@ -323,6 +388,8 @@ export class CaIdentitySource implements IdentitySource {
   }
 
   stop(): void {
+    this.stopped = true;
+    this.revocationTimer?.cancel();
     this.client?.stop();
   }
 
@@ -344,6 +411,10 @@ export class CaIdentitySource implements IdentitySource {
       consecutiveFailures: s?.consecutiveFailures ?? 0,
       nextRenewalAt: s?.nextRenewalAt?.toISOString() ?? null,
       lastError: s?.lastError ?? this.startError ?? null,
+      revokedSerials: this.revoked?.length ?? null,
+      revocationFetchedAt:
+        this.revocationFetchedAt === undefined ? null : new Date(this.revocationFetchedAt).toISOString(),
+      revocationError: this.revocationError ?? null,
     };
   }
 }
@@ -425,7 +496,10 @@ export class ExpiryWatch {
         o.logger.error(fields, "workload certificate expires soon and has not been renewed");
       }
     }
-    this.timer = o.clock.setTimeout(() => this.check(), o.intervalMs);
+    // Also wake at the certificate's expiry, so readiness and the logs turn the moment it runs out.
+    const untilExpiry = id ? id.notAfter - o.clock.now() : 0;
+    const next = untilExpiry > 0 ? Math.min(o.intervalMs, untilExpiry + 1) : o.intervalMs;
+    this.timer = o.clock.setTimeout(() => this.check(), next);
   }
 
   stop(): void {
