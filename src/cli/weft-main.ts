@@ -1,17 +1,17 @@
 /**
- * The `weft` process: real streams, clock and environment into the program of `weft.ts`; SIGTERM and
- * SIGINT start a drain; SIGHUP reloads weft.yaml, the identity files and the services file (and never
- * ends the process). Exit codes 0 ok, 1 failure, 2 usage.
+ * The `weft` process: real streams, clock and environment into the program of `weft.ts`; signals from
+ * signals.ts (SIGTERM and SIGINT start a drain; SIGHUP reloads weft.yaml, the identity files and the
+ * services file and never ends the process; SIGUSR1/SIGUSR2 are ignored: no inspector, no exit). Exit
+ * codes 0 ok, 1 failure, 2 usage.
  */
 import { systemClock } from "../core/clock.ts";
 import { exitQuietlyOnClosedPipe } from "./conventions.ts";
+import { installProcessSignals } from "./signals.ts";
 import { runWeft } from "./weft.ts";
 
-// From the first instant: SIGHUP's default action would end the process (before the sidecar is up too).
-const reloadListeners: Array<() => void> = [];
-process.on("SIGHUP", () => {
-  for (const l of reloadListeners) l();
-});
+// From the first instant: the default actions of SIGHUP and SIGUSR2 end the process, SIGUSR1's opens
+// the inspector.
+const signals = installProcessSignals();
 
 exitQuietlyOnClosedPipe(process.stdout);
 process.exitCode = await runWeft(process.argv.slice(2), {
@@ -19,12 +19,7 @@ process.exitCode = await runWeft(process.argv.slice(2), {
   stderr: process.stderr,
   env: process.env,
   clock: systemClock,
-  waitForShutdown: () =>
-    new Promise<void>((resolve) => {
-      process.once("SIGINT", () => resolve());
-      process.once("SIGTERM", () => resolve());
-    }),
-  onReload: (listener) => {
-    reloadListeners.push(listener);
-  },
+  waitForShutdown: signals.waitForShutdown,
+  onReload: signals.onReload,
+  onIgnoredSignal: signals.onIgnored,
 });

@@ -55,6 +55,8 @@ export interface WeftDeps {
    * services file are read again. Without it, only file changes reload.
    */
   readonly onReload?: (listener: () => void) => void;
+  /** Subscribe to signals the process ignores (SIGUSR1, SIGUSR2), to log them. */
+  readonly onIgnoredSignal?: (listener: (signal: NodeJS.Signals) => void) => void;
   /** Logger factory: the sidecar's level comes from its config. */
   readonly makeLogger?: (level: LogLevel) => Logger;
 }
@@ -184,6 +186,9 @@ ${EXIT_CODES}`,
         metrics: sidecar.metrics,
       });
       await reloader.start();
+      deps.onIgnoredSignal?.((signal) => {
+        logger.info({ signal }, `${signal} ignored: a sidecar opens no inspector and keeps running`);
+      });
       deps.onReload?.(() => {
         logger.info({ signal: "SIGHUP" }, "reloading weft.yaml, identity files and services file");
         void reloader.reload("signal");

@@ -102,6 +102,12 @@ export class WeftMetrics {
     labelNames: ["direction"] as const,
     registers: [this.registry],
   });
+  readonly pooledSessionsEnded = new Counter({
+    name: "weft_pooled_sessions_ended_total",
+    help: "Pooled tunnel sessions ended (GOAWAY; running streams finish) because the peer's certificate expired (peer_cert_expired) or no longer verifies against the trust bundle (peer_untrusted), by direction (inbound: accepted on the tunnel port; outbound: opened by this sidecar).",
+    labelNames: ["direction", "reason"] as const,
+    registers: [this.registry],
+  });
   readonly endpointActive = new Gauge({
     name: "weft_endpoint_active_connections",
     help: "Connections open now to each endpoint.",
@@ -136,6 +142,12 @@ export class WeftMetrics {
     name: "weft_policy_allowed_total",
     help: "Connections allowed by authorization policy, by the rule that allowed them (`default` when no rule covers the port).",
     labelNames: ["peer_identity", "port", "rule"] as const,
+    registers: [this.registry],
+  });
+  readonly inboundRefused = new Counter({
+    name: "weft_inbound_refused_total",
+    help: "Connections from peers (direction inbound) or permissive plaintext (inbound_plaintext) refused because they asked for a destination the sidecar never dials on anyone's behalf: forbidden_port (one of the sidecar's own listeners), port_not_allowed (not in inbound.ports), destination_not_local (not an address of this pod), loopback_destination (transparent mode).",
+    labelNames: ["direction", "reason"] as const,
     registers: [this.registry],
   });
   readonly inboundPlaintext = new Counter({

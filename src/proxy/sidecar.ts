@@ -36,8 +36,10 @@ import {
 import { OutboundHandler, type OutboundOptions } from "./outbound/outbound.ts";
 import type { InboundSettings } from "./outbound/route.ts";
 import { type Connector, MtlsConnector } from "./transport/connector.ts";
+import { SessionCertWatch } from "./transport/h2/cert-watch.ts";
 import { PooledConnector } from "./transport/h2/pool.ts";
 import { TunnelTls } from "./transport/tls-context.ts";
+import { LocalAddresses } from "./tunnel/local-addresses.ts";
 import { TunnelHandler, type TunnelOptions } from "./tunnel/tunnel.ts";
 
 const EXPIRY_CHECK_INTERVAL_MS = 60_000;
@@ -141,6 +143,9 @@ export class Sidecar {
   private tunnelHandler: TunnelHandler | undefined;
   private admin: AdminServer | undefined;
   private expiry: ExpiryWatch | undefined;
+  /** Pooled sessions accepted on the tunnel port / opened by the pool: they follow certificates. */
+  private readonly inboundSessions: SessionCertWatch;
+  private readonly outboundSessions: SessionCertWatch;
   private addrs: SidecarAddresses | undefined;
   private listenersUp = false;
   private draining = false;
@@ -181,6 +186,17 @@ export class Sidecar {
       clock: this.clock,
       sessionResumption: config.tls.sessionResumption,
     });
+    const watch = (direction: "inbound" | "outbound"): SessionCertWatch =>
+      new SessionCertWatch({
+        tls: this.tls,
+        clock: this.clock,
+        logger: this.logger.child({ component: "tunnel" }),
+        metrics: this.metrics,
+        direction,
+      });
+    this.inboundSessions = watch("inbound");
+    this.outboundSessions = watch("outbound");
+    this.tls.onTrustChange(() => this.recheckPeers("the trust bundle or revocation list changed"));
     this.identity = deps.identity ?? this.buildIdentity();
     this.identity.onRevoked?.((serials) => {
       // New handshakes refuse these serials at once; TunnelTls's trust-change hook re-checks the peers
@@ -325,6 +341,15 @@ export class Sidecar {
     ]);
   }
 
+  /**
+   * Verify the peer of every pooled session (both directions) again, now, and end (GOAWAY, running
+   * streams finish) those whose chain no longer verifies. Called when the trust bundle changes; call it
+   * whenever something else changes what verifies (e.g. a revocation list). Returns how many ended.
+   */
+  recheckPeers(why: string): number {
+    return this.inboundSessions.recheck(why) + this.outboundSessions.recheck(why);
+  }
+
   /** The route table in use (after `start()`). */
   get routeTable(): RouteTable {
     if (!this.routes) throw new WeftError("E_NOT_READY", "the sidecar has not started");
@@ -407,6 +432,7 @@ export class Sidecar {
             connectTimeoutMs: c.timeouts.connect,
             keepalive,
             logger: this.logger.child({ component: "pool" }),
+            certWatch: this.outboundSessions,
           })
         : new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics }));
     this.connector = connector;
@@ -425,6 +451,7 @@ export class Sidecar {
       originalDst = new LinuxOriginalDst();
     }
     const reserved = this.live.inbound.reservedPorts as number[];
+    const localAddresses = new LocalAddresses(this.clock);
     const add = (
       name: string,
       opts: {
@@ -472,6 +499,14 @@ export class Sidecar {
         timeouts,
         keepalive,
         slots: tunnel,
+        certWatch: this.inboundSessions,
+        // Transparent mode: a peer reaches the app at the address it was sent to (the pod's own).
+        transparent: c.listeners.inbound.enabled,
+        localAddresses,
+        servesService: (name) => {
+          const me = this.tls.current()?.id;
+          return me !== undefined && this.routes?.service(name)?.identity === me;
+        },
       };
       this.tunnelHandler = new TunnelHandler(this.live.tunnel);
     }
@@ -508,6 +543,8 @@ export class Sidecar {
         appAddress: c.inbound.appAddress,
         listenerAddrs,
         reservedPorts: reserved,
+        ports: () => this.live.inbound.ports,
+        localAddresses,
         clock: this.clock,
         logger: this.logger.child({ component: "inbound" }),
         metrics: this.metrics,
@@ -570,7 +607,11 @@ export class Sidecar {
         },
       });
       const adminAddr = await this.admin.listen();
-      for (const a of [tunnelAddr, outboundAddr, inboundAddr, adminAddr]) if (a) reserved.push(a.port);
+      // A peer may never be forwarded to any port of the sidecar itself (nor the CA's, when it is here).
+      for (const a of [tunnelAddr, outboundAddr, inboundAddr, adminAddr, ...explicitAddrs]) {
+        if (a) reserved.push(a.port);
+      }
+      if (c.identity.ca) reserved.push(caPort(c.identity.ca.url));
       this.addrs = {
         admin: adminAddr,
         tunnel: tunnelAddr,
@@ -687,6 +728,12 @@ export class Sidecar {
     this.identity.stop();
     if (this.routes && isDiscovery(this.routes) && !this.deps.routes) await this.routes.stop();
   }
+}
+
+/** The port of the CA server's URL (default 443 for https). */
+function caPort(url: string): number {
+  const u = new URL(url);
+  return u.port ? Number(u.port) : u.protocol === "http:" ? 80 : 443;
 }
 
 function fmt(a: SocketAddr | undefined): string | undefined {

@@ -138,10 +138,15 @@ export async function startSidecarPair(t: TestContext, options: PairOptions): Pr
   await writeIdentity(clientFiles, clientIssued);
 
   const serverLog = new MemoryLogger();
+  // The server serves `backend` (discovery lists it with the server's identity): that is what lets the
+  // service a peer names become a metric label on the server.
+  const served = new StaticRouteTable([
+    { name: "backend", identity: serverIssued.id.toString(), ports: [8080], endpoints: [] },
+  ]);
   const server = await startSidecar(
     t,
     testConfig(ca.trustDomain, serverFiles, options.serverConfig),
-    new StaticRouteTable([]),
+    served,
     serverLog,
     { clock: options.clock },
   );

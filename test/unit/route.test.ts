@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import {
+  type AppTarget,
+  decideAppAddress,
   decideInbound,
   decideOutbound,
   endpointAppPort,
@@ -132,7 +134,11 @@ test("decideInbound, as a table", () => {
         { ports: [9000], allow: ["spiffe://weft.local/ns/*/sa/frontend"] },
       ],
     },
-    ports: [{ port: 8080, proxyProtocol: "v2" }],
+    ports: [
+      { port: 8080, proxyProtocol: "v2" },
+      { port: 5432, proxyProtocol: "none" },
+      { port: 9000, proxyProtocol: "none" },
+    ],
     reservedPorts: [15000, 15001, 15006, 15008],
   };
   const deny: InboundSettings = { ...base, policy: { default: "deny", rules: base.policy.rules } };
@@ -144,9 +150,16 @@ test("decideInbound, as a table", () => {
       want: "allow:v2",
     },
     {
-      name: "uncovered port without proxy option",
+      name: "inbound.ports is an allow-list: another port is refused",
       peer: "spiffe://weft.local/ns/a/sa/b",
       port: 7000,
+      want: "deny:port_not_allowed:not_in_inbound_ports",
+    },
+    {
+      name: "no inbound.ports: any port but the proxy's own",
+      peer: "spiffe://weft.local/ns/a/sa/b",
+      port: 7000,
+      s: { ...base, ports: [] },
       want: "allow:none",
     },
     {
@@ -194,6 +207,13 @@ test("decideInbound, as a table", () => {
       want: "allow:none",
     },
     {
+      name: "the proxy's own port wins over the allow-list",
+      peer: "spiffe://weft.local/ns/a/sa/b",
+      port: 15008,
+      s: { ...base, ports: [{ port: 15008, proxyProtocol: "none" }] },
+      want: "deny:forbidden_port:proxy_port",
+    },
+    {
       name: "the proxy's own admin port is never reachable",
       peer: "spiffe://weft.local/ns/a/sa/b",
       port: 15000,
@@ -208,6 +228,29 @@ test("decideInbound, as a table", () => {
     if (d.kind === "deny" && d.reason === "policy_denied") {
       assert.equal(d.detail, `${c.peer} may not reach port ${c.port}`);
     }
+  }
+});
+
+test("decideAppAddress, as a table: transparent mode dials the original destination if it is this pod's", () => {
+  const local = { has: (a: string) => a === "10.0.0.5" || a === "fd00::5" || a === "127.0.0.1" };
+  const transparent = { mode: "original-destination" as const, local };
+  const cases: Array<[string, string, AppTarget, string]> = [
+    [
+      "explicit mode: appAddress whatever was named",
+      "10.9.9.9",
+      { mode: "app-address", appAddress: "127.0.0.1" },
+      "allow:127.0.0.1",
+    ],
+    ["the pod's own address", "10.0.0.5", transparent, "allow:10.0.0.5"],
+    ["the pod's own IPv6 address", "fd00::5", transparent, "allow:fd00::5"],
+    ["IPv4-mapped form of the pod's address", "::ffff:10.0.0.5", transparent, "allow:10.0.0.5"],
+    ["loopback, though local", "127.0.0.1", transparent, "deny:loopback_destination"],
+    ["IPv6 loopback", "::1", transparent, "deny:loopback_destination"],
+    ["another host", "10.0.0.6", transparent, "deny:destination_not_local"],
+  ];
+  for (const [name, dst, target, want] of cases) {
+    const d = decideAppAddress(dst, target);
+    assert.equal(d.kind === "allow" ? `allow:${d.address}` : `deny:${d.reason}`, want, name);
   }
 });
 

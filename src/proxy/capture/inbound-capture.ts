@@ -1,7 +1,9 @@
 /**
  * The inbound capture port (15006): plaintext that reached one of the app's ports from outside the mesh
  * (iptables PREROUTING redirects it here). In `strict` mode it is refused with a reset; in `permissive`
- * mode (for migrations) it is passed to the app on its original port. Counted either way in
+ * mode (for migrations) it is passed to the app at its original destination (address and port) under
+ * the same rules as a peer's connection: never a port of the sidecar, only `inbound.ports` when listed,
+ * only an address of this pod and never loopback. Counted either way in
  * `weft_inbound_plaintext_total{mode,decision}`, and each connection gets its access-log line.
  */
 import type { Socket } from "node:net";
@@ -9,15 +11,18 @@ import type { Clock } from "../../core/clock.ts";
 import { WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
-import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
+import { formatAddr, normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
 import {
   type CloseReason,
   type ConnectionDeps,
   ConnectionRecord,
+  containFailure,
   spliceConnection,
 } from "../connection/record.ts";
 import { resetSide } from "../connection/splice.ts";
+import { decideAppAddress } from "../outbound/route.ts";
 import { connectTcp } from "../transport/connector.ts";
+import type { LocalAddressSet } from "../tunnel/local-addresses.ts";
 import { isLoop, type OriginalDstResolver } from "./original-dst.ts";
 
 export interface InboundCaptureOptions {
@@ -26,6 +31,10 @@ export interface InboundCaptureOptions {
   readonly appAddress: string;
   readonly listenerAddrs: () => readonly SocketAddr[];
   readonly reservedPorts: readonly number[];
+  /** `inbound.ports`: when any are listed, plaintext reaches those ports only (as peers do). */
+  readonly ports: () => readonly { readonly port: number }[];
+  /** This pod's addresses: plaintext is passed to its original destination only if it is one of them. */
+  readonly localAddresses: LocalAddressSet;
   readonly clock: Clock;
   readonly logger: Logger;
   readonly metrics: WeftMetrics;
@@ -63,11 +72,37 @@ export class InboundCaptureHandler {
       rec.finish("plaintext_refused");
       return;
     }
+    // The same rules as for a peer: the inbound.ports allow-list, and the app is reached at the address
+    // the connection was sent to (never 127.0.0.1: a service bound to loopback is not exposed).
+    const ports = o.ports();
+    const refusal: { reason: CloseReason; detail: string } | undefined =
+      ports.length > 0 && !ports.some((p) => p.port === dst.port)
+        ? { reason: "port_not_allowed", detail: `port ${dst.port} is not one of inbound.ports` }
+        : undefined;
+    const where = refusal
+      ? undefined
+      : decideAppAddress(dst.address, { mode: "original-destination", local: o.localAddresses });
+    const denied = refusal ?? (where?.kind === "deny" ? where : undefined);
+    if (denied || !where || where.kind === "deny") {
+      const d = denied ?? { reason: "destination_not_local" as const, detail: "" };
+      o.metrics.inboundPlaintext.inc({ mode: "permissive", decision: "refused" });
+      o.metrics.inboundRefused.inc({ direction: "inbound_plaintext", reason: d.reason });
+      o.logger.debug({ conn_id: rec.id, src: rec.src, port: dst.port, reason: d.reason }, d.detail);
+      resetSide({ stream: client, raw: client });
+      rec.finish(d.reason, new WeftError("E_POLICY_DENIED", d.detail));
+      return;
+    }
     o.metrics.inboundPlaintext.inc({ mode: "permissive", decision: "passed" });
-    void this.pass(rec, client, dst.port);
+    this.pass(rec, client, { address: where.address, port: dst.port }).catch((err: unknown) =>
+      containFailure(o.connection, err, {
+        rec,
+        reset: () => resetSide({ stream: client, raw: client }),
+        component: "inbound",
+      }),
+    );
   };
 
-  private async pass(rec: ConnectionRecord, client: Socket, port: number): Promise<void> {
+  private async pass(rec: ConnectionRecord, client: Socket, target: SocketAddr): Promise<void> {
     const o = this.options;
     const ctl = new AbortController();
     let forced: CloseReason | undefined;
@@ -84,7 +119,7 @@ export class InboundCaptureHandler {
     rec.phase = "connecting";
     let app: Socket;
     try {
-      app = await connectTcp({ address: o.appAddress, port }, ctl.signal);
+      app = await connectTcp(target, ctl.signal);
     } catch (err) {
       resetSide({ stream: client, raw: client });
       rec.finish(forced ?? (client.destroyed ? "downstream_reset" : "app_connect_failed"), err);
@@ -93,7 +128,7 @@ export class InboundCaptureHandler {
       timer.cancel();
       client.removeListener("close", onGone);
     }
-    rec.endpoint = `${o.appAddress}:${port}`;
+    rec.endpoint = formatAddr(target.address, target.port);
     rec.phase = "streaming";
     const splice = spliceConnection(
       rec,

@@ -53,11 +53,17 @@ export const CLOSE_REASONS = [
   "proxy_header_timeout",
   "proxy_header_truncated",
   "proxy_header_malformed",
+  "proxy_header_unsupported",
   "policy_denied",
   "forbidden_port",
+  "port_not_allowed",
+  "destination_not_local",
+  "loopback_destination",
   "app_connect_failed",
   // inbound capture
   "plaintext_refused",
+  // a bug in Weft: caught at the end of the connection's own path, this connection reset, nothing else
+  "internal_error",
 ] as const;
 
 export type CloseReason = (typeof CLOSE_REASONS)[number] | `svid_${string}`;
@@ -305,6 +311,54 @@ export class ConnectionRecord implements ByteSink {
     if (err !== undefined) fields.err = err instanceof Error ? err.message : String(err);
     this.deps.logger.info(fields, "connection closed");
   }
+}
+
+/**
+ * The one handler that every per-connection and per-stream asynchronous path of the data plane ends in
+ * (a promise's `.catch`, or a `try` around an event handler): a throw that nothing else caught is a bug
+ * in Weft, and a bug costs that one connection, never the process and its other connections. It resets
+ * the connection (`reset`), finishes its record with `internal_error` (or, with no record yet or one
+ * already finished, counts the reason directly), and logs the error with its stack once, at error level.
+ */
+export function containFailure(
+  deps: ConnectionDeps,
+  err: unknown,
+  where: {
+    readonly rec?: ConnectionRecord;
+    readonly reset: () => void;
+    /** For the count when there is no live record: the listener's direction and what is known. */
+    readonly direction?: Direction;
+    readonly peer?: string;
+    readonly component: string;
+  },
+): void {
+  try {
+    where.reset();
+  } catch {
+    // Resetting a socket that is already gone may throw; the connection is over either way.
+  }
+  const rec = where.rec;
+  const stack = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  deps.logger.error(
+    {
+      conn_id: rec?.id,
+      component: where.component,
+      peer_identity: rec?.peer ?? where.peer,
+      phase: rec?.phase,
+      err: stack,
+    },
+    "internal error: the connection was reset (a bug in Weft; the sidecar carries on)",
+  );
+  if (rec && !rec.isFinished) {
+    rec.finish("internal_error", err);
+    return;
+  }
+  deps.metrics.connectionsClosed.inc({
+    direction: rec?.direction ?? where.direction ?? "inbound",
+    service: rec?.service ?? "unknown",
+    peer_identity: rec?.peer ?? where.peer ?? "none",
+    reason: "internal_error",
+  });
 }
 
 /** A connection that did not end normally, as `weft explain` and `/explain` show it. */

@@ -18,7 +18,7 @@
  * at most `limits.earlyDataBytes`, beyond which TCP flow control holds the client, so a refused attempt
  * is retried on another endpoint with every byte and the answer adds no round trip.
  */
-import type { Socket } from "node:net";
+import { isIP, type Socket } from "node:net";
 import type { Clock } from "../../core/clock.ts";
 import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
@@ -35,6 +35,7 @@ import {
   type CloseReason,
   type ConnectionDeps,
   ConnectionRecord,
+  containFailure,
   spliceConnection,
 } from "../connection/record.ts";
 import { resetSide, type Splice } from "../connection/splice.ts";
@@ -72,7 +73,28 @@ export class OutboundHandler {
   readonly handle = (client: Socket): void => {
     const o = this.options;
     client.on("error", noop);
-    const src = { address: normalizeAddress(client.remoteAddress ?? ""), port: client.remotePort ?? 0 };
+    try {
+      this.accept(client);
+    } catch (err) {
+      containFailure(o.connection, err, {
+        reset: () => resetSide({ stream: client, raw: client }),
+        direction: o.kind,
+        component: "outbound",
+      });
+    }
+  };
+
+  private accept(client: Socket): void {
+    const o = this.options;
+    if (client.remoteAddress === undefined || client.destroyed) {
+      // Reset by the app before we accepted it (health checkers and port scanners close with RST): the
+      // kernel no longer knows the peer, and there is nobody to dial for.
+      const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), o.kind);
+      resetSide({ stream: client, raw: client });
+      rec.finish("downstream_reset");
+      return;
+    }
+    const src = { address: normalizeAddress(client.remoteAddress), port: client.remotePort ?? 0 };
     let route: OutboundRoute;
     let dst: SocketAddr | undefined;
     try {
@@ -105,9 +127,11 @@ export class OutboundHandler {
       return;
     }
     const conn = new OutboundConnection(o, rec, client);
-    if (route.kind === "passthrough") void conn.passthrough(route.dst);
-    else void conn.mesh(route.target);
-  };
+    const run = route.kind === "passthrough" ? conn.passthrough(route.dst) : conn.mesh(route.target);
+    run.catch((err: unknown) =>
+      containFailure(o.connection, err, { rec, reset: () => conn.resetAll(), component: "outbound" }),
+    );
+  }
 }
 
 /** The part of one outbound connection's life that waits on the network. */
@@ -116,6 +140,7 @@ class OutboundConnection {
   private splice: Splice | undefined;
   private forced: CloseReason | undefined;
   private lease: EndpointLease | undefined;
+  private upstream: Upstream | undefined;
 
   constructor(
     private readonly o: OutboundOptions,
@@ -131,6 +156,14 @@ class OutboundConnection {
   private readonly onClientGone = (): void => {
     if (!this.splice) this.controller.abort(new WeftError("E_CONNECT", "client went away"));
   };
+
+  /** Reset both sides now, whatever state the connection is in (the internal-error path). */
+  resetAll(): void {
+    this.controller.abort(new WeftError("E_CONNECT", "internal error"));
+    if (this.splice) this.splice.abort("aborted");
+    resetSide({ stream: this.client, raw: this.client });
+    if (this.upstream) resetSide(this.upstream.side);
+  }
 
   private abort(reason: CloseReason): void {
     if (this.splice) {
@@ -259,6 +292,7 @@ class OutboundConnection {
       this.failed(this.controller.signal.reason ?? new WeftError("E_CONNECT", "client went away"));
       return;
     }
+    this.upstream = upstream;
     this.startSplice(upstream);
   }
 
@@ -300,7 +334,7 @@ class OutboundConnection {
       const preamble = upstream.tunnel
         ? encodeProxyV2({
             command: "PROXY",
-            source: rec.src ?? { address: "0.0.0.0", port: 0 },
+            source: sourceFor(rec.src, ep.address),
             destination: { address: ep.address, port: endpointAppPort(target, ep) },
             tlvs: [{ type: PP2_TYPE_WEFT_SERVICE, value: Buffer.from(service.name, "utf8") }],
           })
@@ -373,6 +407,18 @@ function upstreamReason(err: unknown, clientGone: boolean): CloseReason {
   if (reason.startsWith("svid_")) return "upstream_untrusted";
   if (reason.startsWith("handshake") || reason === "bad_alpn") return "upstream_handshake_failed";
   return "upstream_connect_failed";
+}
+
+/**
+ * The client address for the tunnel's PROXY header. A PROXY header names one address family for both
+ * ends: a client whose family differs from the endpoint's (an IPv6 client of an explicit listener in
+ * front of an IPv4 endpoint) is named by the unspecified address of the endpoint's family, its port kept.
+ */
+export function sourceFor(src: SocketAddr | undefined, endpointAddress: string): SocketAddr {
+  const want = isIP(endpointAddress) === 6 ? 6 : 4;
+  const unspecified = { address: want === 6 ? "::" : "0.0.0.0", port: src?.port ?? 0 };
+  if (!src || isIP(src.address) !== want) return unspecified;
+  return src;
 }
 
 function noop(): void {}

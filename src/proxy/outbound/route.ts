@@ -8,7 +8,13 @@
  * - `decideInbound`: may the peer identity that came through the tunnel reach this local port, and does
  *   the app want a PROXY header?
  */
-import type { RouteTable, RouteTarget, SocketAddr } from "../../discovery/types.ts";
+import {
+  normalizeAddress,
+  type RouteTable,
+  type RouteTarget,
+  type SocketAddr,
+} from "../../discovery/types.ts";
+import type { LocalAddressSet } from "../tunnel/local-addresses.ts";
 import { mayReach, type PolicyConfig, type PolicyDenial } from "../tunnel/policy.ts";
 
 export type OutboundDenyReason = "loop" | "no_route" | "unknown_service" | "unknown_port";
@@ -70,6 +76,14 @@ export function decideOutbound(
   };
 }
 
+/** Why a peer's connection was refused on the inbound side (also close reasons). */
+export type InboundRefusal =
+  | "policy_denied"
+  | "forbidden_port"
+  | "port_not_allowed"
+  | "destination_not_local"
+  | "loopback_destination";
+
 export type InboundDecision =
   | {
       readonly kind: "allow";
@@ -80,8 +94,8 @@ export type InboundDecision =
     }
   | {
       readonly kind: "deny";
-      readonly reason: "policy_denied" | "forbidden_port";
-      readonly why: PolicyDenial | "proxy_port";
+      readonly reason: InboundRefusal;
+      readonly why: PolicyDenial | "proxy_port" | "not_in_inbound_ports" | "not_local" | "loopback";
       readonly detail: string;
       /** The policy rule(s) that denied, or `proxy_port`. */
       readonly rule: string;
@@ -90,13 +104,23 @@ export type InboundDecision =
 export interface InboundSettings {
   readonly trustDomain: string;
   readonly policy: PolicyConfig;
-  /** Per-port options for the app: which ports want a PROXY header. */
+  /**
+   * The app's ports. When any are listed, they are an allow-list: a peer (or permissive plaintext) may
+   * reach those ports only. Each says whether the app wants a PROXY header.
+   */
   readonly ports: readonly { readonly port: number; readonly proxyProtocol: "none" | "v1" | "v2" }[];
-  /** The proxy's own ports (admin, tunnel, captures): a peer may never be forwarded to them. */
+  /**
+   * The sidecar's own ports (tunnel, admin, both captures, every explicit listener, the CA's port): a
+   * peer may never be forwarded to them, whatever the address.
+   */
   readonly reservedPorts: readonly number[];
 }
 
-/** Decide whether `peer` may reach local `port`, and how to talk to the app there. */
+/**
+ * Decide whether `peer` may reach local `port`, and how to talk to the app there. The sidecar's own
+ * ports first (a peer must never borrow the sidecar's listeners, and with them its identity), then the
+ * `inbound.ports` allow-list, then policy.
+ */
 export function decideInbound(peer: string, port: number, settings: InboundSettings): InboundDecision {
   if (settings.reservedPorts.includes(port)) {
     return {
@@ -105,6 +129,16 @@ export function decideInbound(peer: string, port: number, settings: InboundSetti
       why: "proxy_port",
       detail: `port ${port} belongs to the proxy itself`,
       rule: "proxy_port",
+    };
+  }
+  const p = settings.ports.find((x) => x.port === port);
+  if (settings.ports.length > 0 && !p) {
+    return {
+      kind: "deny",
+      reason: "port_not_allowed",
+      why: "not_in_inbound_ports",
+      detail: `port ${port} is not one of inbound.ports (${settings.ports.map((x) => x.port).join(", ")})`,
+      rule: "inbound_ports",
     };
   }
   const d = mayReach(settings.policy, settings.trustDomain, peer, port);
@@ -117,8 +151,65 @@ export function decideInbound(peer: string, port: number, settings: InboundSetti
       rule: d.rule,
     };
   }
-  const p = settings.ports.find((x) => x.port === port);
   return { kind: "allow", port, proxyProtocol: p?.proxyProtocol ?? "none", rule: d.rule };
+}
+
+/** Where the app is reached: `app-address` (explicit mode) or the original destination (transparent). */
+export type AppTarget =
+  | { readonly mode: "app-address"; readonly appAddress: string }
+  | { readonly mode: "original-destination"; readonly local: LocalAddressSet };
+
+export type AppAddressDecision =
+  | { readonly kind: "allow"; readonly address: string }
+  | {
+      readonly kind: "deny";
+      readonly reason: "destination_not_local" | "loopback_destination";
+      readonly why: "not_local" | "loopback";
+      readonly detail: string;
+      readonly rule: "not_local" | "loopback";
+    };
+
+/**
+ * The address to dial the app at for a connection that was sent to `destination`. In transparent mode
+ * (Istio's behaviour since 1.10) that is the original destination, which must be one of this pod's own
+ * addresses and not loopback: a service bound to 127.0.0.1 is not reachable through the mesh, and the
+ * sidecar never dials elsewhere on a peer's behalf. In explicit mode it is `inbound.appAddress`.
+ */
+export function decideAppAddress(destination: string, target: AppTarget): AppAddressDecision {
+  if (target.mode === "app-address") return { kind: "allow", address: target.appAddress };
+  const address = normalizeAddress(destination);
+  if (isLoopback(address)) {
+    return {
+      kind: "deny",
+      reason: "loopback_destination",
+      why: "loopback",
+      rule: "loopback",
+      detail: `${address} is loopback: services bound to loopback are not reachable through the mesh`,
+    };
+  }
+  if (!target.local.has(address)) {
+    return {
+      kind: "deny",
+      reason: "destination_not_local",
+      why: "not_local",
+      rule: "not_local",
+      detail: `${address} is not an address of this pod`,
+    };
+  }
+  return { kind: "allow", address };
+}
+
+/** The app target of a sidecar: transparent mode dials the original destination, explicit mode appAddress. */
+export function appTarget(
+  transparent: boolean | undefined,
+  appAddress: string,
+  local: LocalAddressSet | undefined,
+): AppTarget {
+  return transparent && local ? { mode: "original-destination", local } : { mode: "app-address", appAddress };
+}
+
+function isLoopback(address: string): boolean {
+  return address === "::1" || /^127\./.test(address);
 }
 
 /**

@@ -18,7 +18,7 @@ import type { WeftMetrics } from "../../core/metrics.ts";
 import { type Endpoint, formatAddr, type SocketAddr } from "../../discovery/types.ts";
 import type { SpliceSide } from "../connection/splice.ts";
 import { ALPN_WEFT2, peerRefusal, readStatus } from "./answer.ts";
-import { ALPN_WEFT, type TunnelTls } from "./tls-context.ts";
+import { ALPN_WEFT, leafNotAfter, type PeerProof, peerChain, type TunnelTls } from "./tls-context.ts";
 
 /** A connected upstream, ready for the PROXY header and the splice. */
 export interface Upstream {
@@ -140,6 +140,10 @@ export interface VerifiedTls {
   readonly context: tls.SecureContext;
   /** The ALPN protocol the server chose. */
   readonly alpn: string;
+  /** When the server's certificate expires (from the kept session when resumed). */
+  readonly peerNotAfter: number;
+  /** The server's chain, to check it again when trust changes (a resumed session shows none). */
+  readonly proof: PeerProof | undefined;
 }
 
 /** Mutual-TLS dial to an endpoint's sidecar, one connection per app connection; see the module comment. */
@@ -248,12 +252,16 @@ export function dialMtls(
       }
       const resumed = sock.isSessionReused();
       let peer: string;
+      let proof: PeerProof | undefined;
+      let peerNotAfter: number;
       if (resumed && kept) {
         // A resumed session carries no server certificate; it was verified in the full handshake.
         peer = target.expectedIdentity;
+        peerNotAfter = state.sessionNotAfter(where) ?? Number.POSITIVE_INFINITY;
       } else {
+        proof = { chain: peerChain(sock), role: "server" };
         try {
-          peer = state.verifyPeer(sock, "server");
+          peer = state.verifyChain(proof.chain, "server");
         } catch (err) {
           const reason = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
           fail(failure(reason, `${where} presented an unusable certificate: ${(err as Error).message}`, err));
@@ -265,8 +273,8 @@ export function dialMtls(
           );
           return;
         }
-        const cert = sock.getPeerCertificate();
-        const notAfter = Date.parse(cert.valid_to);
+        const notAfter = leafNotAfter(proof.chain);
+        peerNotAfter = notAfter;
         sock.once("session", (session: Buffer) => state.keepSession(where, peer, session, notAfter, context));
       }
       settled = true;
@@ -277,7 +285,18 @@ export function dialMtls(
         { direction: "outbound", resumed: String(resumed) },
         handshakeMs / 1000,
       );
-      resolve({ sock, raw, peer, connectMs: connectMs ?? 0, handshakeMs, resumed, context, alpn });
+      resolve({
+        sock,
+        raw,
+        peer,
+        connectMs: connectMs ?? 0,
+        handshakeMs,
+        resumed,
+        context,
+        alpn,
+        peerNotAfter,
+        proof,
+      });
     });
   });
 }

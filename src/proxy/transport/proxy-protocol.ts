@@ -3,7 +3,10 @@
  * streaming, bounded parser and the two encoders. Sidecars put a v2 header (with Weft's service TLV)
  * first inside every mesh tunnel; the inbound side may send the app a v1 or v2 header so it sees the
  * real client. The parser never buffers more than one header (v2: 16 + length, length capped; v1: 107
- * bytes), accepts any chunking down to single bytes, and rejects bad input with a named reason.
+ * bytes), accepts any chunking down to single bytes, and rejects bad input with a named reason. v2 headers
+ * are accepted for TCP over IPv4/IPv6 (PROXY) and LOCAL only: UDP, UNIX and unspecified families are
+ * refused (`udp_transport`, `unix_family`, `unspec_family`). Every accepted v2 header re-encodes to the
+ * same bytes (test/unit/proxy-protocol-property.test.ts, fast-check).
  */
 import { isIP } from "node:net";
 import type { Duplex } from "node:stream";
@@ -187,6 +190,18 @@ function parseV2(buf: Buffer, maxTlvBytes: number): ProxyHeader {
   const afByte = famByte >> 4;
   const proto = famByte & 0x0f;
   if (afByte > 3 || proto > 2) fail("bad_family", `address family byte 0x${famByte.toString(16)} is unknown`);
+  // Only TCP over IPv4 or IPv6 is carried: a UDP, UNIX or unspecified PROXY header describes a
+  // connection that is not the TCP stream it arrived on. LOCAL (health checks) names no addresses.
+  if (cmd === 1) {
+    if (proto === 2) fail("udp_transport", "UDP (DGRAM) PROXY headers are refused: only TCP is carried");
+    if (afByte === 3)
+      fail("unix_family", "UNIX-socket PROXY headers are refused: only TCP over IP is carried");
+    if (afByte === 0 || proto === 0) {
+      fail("unspec_family", "a PROXY command with an unspecified family or transport is refused");
+    }
+  } else if (famByte !== 0) {
+    fail("local_with_family", `a LOCAL header must name no family (got 0x${famByte.toString(16)})`);
+  }
   const addrLen = [0, 12, 36, 216][afByte]!;
   if (cmd === 1 && afByte !== 0 && length < addrLen) {
     fail("truncated_addresses", `length ${length} is too short for the addresses (${addrLen})`);

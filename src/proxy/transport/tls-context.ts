@@ -244,10 +244,20 @@ export class TunnelTls {
     this.sessions.set(endpointKey, { session, identity, notAfter });
   }
 
+  /** When the server whose session is kept for `endpointKey` stops being valid (its leaf's notAfter). */
+  sessionNotAfter(endpointKey: string): number | undefined {
+    return this.sessions.get(endpointKey)?.notAfter;
+  }
+
   /** Forget the session of an endpoint (after it failed). */
   forgetSession(endpointKey: string): void {
     this.sessions.delete(endpointKey);
   }
+}
+
+/** When the leaf of `chain` (DER, leaf first) expires, milliseconds since the epoch. */
+export function leafNotAfter(chain: readonly Buffer[]): number {
+  return chain[0] ? Date.parse(new X509Certificate(chain[0]).validTo) : 0;
 }
 
 /** The certificates a TLS peer presented, DER, leaf first (at most 9; a loop in the issuer links ends it). */

@@ -23,18 +23,20 @@ import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
-import { normalizeAddress } from "../../discovery/types.ts";
+import { formatAddr, normalizeAddress } from "../../discovery/types.ts";
 import type { ConnectionSlots } from "../capture/listener.ts";
 import {
   type CloseReason,
   type ConnectionDeps,
   ConnectionRecord,
+  containFailure,
   spliceConnection,
 } from "../connection/record.ts";
 import { resetSide, type Splice, type SpliceSide } from "../connection/splice.ts";
-import { decideInbound, type InboundSettings } from "../outbound/route.ts";
+import { appTarget, decideAppAddress, decideInbound, type InboundSettings } from "../outbound/route.ts";
 import { ALPN_WEFT2, encodeStatus, type Refusal, refusalHeaders } from "../transport/answer.ts";
 import { connectTcp } from "../transport/connector.ts";
+import type { SessionCertWatch } from "../transport/h2/cert-watch.ts";
 import { type KeepaliveSettings, SessionKeepalive } from "../transport/h2/keepalive.ts";
 import {
   ALPN_H2,
@@ -52,7 +54,14 @@ import {
   type ProxyHeader,
   readProxyHeader,
 } from "../transport/proxy-protocol.ts";
-import { ALPN_WEFT, type TunnelTls } from "../transport/tls-context.ts";
+import {
+  ALPN_WEFT,
+  leafNotAfter,
+  type PeerProof,
+  peerChain,
+  type TunnelTls,
+} from "../transport/tls-context.ts";
+import type { LocalAddressSet } from "./local-addresses.ts";
 
 export interface TunnelOptions {
   readonly tls: TunnelTls;
@@ -62,6 +71,17 @@ export interface TunnelOptions {
   readonly connection: ConnectionDeps;
   readonly settings: InboundSettings;
   readonly appAddress: string;
+  /**
+   * Transparent mode (inbound capture on): the app is dialled at the PROXY header's destination address,
+   * which must be one of `localAddresses` and not loopback, instead of `appAddress`.
+   */
+  readonly transparent?: boolean;
+  /**
+   * Whether this sidecar serves the service a peer names (its TLV becomes the `service` label only
+   * then; anything else is `unknown`, so a peer cannot grow /metrics). None: every name is `unknown`.
+   */
+  readonly servesService?: (name: string) => boolean;
+  readonly localAddresses?: LocalAddressSet;
   readonly timeouts: {
     readonly handshake: number;
     readonly proxyHeader: number;
@@ -76,6 +96,8 @@ export interface TunnelOptions {
    * every session); none = streams are bounded only per session.
    */
   readonly slots?: ConnectionSlots;
+  /** Ends an accepted pooled session when its peer's certificate expires or stops verifying. */
+  readonly certWatch?: SessionCertWatch;
 }
 
 /** OpenSSL errors that mean the bytes were not TLS at all (plaintext, HTTP, garbage). */
@@ -90,7 +112,7 @@ const NOT_TLS_CODES = new Set([
   "ERR_SSL_RECORD_LAYER_FAILURE",
 ]);
 
-/** A service name taken from the PROXY TLV only if it looks like one (it becomes a metric label). */
+/** A service name taken from the PROXY TLV only if it looks like one and this sidecar serves it. */
 const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Handles connections accepted on the tunnel port; `handle` is the listener's `onConnection`. */
@@ -112,6 +134,19 @@ export class TunnelHandler {
   }
 
   readonly handle = (raw: Socket): void => {
+    raw.on("error", noop);
+    try {
+      this.accept(raw);
+    } catch (err) {
+      containFailure(this.options.connection, err, {
+        reset: () => resetSide({ stream: raw, raw }),
+        direction: "inbound",
+        component: "tunnel",
+      });
+    }
+  };
+
+  private accept(raw: Socket): void {
     const o = this.options;
     const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
     rec.src = { address: normalizeAddress(raw.remoteAddress ?? ""), port: raw.remotePort ?? 0 };
@@ -132,7 +167,7 @@ export class TunnelHandler {
       allowHalfOpen: true,
     } as tls.TLSSocketOptions);
     new TunnelConnection(o, rec, raw, sock, this.sessions, () => this.draining).start();
-  };
+  }
 
   private refuseHandshake(rec: ConnectionRecord, reason: CloseReason, label: string): void {
     this.options.metrics.tlsHandshakeFailures.inc({ direction: "inbound", reason: label });
@@ -166,7 +201,13 @@ class TunnelConnection {
     sock.on("error", this.onEarlyError);
     sock.once("close", this.onEarlyClose);
     sock.once("secure", () => {
-      this.onSecure().catch((err: unknown) => this.close("handshake_failed", "reset", err));
+      this.onSecure().catch((err: unknown) =>
+        containFailure(o.connection, err, {
+          rec,
+          reset: () => resetSide({ stream: sock, raw: this.raw }),
+          component: "tunnel",
+        }),
+      );
     });
   }
 
@@ -228,9 +269,10 @@ class TunnelConnection {
       this.refuse("bad_alpn", "bad_alpn");
       return;
     }
+    const chain = peerChain(sock);
     let peer: string;
     try {
-      peer = o.tls.verifyPeer(sock, "client");
+      peer = o.tls.verifyChain(chain, "client");
     } catch (err) {
       const why = isWeftError(err) ? err.reason : "invalid";
       if (why === "no_peer_certificate") this.refuse("no_client_cert", "no_client_cert", err);
@@ -249,16 +291,16 @@ class TunnelConnection {
     if (alpn === ALPN_H2) {
       // A pooled session: its streams are the connections; this TLS connection is not one.
       rec.discard();
-      this.servePooled(peer);
+      this.servePooled(peer, { chain, role: "client" });
       return;
     }
     const side: SpliceSide = { stream: sock, raw: this.raw };
     const answer = alpn === ALPN_WEFT2 ? statusAnswer(side, o.clock, o.timeouts.connect) : legacyAnswer(side);
-    await new TunnelStream(o, rec, side, peer, answer).start();
+    new TunnelStream(o, rec, side, peer, answer).run();
   }
 
   /** An HTTP/2 session from a peer sidecar that pools its connections: one TunnelStream per CONNECT. */
-  private servePooled(peer: string): void {
+  private servePooled(peer: string, proof: PeerProof): void {
     const { o, sock, rec } = this;
     sock.on("error", noop);
     // A server-side TLSSocket made by hand (not by tls.Server) keeps secureConnecting true after its
@@ -275,6 +317,7 @@ class TunnelConnection {
     });
     session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
     if (this.draining()) session.close();
+    o.certWatch?.watch(session, peer, leafNotAfter(proof.chain), proof, () => session.close());
     // A peer that vanished without a FIN must not hold a session forever: after `timeouts.idle` with no
     // frames, GOAWAY (live streams may still finish; the peer opens a new session for new ones).
     if (o.timeouts.idle > 0) session.setTimeout(o.timeouts.idle, () => session.close());
@@ -289,44 +332,61 @@ class TunnelConnection {
     }).start();
     session.on("stream", (stream, headers) => {
       stream.on("error", noop);
-      if (headers[":method"] !== "CONNECT") {
-        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
-        return;
-      }
-      // Each stream is a connection for the listener's limit, so a peer cannot multiply its sessions'
-      // 10,000 streams: over the limit, RST_STREAM REFUSED_STREAM (nothing was processed, RFC 9113
-      // §8.7: the client retries it elsewhere as `peer_over_limit`), counted as the per-connection
-      // path counts a refused accept.
-      if (o.slots && !o.slots.tryAcquire()) {
-        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
-        o.metrics.connectionsClosed.inc({
+      try {
+        this.onStream(stream, headers, peer);
+      } catch (err) {
+        containFailure(o.connection, err, {
+          reset: () => resetStream(stream),
           direction: "inbound",
-          service: "unknown",
-          peer_identity: peer,
-          reason: "connection_limit",
+          peer,
+          component: "tunnel",
         });
-        o.logger.debug(
-          { src: rec.src, peer_identity: peer, reason: "connection_limit" },
-          "tunnel stream refused",
-        );
-        return;
       }
-      if (o.slots) {
-        const slots = o.slots;
-        stream.once("close", () => slots.release());
-      }
-      const srec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
-      srec.src = rec.src;
-      srec.peerSerial = rec.peerSerial;
-      srec.setPeer(peer);
-      // No response yet: the CONNECT is answered once the app accepted (or with the refusal).
-      const side: SpliceSide = {
-        stream,
-        reset: () => resetStream(stream),
-        resetByPeer: () => streamWasReset(stream),
-      };
-      void new TunnelStream(o, srec, side, peer, connectAnswer(stream)).start();
     });
+  }
+
+  /** One CONNECT stream of a pooled session: a connection of its own (a TunnelStream). */
+  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, peer: string): void {
+    const { o, rec } = this;
+    // A stream the peer already reset (HEADERS and RST_STREAM in one write arrive together) is gone
+    // before we see it: answering it would throw. Nothing was processed; nothing is owed.
+    if (stream.destroyed || stream.closed) return;
+    if (headers[":method"] !== "CONNECT") {
+      stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    // Each stream is a connection for the listener's limit, so a peer cannot multiply its sessions'
+    // 10,000 streams: over the limit, RST_STREAM REFUSED_STREAM (nothing was processed, RFC 9113
+    // §8.7), counted as the per-connection path counts a refused accept.
+    if (o.slots && !o.slots.tryAcquire()) {
+      stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      o.metrics.connectionsClosed.inc({
+        direction: "inbound",
+        service: "unknown",
+        peer_identity: peer,
+        reason: "connection_limit",
+      });
+      o.logger.debug(
+        { src: rec.src, peer_identity: peer, reason: "connection_limit" },
+        "tunnel stream refused",
+      );
+      return;
+    }
+    if (o.slots) {
+      const slots = o.slots;
+      stream.once("close", () => slots.release());
+    }
+    const srec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
+    srec.src = rec.src;
+    srec.peerSerial = rec.peerSerial;
+    srec.setPeer(peer);
+    // No response yet: the CONNECT is answered once the app accepted (or with the refusal).
+    const side: SpliceSide = {
+      stream,
+      reset: () => resetStream(stream),
+      resetByPeer: () => streamWasReset(stream),
+    };
+    new TunnelStream(o, srec, side, peer, connectAnswer(stream)).run();
   }
 }
 
@@ -389,7 +449,22 @@ class TunnelStream {
     this.appSocket?.destroy();
   }
 
-  async start(): Promise<void> {
+  /** Start; whatever throws on the way ends in the one internal-error handler, for this stream only. */
+  run(): void {
+    this.start().catch((err: unknown) =>
+      containFailure(this.o.connection, err, {
+        rec: this.rec,
+        reset: () => {
+          if (this.splice) this.splice.abort("aborted");
+          resetSide(this.down);
+          this.appSocket?.destroy();
+        },
+        component: "tunnel",
+      }),
+    );
+  }
+
+  private async start(): Promise<void> {
     const { o, rec, down, peer } = this;
     const stream = down.stream;
     rec.closer = (reason) => this.close(reason, "reset");
@@ -421,20 +496,35 @@ class TunnelStream {
     rec.src = header.source;
     rec.dst = header.destination;
     const tlv = header.tlvs.find((t) => t.type === PP2_TYPE_WEFT_SERVICE)?.value.toString("utf8") ?? "";
-    rec.open(SERVICE_NAME.test(tlv) ? tlv : "unknown", peer);
+    rec.open(SERVICE_NAME.test(tlv) && o.servesService?.(tlv) ? tlv : "unknown", peer);
 
     rec.phase = "authorizing";
     const port = header.destination.port;
-    const decision = decideInbound(peer, port, o.settings);
-    if (decision.kind === "deny") {
+    const decided = decideInbound(peer, port, o.settings);
+    const where =
+      decided.kind === "deny"
+        ? decided
+        : decideAppAddress(
+            header.destination.address,
+            appTarget(o.transparent, o.appAddress, o.localAddresses),
+          );
+    if (where.kind === "deny") {
+      const decision = where;
       if (decision.reason === "policy_denied") {
-        o.metrics.policyDenied.inc({ peer_identity: peer, port: String(port), rule: decision.rule });
+        o.metrics.policyDenied.inc({
+          peer_identity: peer,
+          port: declaredPort(port, o.settings),
+          rule: decision.rule,
+        });
+      } else {
+        o.metrics.inboundRefused.inc({ direction: "inbound", reason: decision.reason });
       }
       const err = new WeftError("E_POLICY_DENIED", decision.detail, { reason: decision.why });
       o.logger.warn(
         { conn_id: rec.id, peer_identity: peer, port, rule: decision.why, policy_rule: decision.rule },
         err.message,
       );
+      // On the wire every destination the sidecar will not dial is `port_not_allowed` (answer.ts).
       this.refuse(
         decision.reason,
         decision.reason === "policy_denied" ? "policy_denied" : "port_not_allowed",
@@ -443,7 +533,11 @@ class TunnelStream {
       return;
     }
 
-    o.metrics.policyAllowed.inc({ peer_identity: peer, port: String(port), rule: decision.rule });
+    o.metrics.policyAllowed.inc({
+      peer_identity: peer,
+      port: declaredPort(port, o.settings),
+      rule: decided.rule,
+    });
     rec.phase = "connecting";
     const controller = new AbortController();
     const deadline = o.clock.setTimeout(
@@ -456,7 +550,7 @@ class TunnelStream {
     stream.once("close", abortOnClose);
     let app: Socket;
     try {
-      app = await connectTcp({ address: o.appAddress, port }, controller.signal);
+      app = await connectTcp({ address: where.address, port }, controller.signal);
     } catch (err) {
       deadline.cancel();
       if (rec.isFinished) return;
@@ -474,7 +568,8 @@ class TunnelStream {
       if (!rec.isFinished) this.close("downstream_reset", "destroy");
       return;
     }
-    rec.endpoint = `${o.appAddress}:${port}`;
+    rec.endpoint = formatAddr(where.address, port);
+    const decision = decided as Extract<typeof decided, { kind: "allow" }>;
     if (decision.proxyProtocol === "v1") app.write(encodeProxyV1(header));
     else if (decision.proxyProtocol === "v2") app.write(encodeProxyV2({ ...header, tlvs: [] }));
 
@@ -547,8 +642,19 @@ function refuseConnect(stream: http2.ServerHttp2Stream, refusal: Refusal): void 
   stream.close(http2.constants.NGHTTP2_NO_ERROR);
 }
 
+/** A port as a metric label: only a port the config declares (inbound.ports, policy rules), else `unknown`. */
+function declaredPort(port: number, s: InboundSettings): string {
+  const declared =
+    s.ports.some((p) => p.port === port) || s.policy.rules.some((r) => r.ports?.includes(port) ?? false);
+  return declared ? String(port) : "unknown";
+}
+
+/** PROXY v2 refusals of a well-formed header that describes something other than a TCP stream. */
+const UNSUPPORTED_HEADER = new Set(["udp_transport", "unix_family", "unspec_family", "local_with_family"]);
+
 function proxyHeaderReason(err: unknown): CloseReason {
   if (isWeftError(err)) {
+    if (UNSUPPORTED_HEADER.has(err.reason)) return "proxy_header_unsupported";
     if (err.code === "E_TIMEOUT" || err.reason.includes("timeout")) return "proxy_header_timeout";
     if (err.reason.includes("truncated") || err.reason.includes("eof") || err.reason.includes("closed")) {
       return "proxy_header_truncated";

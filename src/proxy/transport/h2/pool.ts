@@ -35,6 +35,7 @@ import {
   type Upstream,
   type UpstreamTarget,
 } from "../connector.ts";
+import type { SessionCertWatch } from "./cert-watch.ts";
 import { type KeepaliveSettings, SessionKeepalive } from "./keepalive.ts";
 
 /** The ALPN of a pooled tunnel session. */
@@ -59,6 +60,8 @@ export interface PooledConnectorOptions extends MtlsConnectorOptions {
   /** PING a silent session; close it when the ACK does not come (see keepalive.ts). */
   readonly keepalive: KeepaliveSettings;
   readonly logger: Logger;
+  /** Ends a session when its server's certificate expires or stops verifying (cert-watch.ts). */
+  readonly certWatch?: SessionCertWatch;
 }
 
 interface PooledSession {
@@ -277,6 +280,7 @@ export class PooledConnector implements Connector {
       idle: undefined,
     };
     keepalive.start();
+    this.o.certWatch?.watch(session, v.peer, v.peerNotAfter, v.proof, () => this.retire(entry));
     session.once("goaway", () => {
       entry.retiring = true;
     });

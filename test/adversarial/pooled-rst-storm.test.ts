@@ -1,0 +1,63 @@
+/**
+ * Remote crash of a server sidecar (issue 13, case 1): a peer holding a valid certificate writes 2,000
+ * pooled streams as HEADERS (CONNECT) + DATA (a PROXY header) + RST_STREAM, all in one write, on one
+ * session, then spread over 50 sessions. Most streams arrive already reset; answering one used to throw
+ * out of the session's 'stream' handler and end the process. The server sidecar (a child process) must
+ * be alive afterwards and serve a legitimate connection byte-exact.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { assertServesByteExact, startClientFor, startServerProcess } from "../helpers/adversarial.ts";
+import { startEchoServer } from "../helpers/apps.ts";
+import { createTestCa } from "../helpers/ca.ts";
+import {
+  connectHeaders,
+  data,
+  dialTunnel,
+  rstStream,
+  sessionStart,
+  tunnelHeader,
+} from "../helpers/h2-raw.ts";
+
+const STREAMS = 2_000;
+
+/** HEADERS + DATA + RST_STREAM for `count` streams, ids 1, 3, 5, ... */
+function burst(count: number, appPort: number): Buffer {
+  const parts = [sessionStart()];
+  const header = tunnelHeader(appPort);
+  for (let i = 0; i < count; i++) {
+    const id = 2 * i + 1;
+    parts.push(connectHeaders(id), data(id, header), rstStream(id));
+  }
+  return Buffer.concat(parts);
+}
+
+for (const sessions of [1, 50]) {
+  test(`${STREAMS} pooled HEADERS+DATA+RST_STREAM streams in one write over ${sessions} session(s) do not end the server sidecar`, async (t) => {
+    const app = await startEchoServer();
+    t.after(() => app.close());
+    const ca = await createTestCa({ trustDomain: "weft.local" });
+    const server = await startServerProcess(t, ca);
+    const peer = await ca.issue("default/attacker");
+    const socks = await Promise.all(
+      Array.from({ length: sessions }, () => dialTunnel(server.tunnelPort, peer)),
+    );
+    const closed = socks.map((s) => new Promise((r) => s.once("close", r)));
+    for (const s of socks) s.write(burst(STREAMS / sessions, app.port));
+    // Let the server read all of it, then hang up.
+    await new Promise((r) => setTimeout(r, 1_500));
+    for (const s of socks) s.end();
+    await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 5_000))]);
+    for (const s of socks) s.destroy();
+
+    assert.ok(server.weft.alive(), `the server sidecar is alive: ${server.weft.text.slice(-20).join("\n")}`);
+    const client = await startClientFor(t, ca, server, app.port, "pooled");
+    await assertServesByteExact(client.port).catch((err: Error) => {
+      throw new Error(
+        `${err.message}; client: ${JSON.stringify(client.log.records.slice(-3))}; server: ${JSON.stringify(server.weft.logs.slice(-5))}`,
+      );
+    });
+    const metrics = (await server.weft.admin_get("/metrics")).body;
+    assert.doesNotMatch(metrics, /reason="internal_error"/, "the cause is fixed, not only caught");
+  });
+}
