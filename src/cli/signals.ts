@@ -20,11 +20,17 @@ export interface ProcessSignals {
 export function installProcessSignals(proc: NodeJS.Process = process): ProcessSignals {
   const reload: Array<() => void> = [];
   const ignored: Array<(signal: NodeJS.Signals) => void> = [];
+  // Signals that came before anyone listened (the sidecar was still starting) are delivered on subscribe:
+  // a SIGHUP during start-up still reloads once.
+  let pendingReload = false;
+  const pendingIgnored: NodeJS.Signals[] = [];
   proc.on("SIGHUP", () => {
+    if (reload.length === 0) pendingReload = true;
     for (const l of reload) l();
   });
   for (const signal of ["SIGUSR1", "SIGUSR2"] as const) {
     proc.on(signal, () => {
+      if (ignored.length === 0 && pendingIgnored.length < 8) pendingIgnored.push(signal);
       for (const l of ignored) l(signal);
     });
   }
@@ -36,9 +42,14 @@ export function installProcessSignals(proc: NodeJS.Process = process): ProcessSi
       }),
     onReload: (listener) => {
       reload.push(listener);
+      if (pendingReload) {
+        pendingReload = false;
+        listener();
+      }
     },
     onIgnored: (listener) => {
       ignored.push(listener);
+      for (const s of pendingIgnored.splice(0)) listener(s);
     },
   };
 }

@@ -1,8 +1,8 @@
 /**
  * The structural handler (issue 13, "what to build" 1): a throw that nothing caught on a connection's own
  * asynchronous path is a bug, and it costs that one connection, never the sidecar. Injected here as an
- * upstream whose first write throws a plain Error (not a socket error, not a WeftError): the client is
- * reset, the connection is counted under `internal_error`, the error is logged once at error level with
+ * upstream whose resume() (the splice's first call) throws a plain Error (not a socket error, not a
+ * WeftError): the client is reset, the connection is counted under `internal_error`, the error is logged once at error level with
  * its stack, and the very next connection through the same sidecar is served byte-exact.
  */
 import assert from "node:assert/strict";
@@ -23,7 +23,7 @@ import {
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
 
-/** An upstream that takes and echoes bytes, except that its first write throws once when `armed`. */
+/** An upstream that takes and echoes bytes, except that resuming it throws once when `armed`. */
 function echoUpstream(state: { armed: boolean }): Upstream {
   const stream = new Duplex({
     read() {},
@@ -36,14 +36,15 @@ function echoUpstream(state: { armed: boolean }): Upstream {
       cb();
     },
   });
-  const write = stream.write.bind(stream);
-  stream.write = ((chunk: Buffer) => {
+  // The splice starts by resuming the upstream: a throw there is past every expected failure.
+  const resume = stream.resume.bind(stream);
+  stream.resume = (() => {
     if (state.armed) {
       state.armed = false;
-      throw new Error("injected bug: write threw");
+      throw new Error("injected bug: resume threw");
     }
-    return write(chunk);
-  }) as typeof stream.write;
+    return resume();
+  }) as typeof stream.resume;
   return {
     side: { stream },
     peerIdentity: "spiffe://weft.local/ns/default/sa/backend",
@@ -85,12 +86,12 @@ test("a bug on one connection's path resets that connection, counts internal_err
   assert.equal(await closeKind(victim), "reset", "the connection that met the bug is reset");
   const errors = log.records.filter((r) => r.level === "error");
   assert.equal(errors.length, 1, "logged once");
-  assert.match(String(errors[0]!.err), /injected bug: write threw\n\s+at /, "with its stack");
+  assert.match(String(errors[0]!.err), /injected bug: resume threw\n\s+at /, "with its stack");
   const metrics = (await adminGet(sidecar, "/metrics")).body;
   assert.equal(
     metricValue(
       metrics,
-      'weft_tcp_connections_closed_total\\{direction="explicit",service="backend",peer_identity="none",reason="internal_error"\\}',
+      'weft_tcp_connections_closed_total\\{direction="explicit",service="backend",peer_identity="[^"]*",reason="internal_error"\\}',
     ),
     1,
   );

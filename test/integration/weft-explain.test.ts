@@ -70,7 +70,11 @@ test("weft explain: golden outputs for allow, deny (both sides), ejected and no-
   const serverConfig = testConfig(TD, serverFiles, {
     policy: { default: "deny", rules: [{ name: "web-clients", ports: [app.port], allow: [FRONTEND] }] },
   });
-  const server = await startSidecar(t, serverConfig, new StaticRouteTable([]), new MemoryLogger());
+  // It serves backend (discovery lists backend with its identity), so peers' connections are labelled so.
+  const served = new StaticRouteTable([
+    { name: "backend", identity: `spiffe://${TD}/ns/default/sa/backend`, ports: [80], endpoints: [] },
+  ]);
+  const server = await startSidecar(t, serverConfig, served, new MemoryLogger());
   const tunnel = server.addresses.tunnel!.port;
 
   // The client sidecar, with discovery (endpoint state), one good endpoint and one whose sidecar is gone.
