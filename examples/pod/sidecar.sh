@@ -1,6 +1,8 @@
 #!/bin/sh
-# The sidecar container: wait for the CA's token and bundle, write weft.yaml from the environment and
-# the services file, then run the proxy (as UID 1337).
+# The sidecar container: wait for the trust bundle, write weft.yaml from the environment and the
+# services file, then run the proxy (as UID 1337). The join token is $TOKENS_DIR/token, this workload's
+# own (ca.sh writes one directory per workload); weft reads it at each attempt, so it may appear after
+# the proxy started, and the proxy keeps retrying (not ready) until the CA answers.
 # Environment (compose defaults in brackets; the namespace tests in src/netns/pods.ts set them per pod):
 #   WEFT_SA (required), TRUST_DOMAIN (weft.local), WEFT_HOME (/opt/weft), TOKENS_DIR (/run/weft),
 #   WEFT_CONFIG (/tmp/weft.yaml), STATE_DIR (/tmp/weft-state), CA_URL (https://ca:15443),
@@ -12,8 +14,9 @@ TD=${TRUST_DOMAIN:-weft.local}
 RUN=${TOKENS_DIR:-/run/weft}
 CONF=${WEFT_CONFIG:-/tmp/weft.yaml}
 i=0
-while [ ! -s "$RUN/$SA.token" ] || [ ! -s "$RUN/bundle.pem" ]; do
-  i=$((i + 1)); [ $i -gt 120 ] && { echo "sidecar: no token for $SA in $RUN after 60 s" >&2; exit 1; }
+while [ ! -s "$RUN/bundle.pem" ]; do
+  i=$((i + 1))
+  [ $((i % 20)) -eq 0 ] && echo "sidecar: waiting for the trust bundle $RUN/bundle.pem (from the CA)" >&2
   sleep 0.5
 done
 cat > "$CONF" <<YAML
@@ -23,7 +26,7 @@ identity:
     url: ${CA_URL:-https://ca:15443}
     bundle: $RUN/bundle.pem
     id: spiffe://$TD/ns/default/sa/$SA
-    tokenFile: $RUN/$SA.token
+    tokenFile: $RUN/token
     stateDir: ${STATE_DIR:-/tmp/weft-state}
 listeners:
   admin: { address: 0.0.0.0, port: 15000 }

@@ -303,7 +303,8 @@ export async function createPodCluster(o: PodClusterOptions): Promise<PodCluster
             env: scriptEnv({
               WEFT_SA: spec.sa!,
               TRUST_DOMAIN: td,
-              TOKENS_DIR: runDir,
+              // ca.sh writes each workload's token and bundle into a directory of its own.
+              TOKENS_DIR: join(runDir, spec.sa!),
               WEFT_CONFIG: join(podDir, "weft.yaml"),
               STATE_DIR: join(podDir, "state"),
               CA_URL: caUrl,

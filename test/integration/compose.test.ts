@@ -33,7 +33,11 @@ test("docker-compose.yml passes `docker-compose config`; every app has a sidecar
         cap_add?: string[];
         entrypoint?: string[];
         user?: string;
-        healthcheck?: { test?: string[] };
+        healthcheck?: { test?: string[]; disable?: boolean };
+        depends_on?: Record<string, { condition: string }>;
+        restart?: string;
+        volumes?: string[];
+        environment?: Record<string, string>;
       }
     >;
   };
@@ -60,5 +64,27 @@ test("docker-compose.yml passes `docker-compose config`; every app has a sidecar
     /FROM node:24-bookworm-slim AS build[\s\S]*FROM node:24-bookworm-slim\n/,
     "multi-stage, on Node 24 LTS (image.test.ts runs its steps)",
   );
-  assert.deepEqual(services.ca?.healthcheck?.test, ["NONE"], "the CA has no /ready to ask");
+  // Start order and restarts: the CA is healthy once its /healthz answers over TLS (after it wrote every
+  // token); sidecars wait for that and for their init; everything long-running restarts.
+  const caCheck = services.ca?.healthcheck?.test ?? [];
+  assert.equal(caCheck[0], "CMD");
+  assert.match(caCheck.join(" "), /\/healthz.*\/var\/lib\/weft-ca\/bundle\.pem/);
+  for (const app of apps) {
+    const sidecar = services[`${app}-sidecar`]!;
+    assert.deepEqual(sidecar.depends_on, {
+      [`${app}-init`]: { condition: "service_completed_successfully" },
+      ca: { condition: "service_healthy" },
+    });
+    assert.equal(sidecar.restart, "unless-stopped");
+    assert.equal(services[app]!.restart, "unless-stopped");
+    // Its own token volume only, read-only; the CA writes each workload's into its own volume.
+    const sa = sidecar.environment?.WEFT_SA;
+    const tokenMounts = (sidecar.volumes ?? []).filter((v) => v.includes(":/run/weft"));
+    assert.deepEqual(tokenMounts, [`weft-tokens-${sa}:/run/weft:ro`]);
+    assert.ok(
+      services.ca?.volumes?.includes(`weft-tokens-${sa}:/run/weft/${sa}:rw`),
+      JSON.stringify(services.ca?.volumes),
+    );
+  }
+  assert.equal(services.ca?.restart, "unless-stopped");
 });
