@@ -104,7 +104,7 @@ export class WeftMetrics {
   });
   readonly pooledSessionsEnded = new Counter({
     name: "weft_pooled_sessions_ended_total",
-    help: "Pooled tunnel sessions ended (GOAWAY; running streams finish) because the peer's certificate expired (peer_cert_expired) or no longer verifies against the trust bundle (peer_untrusted), by direction (inbound: accepted on the tunnel port; outbound: opened by this sidecar).",
+    help: "Pooled tunnel sessions ended (GOAWAY; running streams finish) because the peer's certificate expired (peer_cert_expired), was revoked at the CA (peer_revoked) or no longer verifies against the trust bundle (peer_untrusted), by direction (inbound: accepted on the tunnel port; outbound: opened by this sidecar).",
     labelNames: ["direction", "reason"] as const,
     registers: [this.registry],
   });

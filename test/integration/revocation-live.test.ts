@@ -26,7 +26,7 @@ async function until(what: string, check: () => Promise<boolean>): Promise<void>
   throw new Error(`timed out waiting for ${what}`);
 }
 
-for (const transport of ["per-connection"] as ("per-connection" | "pooled")[]) {
+for (const transport of ["per-connection", "pooled"] as const) {
   test(`${transport}: a revoked client certificate is refused by a server sidecar that fetched the list`, async (t) => {
     const files = await identityDir(t, "ca-run");
     const serials = new SerialStore(join(files.dir, "serials.json"), systemClock);

@@ -12,7 +12,8 @@
  *
  * Ending is graceful: GOAWAY, so the streams already running finish and the peer opens a fresh
  * session, with a fresh handshake, for new ones. Counted in `weft_pooled_sessions_ended_total{direction,
- * reason}` (`peer_cert_expired`, `peer_untrusted`) and logged with the peer.
+ * reason}` (`peer_cert_expired`, `peer_revoked`: its serial is on the CA's revocation list,
+ * `peer_untrusted`) and logged with the peer.
  */
 import type http2 from "node:http2";
 import type { Clock, TimerHandle } from "../../../core/clock.ts";
@@ -21,7 +22,7 @@ import type { Logger } from "../../../core/log.ts";
 import type { WeftMetrics } from "../../../core/metrics.ts";
 import type { PeerProof, TunnelTls } from "../tls-context.ts";
 
-export type SessionEndReason = "peer_cert_expired" | "peer_untrusted";
+export type SessionEndReason = "peer_cert_expired" | "peer_revoked" | "peer_untrusted";
 
 /** The longest delay one timer may have (Node's setTimeout limit); longer waits re-arm. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -89,7 +90,9 @@ export class SessionCertWatch {
       try {
         this.o.tls.recheck(w.proof);
       } catch (err) {
-        const reason = isWeftError(err) && err.reason === "expired" ? "peer_cert_expired" : "peer_untrusted";
+        const why = isWeftError(err) ? err.reason : "";
+        const reason =
+          why === "expired" ? "peer_cert_expired" : why === "revoked" ? "peer_revoked" : "peer_untrusted";
         this.finish(session, w, reason, `${why}: ${errorMessage(err)}`);
         ended++;
       }
