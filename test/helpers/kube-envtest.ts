@@ -71,6 +71,8 @@ export interface KubeEnv {
   readonly admin: KubeApi;
   readonly caPem: string;
   readonly etcdUrl: string;
+  /** A serving certificate for 127.0.0.1 signed by the test CA (`caPem`): files `<name>.crt`/`.key`. */
+  servingCert(name: string): Promise<{ cert: string; key: string }>;
   /** A kubeconfig for a new client certificate user `name` (in `groups`), for RBAC tests. */
   userKubeconfig(name: string, groups?: string[]): Promise<string>;
   stopApiServer(): Promise<void>;
@@ -317,6 +319,41 @@ export async function startKubeEnv(
     admin,
     caPem: readFileSync(join(dir, "ca.crt"), "utf8"),
     etcdUrl,
+    async servingCert(name) {
+      await writeFile(
+        join(dir, `${name}.ext`),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+      );
+      await openssl(dir, ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${name}.key`]);
+      await openssl(dir, [
+        "req",
+        "-new",
+        "-key",
+        `${name}.key`,
+        "-subj",
+        `/CN=${name}`,
+        "-out",
+        `${name}.csr`,
+      ]);
+      await openssl(dir, [
+        "x509",
+        "-req",
+        "-in",
+        `${name}.csr`,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        `${name}.ext`,
+        "-out",
+        `${name}.crt`,
+      ]);
+      return { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
+    },
     async userKubeconfig(name, groups = []) {
       const file = `user-${name.replace(/[^a-z0-9-]/gi, "_")}`;
       await clientCert(dir, file, name, groups);
