@@ -7,7 +7,8 @@
 #   WEFT_SA (required), TRUST_DOMAIN (weft.local), WEFT_HOME (/opt/weft), TOKENS_DIR (/run/weft),
 #   WEFT_CONFIG (/tmp/weft.yaml), STATE_DIR (/tmp/weft-state), CA_URL (https://ca:15443),
 #   INBOUND_MODE (strict), SERVICES_FILE (/etc/weft/services.yaml),
-#   WEFT_EXTRA_YAML (more top-level weft.yaml lines, e.g. a policy: block; empty by default).
+#   WEFT_EXTRA_YAML (more top-level weft.yaml lines, e.g. a policy: block; empty by default),
+#   WEFT_DISCOVERY_YAML (the whole discovery: value, e.g. with kubernetes:; default the services file).
 set -eu
 SA=${WEFT_SA:?set WEFT_SA to the workload service account}
 TD=${TRUST_DOMAIN:-weft.local}
@@ -19,6 +20,8 @@ while [ ! -s "$RUN/bundle.pem" ]; do
   [ $((i % 20)) -eq 0 ] && echo "sidecar: waiting for the trust bundle $RUN/bundle.pem (from the CA)" >&2
   sleep 0.5
 done
+DISCOVERY="{ file: ${SERVICES_FILE:-/etc/weft/services.yaml} }"
+[ -n "${WEFT_DISCOVERY_YAML:-}" ] && DISCOVERY=$WEFT_DISCOVERY_YAML
 cat > "$CONF" <<YAML
 trustDomain: $TD
 identity:
@@ -31,7 +34,7 @@ identity:
 listeners:
   admin: { address: 0.0.0.0, port: 15000 }
 inbound: { mode: ${INBOUND_MODE:-strict} }
-discovery: { file: ${SERVICES_FILE:-/etc/weft/services.yaml} }
+discovery: $DISCOVERY
 ${WEFT_EXTRA_YAML:-}
 YAML
 # The node flags are SIDECAR_NODE_FLAGS (src/runtime/node-flags.ts).

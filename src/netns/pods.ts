@@ -129,6 +129,8 @@ export interface PodSpec {
   readonly inboundMode?: "strict" | "permissive";
   /** More top-level weft.yaml lines (WEFT_EXTRA_YAML), e.g. a `policy:` block. */
   readonly extraYaml?: readonly string[];
+  /** The sidecar's whole `discovery:` value (WEFT_DISCOVERY_YAML); default the cluster's services file. */
+  readonly discoveryYaml?: string;
 }
 
 /** A running pod. */
@@ -311,6 +313,7 @@ export async function createPodCluster(o: PodClusterOptions): Promise<PodCluster
               INBOUND_MODE: spec.inboundMode ?? "strict",
               SERVICES_FILE: servicesFile,
               WEFT_EXTRA_YAML: (spec.extraYaml ?? []).join("\n"),
+              ...(spec.discoveryYaml ? { WEFT_DISCOVERY_YAML: spec.discoveryYaml } : {}),
             }),
           });
           await pollUntil(

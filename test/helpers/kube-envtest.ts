@@ -86,7 +86,7 @@ async function openssl(dir: string, args: string[]): Promise<void> {
   await run("openssl", args, { cwd: dir });
 }
 
-async function makePki(dir: string): Promise<void> {
+async function makePki(dir: string, extraSans: string[]): Promise<void> {
   await openssl(dir, ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
   await openssl(dir, [
     "req",
@@ -103,7 +103,7 @@ async function makePki(dir: string): Promise<void> {
   ]);
   await writeFile(
     join(dir, "server.ext"),
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
+    `subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc${extraSans.map((s) => `,IP:${s}`).join("")}\nextendedKeyUsage=serverAuth\n`,
   );
   await openssl(dir, ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key"]);
   await openssl(dir, [
@@ -219,11 +219,11 @@ async function stopProcess(proc: ChildProcess | undefined): Promise<void> {
 /** Start etcd and kube-apiserver; stopped after the test. Call `requireEnvtest` first. */
 export async function startKubeEnv(
   t: TestContext,
-  options: { extraApiServerArgs?: string[] } = {},
+  options: { extraApiServerArgs?: string[]; extraSans?: string[] } = {},
 ): Promise<KubeEnv> {
   const bin = envtestBinDir();
   const dir = await mkdtemp(join(tmpdir(), "weft-envtest-"));
-  await makePki(dir);
+  await makePki(dir, options.extraSans ?? []);
   const [etcdPort, peerPort, apiPort] = [await freePort(), await freePort(), await freePort()];
   const etcdUrl = `http://127.0.0.1:${etcdPort}`;
   const url = `https://127.0.0.1:${apiPort}`;

@@ -8,6 +8,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { parseAllDocuments } from "yaml";
+import { parseConfig } from "../../src/config/load.ts";
 import { injectManifests, injectPodObject, uninjectManifests } from "../../src/k8s/inject.ts";
 import { INJECT_OPTIONS } from "../fixtures/inject/options.ts";
 
@@ -77,4 +78,21 @@ test("inject: the webhook's JSON path gives the CLI's result", () => {
   const viaJson = injectPodObject(structuredClone(pod), INJECT_OPTIONS).pod;
   const viaCli = objects(injectManifests(JSON.stringify(pod), INJECT_OPTIONS).text)[0];
   assert.deepEqual(viaJson, viaCli);
+});
+
+test("inject: the sidecar's weft.yaml (annotation) is a valid config once WEFT_CA_ID is set", () => {
+  const out = objects(
+    injectManifests(readFileSync(join(DIR, "workloads.in.yaml"), "utf8"), INJECT_OPTIONS).text,
+  );
+  const sts = out[1] as { spec: { template: { metadata: { annotations: Record<string, string> } } } };
+  const text = sts.spec.template.metadata.annotations["weft.io/sidecar-config"]!;
+  const config = parseConfig(text, { WEFT_CA_ID: "spiffe://weft.local/ns/shop/sa/db" });
+  assert.equal(config.identity.ca?.id, "spiffe://weft.local/ns/shop/sa/db");
+  assert.equal(config.identity.ca?.kubernetesTokenFile, "/var/run/weft/token/token");
+  assert.deepEqual(config.discovery.kubernetes, { namespaces: [] });
+  assert.deepEqual(
+    config.inbound.ports.map((p) => p.port),
+    [5432],
+    "the StatefulSet's port is captured (it has no probes)",
+  );
 });
