@@ -142,8 +142,8 @@ export class HttpsKubeApi implements KubeApi {
     this.origin = conn.origin;
     this.url = new URL(conn.server);
     this.agent = new Agent({
+      // No socket cap: every watch holds one for minutes, and lists must never queue behind them.
       keepAlive: true,
-      maxSockets: 16,
       ...(conn.caPem !== undefined ? { ca: conn.caPem } : {}),
       ...(conn.credentials.clientCert
         ? { cert: conn.credentials.clientCert.certPem, key: conn.credentials.clientCert.keyPem }
