@@ -191,7 +191,7 @@ function appPorts(spec: Json): number[] {
 }
 
 /** The sidecar's weft.yaml (its SPIFFE ID comes from WEFT_CA_ID, set from the downward API). */
-function sidecarConfig(o: InjectOptions, inbound: number[], excluded: number[]): string {
+function sidecarConfig(o: InjectOptions, inbound: number[]): string {
   const config = {
     trustDomain: o.trustDomain,
     identity: {
@@ -203,10 +203,9 @@ function sidecarConfig(o: InjectOptions, inbound: number[], excluded: number[]):
       },
     },
     listeners: { admin: { address: "0.0.0.0", port: ADMIN_PORT } },
-    inbound: {
-      mode: "permissive",
-      ports: inbound.filter((p) => !excluded.includes(p)).map((port) => ({ port })),
-    },
+    // The app's declared ports are the tunnel's allow-list (none declared: any port). Probe ports stay in
+    // it: only their plaintext capture is skipped, mesh connections to them still arrive by the tunnel.
+    inbound: { mode: "permissive", ports: inbound.map((port) => ({ port })) },
     discovery: { kubernetes: {} },
     log: { level: o.logLevel ?? "info" },
   };
@@ -388,7 +387,7 @@ function injectTemplate(
   const annotations = childMap(doc, meta, "annotations", true, status.created, "metadata.annotations");
   labels.set(INJECTED_LABEL, "true");
   const added: Record<string, string> = {
-    [CONFIG_ANNOTATION]: sidecarConfig(o, appPorts(specJs), probes.ports),
+    [CONFIG_ANNOTATION]: sidecarConfig(o, appPorts(specJs)),
     [BUNDLE_ANNOTATION]: o.caBundlePem,
   };
   const own = (metaJs.annotations as Record<string, string> | undefined) ?? {};
