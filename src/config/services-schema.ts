@@ -44,6 +44,11 @@ export const outlierDetectionSchema = z.strictObject({
   maxEjectionTime: duration.default(300_000),
   /** At most this share of a service's endpoints ejected at once (one is always allowed). */
   maxEjectionPercent: z.number().min(0).max(100).default(10),
+  /**
+   * A passing active health check ends an ejection at once (Envoy's
+   * successful_active_health_check_uneject_host); false = an ejected endpoint waits out its time.
+   */
+  successfulActiveHealthCheckUnejectHost: z.boolean().default(true),
 });
 
 export const retrySchema = z.strictObject({
@@ -107,7 +112,40 @@ export const serviceSchema = z
   })
   .refine((s) => (s.endpoints === undefined) !== (s.dns === undefined), {
     message: "give exactly one of endpoints or dns",
+  })
+  .superRefine((s, ctx) => {
+    // Two endpoints that end up identical would silently be one: name both instead.
+    const defaultPort = s.ports[0]?.targetPort;
+    const seen = new Map<string, number>();
+    s.endpoints?.forEach((e, i) => {
+      const port = e.port ?? defaultPort;
+      const address = sameAddress(e.address);
+      const id = `${address}|${port}|${e.sidecar ? e.tunnelPort : "none"}`;
+      const first = seen.get(id);
+      if (first === undefined) {
+        seen.set(id, i);
+        return;
+      }
+      const where = `${address}:${port}${e.sidecar ? ` via ${e.tunnelPort}` : ""}`;
+      ctx.addIssue({
+        code: "custom",
+        path: ["endpoints", i],
+        message: `same address, port and tunnelPort as endpoints[${first}] (${where}); give each endpoint its own port or tunnelPort`,
+      });
+    });
   });
+
+/** One spelling per address: IPv4-mapped IPv6 as IPv4, IPv6 lower-case and fully compressed. */
+function sameAddress(address: string): string {
+  const a = address.toLowerCase();
+  if (a.startsWith("::ffff:") && a.includes(".")) return a.slice(7);
+  if (!a.includes(":")) return a;
+  try {
+    return new URL(`http://[${a}]/`).hostname.slice(1, -1);
+  } catch {
+    return a;
+  }
+}
 
 export const servicesSchema = z.array(serviceSchema).superRefine((services, ctx) => {
   const seen = new Set<string>();

@@ -69,6 +69,23 @@ export interface RegistryOptions {
 
 const EMPTY: Snapshot = { version: 0, services: new Map(), sources: new Map(), byAddress: new Map() };
 
+/**
+ * Endpoint keys (metric label, outlier state, `/endpoints`): `address:port`, or `address:port@tunnelPort`
+ * for endpoints of one service that share an address and port behind different sidecars (one host,
+ * several sidecars), so that they never collapse into one.
+ */
+function withKeys(found: readonly Omit<Endpoint, "key">[]): Endpoint[] {
+  const count = new Map<string, number>();
+  for (const e of found) {
+    const k = formatAddr(e.address, e.port);
+    count.set(k, (count.get(k) ?? 0) + 1);
+  }
+  return found.map((e) => {
+    const k = formatAddr(e.address, e.port);
+    return { key: (count.get(k) ?? 0) > 1 ? `${k}@${e.sidecar ? e.tunnelPort : "plain"}` : k, ...e };
+  });
+}
+
 export class ServiceRegistry implements RouteTable {
   private snapshot: Snapshot = EMPTY;
   private readonly runtimes = new Map<string, ServiceRuntime>();
@@ -116,13 +133,14 @@ export class ServiceRegistry implements RouteTable {
       return { port: p.port, targetPort: p.targetPort, ...(name ? { name } : {}) };
     });
     const defaultPort = ports[0]!.targetPort;
-    const endpoints: Endpoint[] = [];
+    const found: Omit<Endpoint, "key">[] = [];
     const seen = new Set<string>();
+    // Identical endpoints are refused by the schema (static lists); DNS may still repeat a record.
     const add = (e: Omit<Endpoint, "key">) => {
-      const key = formatAddr(e.address, e.port);
-      if (seen.has(key)) return;
-      seen.add(key);
-      endpoints.push({ key, ...e });
+      const id = `${e.address}|${e.port}|${e.sidecar ? e.tunnelPort : "none"}`;
+      if (seen.has(id)) return;
+      seen.add(id);
+      found.push(e);
     };
     if (s.endpoints) {
       for (const e of s.endpoints) {
@@ -147,6 +165,7 @@ export class ServiceRegistry implements RouteTable {
         });
       }
     }
+    const endpoints = withKeys(found);
     const retries = s.retries ?? this.o.retries;
     return {
       name: s.name,
@@ -180,9 +199,14 @@ export class ServiceRegistry implements RouteTable {
             "endpoint ejected",
           );
         },
-        onReturn: (key) => {
+        onReturn: (key, via) => {
           this.o.metrics.endpointEjected.set({ service: name, endpoint: key }, 0);
-          this.o.logger.info({ service: name, endpoint: key }, "endpoint returned from ejection (probation)");
+          this.o.logger.info(
+            { service: name, endpoint: key, via },
+            via === "health_check"
+              ? "endpoint returned from ejection: an active health check passed (probation)"
+              : "endpoint returned from ejection (probation)",
+          );
         },
       });
       rt = { detector, balancer: newBalancerState(), endpoints: new Map() };

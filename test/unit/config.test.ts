@@ -104,3 +104,39 @@ test("units: durations and sizes", () => {
   assert.equal(formatDuration(86_400_000 + 3_600_000 * 2 + 60_000 * 5), "1d 2h");
   assert.equal(formatDuration(59_000), "59s");
 });
+
+test("endpoints that end up identical (address, app port, tunnel port) are an error naming both", () => {
+  const text = `${minimal}
+services:
+  - name: backend
+    ports: [8080]
+    endpoints:
+      - { address: 127.0.0.1, tunnelPort: 15018 }
+      - { address: 127.0.0.1, port: 8080, tunnelPort: 15028 }
+      - { address: 127.0.0.1, port: 8080, tunnelPort: 15018 }
+      - { address: "::ffff:127.0.0.1", tunnelPort: 15028 }
+      - { address: "::1" }
+      - { address: "0:0:0:0:0:0:0:1", port: 8080 }
+`;
+  assert.throws(
+    () => parseConfig(text),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      const issues = err.issues.map((i) => `${i.key}: ${i.message}`);
+      assert.deepEqual(issues, [
+        "services[0].endpoints[2]: same address, port and tunnelPort as endpoints[0] (127.0.0.1:8080 via 15018); give each endpoint its own port or tunnelPort",
+        "services[0].endpoints[3]: same address, port and tunnelPort as endpoints[1] (127.0.0.1:8080 via 15028); give each endpoint its own port or tunnelPort",
+        "services[0].endpoints[5]: same address, port and tunnelPort as endpoints[4] (::1:8080 via 15008); give each endpoint its own port or tunnelPort",
+      ]);
+      return true;
+    },
+  );
+  // One address, one app port, two sidecars: two endpoints.
+  const ok = parseConfig(`${minimal}
+services:
+  - name: backend
+    ports: [8080]
+    endpoints: [ { address: 127.0.0.1, tunnelPort: 15018 }, { address: 127.0.0.1, tunnelPort: 15028 } ]
+`);
+  assert.equal(ok.services[0]?.endpoints?.length, 2);
+});

@@ -107,3 +107,33 @@ test("an update keeps live leases working and ejection state of endpoints that s
   );
   assert.ok(r.version >= 2);
 });
+
+test("endpoints sharing address and app port behind different sidecars stay two, keyed by tunnel port", () => {
+  const { r } = setup();
+  r.setDeclared("config", [
+    serviceSchema.parse({
+      name: "backend",
+      ports: [8080],
+      endpoints: [
+        { address: "127.0.0.1", tunnelPort: 15018 },
+        { address: "127.0.0.1", tunnelPort: 15028 },
+        { address: "127.0.0.2" },
+      ],
+    }),
+  ]);
+  assert.deepEqual(
+    r.service("backend")?.endpoints.map((e) => [e.key, e.tunnelPort]),
+    [
+      ["127.0.0.1:8080@15018", 15018],
+      ["127.0.0.1:8080@15028", 15028],
+      ["127.0.0.2:8080", 15008],
+    ],
+  );
+  const picked = new Set<string>();
+  for (let i = 0; i < 6; i++) {
+    const lease = r.pick("backend", { clientAddress: "", exclude: new Set() });
+    picked.add(lease!.endpoint.key);
+    lease!.release();
+  }
+  assert.equal(picked.size, 3, "all three get connections");
+});
