@@ -13,6 +13,7 @@ import type { Clock } from "../core/clock.ts";
 import { errorMessage, WeftError } from "../core/errors.ts";
 import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
 import { WeftMetrics } from "../core/metrics.ts";
+import type { Probe } from "../discovery/health.ts";
 import { createDiscovery } from "../discovery/index.ts";
 import { HttpsKubeApi } from "../k8s/client.ts";
 import { resolveConnection } from "../k8s/config.ts";
@@ -90,7 +91,7 @@ function ports(value: string): number[] {
  */
 export function discoveryFor(
   config: Config,
-  deps: { logger: Logger; clock: Clock; metrics: WeftMetrics },
+  deps: { logger: Logger; clock: Clock; metrics: WeftMetrics; probe?: Probe },
   env: Readonly<Record<string, string | undefined>> = {},
 ) {
   const k = config.discovery.kubernetes;

@@ -1,8 +1,13 @@
 /**
- * Optional active TCP health checks: every `interval`, connect to each endpoint (its sidecar's tunnel
- * port, or the app port for endpoints without a sidecar) within `timeout`. After `unhealthyThreshold`
- * failures in a row an endpoint is skipped by the balancer, after `healthyThreshold` successes it is
- * back. The verdict goes into the same outlier table the passive checks use.
+ * Optional active health checks: every `interval`, probe each endpoint within `timeout`. The sidecar's
+ * probe tests the app through the endpoint's sidecar (a tunnel stream to the app port that succeeds only
+ * when the peer answers that its app accepted, proxy/outbound/health-probe.ts); `tcpProbe`, used for
+ * endpoints without a sidecar and when discovery runs on its own, connects to the app port (or, for a
+ * sidecar endpoint, only proves its tunnel port is open). After `unhealthyThreshold` failures in a row an
+ * endpoint is skipped by the balancer, after `healthyThreshold` successes it is back. A passing check
+ * also ends an outlier ejection at once (Envoy's `successful_active_health_check_uneject_host`, setting
+ * `outlierDetection.successfulActiveHealthCheckUnejectHost`, default true). The verdict goes into the
+ * same outlier table the passive checks use.
  */
 import { connect } from "node:net";
 import type { HealthCheckConfig } from "../config/services-schema.ts";
@@ -12,11 +17,20 @@ import type { WeftMetrics } from "../core/metrics.ts";
 import type { OutlierDetector } from "./outlier.ts";
 import type { Endpoint, Service } from "./types.ts";
 
-export type Probe = (address: string, port: number, timeoutMs: number) => Promise<boolean>;
+/** What one check probes: an endpoint of a service. */
+export interface ProbeTarget {
+  readonly service: Service;
+  readonly endpoint: Endpoint;
+}
 
-export const tcpProbe: Probe = (address, port, timeoutMs) =>
+/** Resolves true when the endpoint passes one check within `timeoutMs` (never rejects). */
+export type Probe = (target: ProbeTarget, timeoutMs: number) => Promise<boolean>;
+
+/** A TCP connect to the app port (the sidecar's tunnel port for endpoints with a sidecar). */
+export const tcpProbe: Probe = ({ endpoint }, timeoutMs) =>
   new Promise((resolve) => {
-    const socket = connect({ host: address, port });
+    const port = endpoint.sidecar ? endpoint.tunnelPort : endpoint.port;
+    const socket = connect({ host: endpoint.address, port });
     const done = (ok: boolean) => {
       clearTimeout(timer);
       socket.destroy();
@@ -73,14 +87,14 @@ export class HealthChecker {
       next = Math.min(next, cfg.interval);
       const id = `${service.name}|${endpoint.key}`;
       live.add(id);
-      const port = endpoint.sidecar ? endpoint.tunnelPort : endpoint.port;
       checks.push(
-        probe(endpoint.address, port, cfg.timeout).then((ok) => {
+        probe({ service, endpoint }, cfg.timeout).then((ok) => {
           const s = this.streaks.get(id) ?? { ok: 0, failed: 0, unhealthy: false };
           this.streaks.set(id, s);
           if (ok) {
             s.ok++;
             s.failed = 0;
+            detector.activeCheckPassed(endpoint.key);
             if (s.unhealthy && s.ok >= cfg.healthyThreshold) {
               s.unhealthy = false;
               detector.setUnhealthy(endpoint.key, false);

@@ -4,7 +4,7 @@
  * checks, and the `Discovery` interface the data plane uses (resolve, pick, describe, start/stop).
  */
 
-import type { HealthCheckConfig, OutlierDetectionConfig, ServiceConfig } from "../config/services-schema.ts";
+import type { HealthCheckConfig, ServiceConfig } from "../config/services-schema.ts";
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import type { WeftMetrics } from "../core/metrics.ts";
@@ -12,6 +12,7 @@ import { createResolver, type DnsResolverLike, type DnsSettings, DnsSource } fro
 import { FileSource } from "./file-source.ts";
 import { HealthChecker, type Probe } from "./health.ts";
 import { K8sSource, type K8sSourceOptions } from "./k8s-source.ts";
+import type { OutlierSettings } from "./outlier.ts";
 import { ServiceRegistry } from "./registry.ts";
 import type { Discovery } from "./types.ts";
 
@@ -21,7 +22,7 @@ export interface DiscoveryOptions {
   readonly file?: string;
   readonly dns: DnsSettings;
   readonly retries: { readonly attempts: number; readonly deadline: number };
-  readonly outlierDetection: OutlierDetectionConfig;
+  readonly outlierDetection: OutlierSettings;
   readonly healthCheck?: HealthCheckConfig;
   readonly metrics: WeftMetrics;
   readonly logger: Logger;

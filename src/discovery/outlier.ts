@@ -8,8 +8,10 @@
  * Ejection time = base × times ejected, capped at max. At most max-ejection-percent of the service's
  * endpoints are ejected at once, but one always may be (so a two-endpoint service can still shed a dead
  * one). The times-ejected multiplier decays by one for every base ejection time an endpoint stays
- * healthy, as Envoy's does per interval. Active health checks mark endpoints unhealthy/healthy in the
- * same table; both ejected and unhealthy endpoints are skipped by the balancer, and when nothing is left
+ * healthy, as Envoy's does per interval. A passing active health check ends an ejection at once
+ * (ejected -> probation, Envoy's `successful_active_health_check_uneject_host`, on by default), so an
+ * endpoint whose app is back serves again within one check interval, not after its ejection time.
+ * Active health checks mark endpoints unhealthy/healthy in the same table; both ejected and unhealthy endpoints are skipped by the balancer, and when nothing is left
  * the caller spreads over all endpoints (panic mode) rather than failing everything.
  */
 import type { Clock, TimerHandle } from "../core/clock.ts";
@@ -20,6 +22,8 @@ export interface OutlierSettings {
   readonly baseEjectionTime: number;
   readonly maxEjectionTime: number;
   readonly maxEjectionPercent: number;
+  /** A passing active health check ends an ejection (Envoy's successful_active_health_check_uneject_host). */
+  readonly successfulActiveHealthCheckUnejectHost?: boolean;
 }
 
 export type OutlierState = "healthy" | "ejected" | "probation";
@@ -38,7 +42,8 @@ interface EndpointHealth {
 
 export interface OutlierEvents {
   onEject(key: string, until: number, timesEjected: number, consecutiveFailures: number): void;
-  onReturn(key: string): void;
+  /** An ejection ended: its time passed, or an active health check passed. */
+  onReturn(key: string, via: "ejection_time" | "health_check"): void;
 }
 
 export class OutlierDetector {
@@ -137,6 +142,18 @@ export class OutlierDetector {
     if (due && this.ejectedCount() < this.maxEjected()) this.eject(key, h);
   }
 
+  /** An active health check passed: an ejected endpoint returns now (on probation) unless turned off. */
+  activeCheckPassed(key: string): void {
+    const h = this.hosts.get(key);
+    if (!h) return;
+    if (h.state !== "ejected" || this.settings.successfulActiveHealthCheckUnejectHost === false) return;
+    h.timer?.cancel();
+    h.timer = undefined;
+    h.state = "probation";
+    h.decayFrom = this.clock.now();
+    this.events.onReturn(key, "health_check");
+  }
+
   /** Active health checks: mark an endpoint failing (skipped) or passing again. */
   setUnhealthy(key: string, unhealthy: boolean): void {
     const h = this.hosts.get(key);
@@ -157,7 +174,7 @@ export class OutlierDetector {
       if (h.state !== "ejected") return;
       h.state = "probation";
       h.decayFrom = this.clock.now();
-      this.events.onReturn(key);
+      this.events.onReturn(key, "ejection_time");
     }, duration);
     this.events.onEject(key, h.ejectedUntil, h.timesEjected, failures);
   }

@@ -19,6 +19,7 @@ import { type Clock, systemClock } from "../core/clock.ts";
 import { errorMessage, WeftError } from "../core/errors.ts";
 import { createLogger, type Logger, logLevel, setLogLevel } from "../core/log.ts";
 import { WeftMetrics } from "../core/metrics.ts";
+import type { Probe } from "../discovery/health.ts";
 import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
 import { AdminServer, type Readiness } from "./admin.ts";
 import { InboundCaptureHandler, type InboundCaptureOptions } from "./capture/inbound-capture.ts";
@@ -33,6 +34,7 @@ import {
   FileIdentitySource,
   type IdentitySource,
 } from "./identity/sources.ts";
+import { tunnelProbe } from "./outbound/health-probe.ts";
 import { OutboundHandler, type OutboundOptions } from "./outbound/outbound.ts";
 import type { InboundSettings } from "./outbound/route.ts";
 import { type Connector, MtlsConnector } from "./transport/connector.ts";
@@ -54,7 +56,7 @@ export interface SidecarDeps {
   /** Builds the route table from config when `routes` is not given (discovery's `createDiscovery`). */
   readonly createRoutes?: (
     config: Config,
-    deps: { logger: Logger; clock: Clock; metrics: WeftMetrics },
+    deps: { logger: Logger; clock: Clock; metrics: WeftMetrics; probe: Probe },
   ) => Discovery;
   readonly originalDst?: OriginalDstResolver;
   readonly identity?: IdentitySource;
@@ -395,18 +397,6 @@ export class Sidecar {
     });
     this.expiry.start();
 
-    if (this.deps.routes) this.routes = this.deps.routes;
-    else if (this.deps.createRoutes) {
-      this.routes = this.deps.createRoutes(c, {
-        logger: this.logger,
-        clock: this.clock,
-        metrics: this.metrics,
-      });
-    } else {
-      throw new WeftError("E_USAGE", "the sidecar needs a route table (routes or createRoutes)");
-    }
-    if (isDiscovery(this.routes)) await this.routes.start();
-
     const connDeps: Mutable<ConnectionDeps> = {
       metrics: this.metrics,
       logger: this.logger.child({ component: "access" }),
@@ -436,6 +426,20 @@ export class Sidecar {
           })
         : new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics }));
     this.connector = connector;
+
+    // Discovery after the connector: its active health checks test apps through their sidecars with it.
+    if (this.deps.routes) this.routes = this.deps.routes;
+    else if (this.deps.createRoutes) {
+      this.routes = this.deps.createRoutes(c, {
+        logger: this.logger,
+        clock: this.clock,
+        metrics: this.metrics,
+        probe: tunnelProbe(connector, this.clock),
+      });
+    } else {
+      throw new WeftError("E_USAGE", "the sidecar needs a route table (routes or createRoutes)");
+    }
+    if (isDiscovery(this.routes)) await this.routes.start();
     const listenerAddrs = (): SocketAddr[] =>
       this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined);
     const timeouts = this.live.timeouts;

@@ -113,15 +113,18 @@ export interface Pair {
   readonly clientIssued: Issued;
 }
 
-/** Start one sidecar with identity files and a route table; stopped in `t.after`. */
+/**
+ * Start one sidecar with identity files and a route table (`undefined`: `deps.createRoutes` builds
+ * discovery from the config); stopped in `t.after`.
+ */
 export async function startSidecar(
   t: TestContext,
   config: Config,
-  routes: RouteTable,
+  routes: RouteTable | undefined,
   log: MemoryLogger,
   deps: Partial<SidecarDeps> = {},
 ): Promise<Sidecar> {
-  const sidecar = new Sidecar(config, { logger: log, routes, ...deps });
+  const sidecar = new Sidecar(config, { logger: log, ...(routes ? { routes } : {}), ...deps });
   t.after(() => sidecar.stop());
   await sidecar.start();
   return sidecar;

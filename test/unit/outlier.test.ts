@@ -16,7 +16,7 @@ function setup(keys = ["a", "b", "c"], s: Partial<OutlierSettings> = {}) {
   const events: string[] = [];
   const d = new OutlierDetector({ ...settings, ...s }, clock, {
     onEject: (k, until, times) => events.push(`eject ${k} until ${until} x${times}`),
-    onReturn: (k) => events.push(`return ${k}`),
+    onReturn: (k, via) => events.push(via === "ejection_time" ? `return ${k}` : `return ${k} via ${via}`),
   });
   d.sync(keys);
   return { clock, d, events };
@@ -106,4 +106,31 @@ test("sync keeps state for endpoints that stay and forgets removed ones", () => 
   assert.ok(!d.isAvailable("a"), "a stays ejected across an update");
   assert.ok(d.isAvailable("c"));
   assert.ok(!d.isAvailable("b"), "b is gone");
+});
+
+test("a passing active health check ends an ejection at once (probation), unless turned off", () => {
+  const { d, clock, events } = setup(["a", "b"]);
+  fail(d, "a", 5);
+  assert.ok(!d.isAvailable("a"));
+  clock.advance(1_000);
+  d.activeCheckPassed("a");
+  assert.ok(d.isAvailable("a"), "back long before its 30 s ejection time");
+  assert.equal(d.state("a").state, "probation");
+  assert.deepEqual(events, ["eject a until 30000 x1", "return a via health_check"]);
+  // The ejection timer was cancelled: nothing more happens when its time would have ended.
+  clock.advance(60_000);
+  assert.equal(events.length, 2);
+  // On probation one failure ejects it again, for twice as long.
+  d.failure("a");
+  assert.equal(events.at(-1), "eject a until 121000 x2");
+  // A passing check on an endpoint that is not ejected changes nothing.
+  d.activeCheckPassed("b");
+  assert.equal(d.state("b").state, "healthy");
+
+  const off = setup(["a", "b"], { successfulActiveHealthCheckUnejectHost: false });
+  fail(off.d, "a", 5);
+  off.d.activeCheckPassed("a");
+  assert.ok(!off.d.isAvailable("a"), "stays ejected for its time");
+  off.clock.advance(30_000);
+  assert.deepEqual(off.events, ["eject a until 30000 x1", "return a"]);
 });
