@@ -95,6 +95,8 @@ export interface WeftPairOptions extends PeerOptions {
   readonly sessionResumption?: boolean;
   /** `upstream.transport` of the client side (default: Weft's default, pooled). */
   readonly transport?: "per-connection" | "pooled";
+  /** The Weft checkout whose bin/weft.js runs (default this one): `--baseline` compares two builds. */
+  readonly root?: string;
 }
 
 /** A running pair. `stop()` ends both processes (SIGTERM, then SIGKILL after `graceMs`). */
@@ -502,7 +504,8 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
       "",
     ].join("\n"),
   );
-  const weft = join(ROOT, "bin/weft.js");
+  const root = o.root ?? ROOT;
+  const weft = join(root, "bin/weft.js");
   const args = (side: string) => [
     ...SIDECAR_NODE_FLAGS,
     ...(o.nodeArgs ?? []),
@@ -511,7 +514,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     "--config",
     join(o.workDir, `weft-${side}.yaml`),
   ];
-  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version?: string };
+  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version?: string };
   const pair = await launch(
     "Weft",
     `Weft ${pkg.version ?? "unknown"}`,

@@ -10,8 +10,13 @@
  *     round trip), and four at once (on 2 cores that saturates the CPU, so it also shows each proxy's
  *     CPU cost per message as queueing),
  *   - new connections per second, each a full mTLS handshake, and again with session resumption,
+ *   - time to the first byte of a reply on a new connection (connect, write one byte, read the echo;
+ *     one connection after another, p50 and p99): what the peer's answer step (it accepts only after its
+ *     app did) costs a client, if anything,
  *   - proxy memory per idle proxied connection (RSS of both proxy processes, before and after), once,
  *     after the rounds, followed by throughput and 1-connection p99 again ("after the memory test").
+ * `--baseline=<checkout>` also runs the Weft of another checkout (built: `npm run build` there) as
+ * "(baseline)" contenders, so one run shows a change before and after.
  * It prints a table of ratios against direct TCP and the best peer and writes JSON to bench/results/.
  * Every process it starts is stopped.
  */
@@ -39,7 +44,8 @@ const QUICK = process.argv.includes("--quick");
 /** `--only=throughput,latency` runs just those measurements (for profiling one path). */
 const ONLY = new Set(
   (
-    process.argv.find((a) => a.startsWith("--only="))?.slice(7) ?? "throughput,latency,connections,memory"
+    process.argv.find((a) => a.startsWith("--only="))?.slice(7) ??
+    "throughput,latency,connections,ttfb,memory"
   ).split(","),
 );
 /**
@@ -52,6 +58,10 @@ const CONTENDERS = new Set(
     "pooled,per-connection,haproxy,stunnel"
   ).split(","),
 );
+/** `--baseline=<checkout>`: another Weft build measured beside this one (see the module comment). */
+const BASELINE = process.argv.find((a) => a.startsWith("--baseline="))?.slice(11);
+/** New connections timed one after another for the time-to-first-byte rows. */
+const TTFB_CONNS = QUICK ? 150 : 400;
 /** Interleaved repetitions; the table shows medians (`--rounds=N`, default 3). */
 const ROUNDS = Math.max(1, Number(process.argv.find((a) => a.startsWith("--rounds="))?.slice(9) ?? 3));
 /** Extra Node flags for the Weft processes, e.g. BENCH_WEFT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/p". */
@@ -354,6 +364,41 @@ async function connRate(port: number, seconds = CONN_SECONDS): Promise<number> {
   return done / seconds;
 }
 
+/**
+ * Time to the first byte of a reply on a new connection, µs: connect, write one byte when connected, until
+ * its echo arrives; `n` connections one after another (p50 and p99).
+ */
+async function timeToFirstByte(port: number, n = TTFB_CONNS): Promise<{ p50: number; p99: number }> {
+  const samples: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const us = await new Promise<number | undefined>((r) => {
+      const t0 = process.hrtime.bigint();
+      const s = connect({ host: "127.0.0.1", port, noDelay: true });
+      const timer = setTimeout(() => {
+        s.destroy();
+        r(undefined);
+      }, 5000);
+      s.on("error", () => {
+        clearTimeout(timer);
+        r(undefined);
+      });
+      s.once("connect", () => s.write("x"));
+      s.once("data", () => {
+        clearTimeout(timer);
+        const dt = Number(process.hrtime.bigint() - t0) / 1000;
+        s.end();
+        s.resume();
+        r(dt);
+      });
+    });
+    if (us !== undefined) samples.push(us);
+  }
+  samples.sort((a, b) => a - b);
+  const at = (q: number) =>
+    samples[Math.min(samples.length - 1, Math.floor(q * samples.length))] ?? Number.NaN;
+  return { p50: at(0.5), p99: at(0.99) };
+}
+
 /** `n` proxied connections through `port`, each having carried one byte each way, left open. */
 async function openIdle(port: number, n: number): Promise<Socket[]> {
   const socks: Socket[] = [];
@@ -422,6 +467,9 @@ interface Result {
   connPerSec: number;
   /** The same with session resumption, as each proxy does by default. */
   connResumedPerSec: number;
+  /** Time to the first reply byte on a new connection (session resumed, or a pooled stream), µs. */
+  ttfbP50us: number;
+  ttfbP99us: number;
   kibPerIdleConn: number;
   /** Measured again after the memory measurement (3000 connections held at once, then closed). */
   throughputAfterGbps: number;
@@ -481,6 +529,11 @@ async function measureOne(name: string, c: Contender): Promise<Partial<Result>> 
     }
     case "connections":
       return { connPerSec: await connRate(c.echoFullPort), connResumedPerSec: await connRate(c.echoPort) };
+    case "ttfb": {
+      const t = await timeToFirstByte(c.echoPort);
+      process.stderr.write(` [${t.p50.toFixed(0)} / ${t.p99.toFixed(0)} µs]`);
+      return { ttfbP50us: t.p50, ttfbP99us: t.p99 };
+    }
     case "memory":
       return c.pids.length > 0 ? { kibPerIdleConn: await idleMemory(c) } : {};
     case "after":
@@ -574,6 +627,38 @@ async function main(): Promise<void> {
     );
     wefts.push({ ...contender(weftPair, weftFull), name: "Weft per-connection" });
   }
+  if (BASELINE) {
+    // The same two transports from another build, for before/after rows in one run.
+    const root = resolve(BASELINE);
+    if (CONTENDERS.has("pooled")) {
+      const p = track(
+        await startWeftPair({
+          ...opts,
+          routes: routes.filter((r) => r.name !== "echo-full"),
+          nodeArgs: WEFT_NODE_ARGS,
+          transport: "pooled",
+          root,
+        }),
+      );
+      wefts.push({ ...contender(p), name: "Weft pooled (baseline)" });
+    }
+    if (CONTENDERS.has("per-connection")) {
+      const p = track(
+        await startWeftPair({ ...opts, nodeArgs: WEFT_NODE_ARGS, transport: "per-connection", root }),
+      );
+      const full = track(
+        await startWeftPair({
+          ...opts,
+          routes: [{ name: "echo", appPort: echo }],
+          nodeArgs: WEFT_NODE_ARGS,
+          transport: "per-connection",
+          sessionResumption: false,
+          root,
+        }),
+      );
+      wefts.push({ ...contender(p, full), name: "Weft per-connection (baseline)" });
+    }
+  }
   const peers = [
     CONTENDERS.has("haproxy") ? track(await startHaproxyPair(opts)) : undefined,
     CONTENDERS.has("stunnel") ? track(await startStunnelPair(opts)) : undefined,
@@ -596,9 +681,13 @@ async function main(): Promise<void> {
     // sidecar for a while (glibc's malloc fragmented by 3000 connections' native state: _int_malloc went
     // from 2 % to 30 % of a sidecar's CPU in one profile), which the rows "after ..." show on their own.
     const last = round === ROUNDS;
-    for (const m of ["throughput", "latency", "connections", ...(last ? ["memory", "after"] : [])].filter(
-      (x) => ONLY.has(x) || (x === "after" && ONLY.has("memory")),
-    )) {
+    for (const m of [
+      "throughput",
+      "latency",
+      "connections",
+      "ttfb",
+      ...(last ? ["memory", "after"] : []),
+    ].filter((x) => ONLY.has(x) || (x === "after" && ONLY.has("memory")))) {
       // The order rotates every round, so that no contender always runs right after the same one
       // (the first latency runs after the last bulk transfer, while the load generator is still
       // collecting its garbage).
@@ -640,6 +729,8 @@ async function main(): Promise<void> {
     [`latency p99, ${LAT_CONNS} connections at once (µs)`, "p99us", 0, "added ≤ 2× best peer's added"],
     ["new connections/s, full mTLS handshake each", "connPerSec", 0, "≥ 0.50× best peer"],
     ["new connections/s, TLS session resumed", "connResumedPerSec", 0, ""],
+    ["time to first reply byte, new connection, p50 (µs)", "ttfbP50us", 0, ""],
+    ["time to first reply byte, new connection, p99 (µs)", "ttfbP99us", 0, ""],
     ["proxy KiB per idle connection", "kibPerIdleConn", 1, "< 64 KiB"],
     ["throughput after the memory test (Gbit/s)", "throughputAfterGbps", 2, ""],
     ["latency p99, 1 connection, after the memory test (µs)", "p99us1After", 0, ""],

@@ -310,6 +310,8 @@ class OutboundConnection {
     const { o, rec } = this;
     const ep = lease.endpoint;
     const service = target.service;
+    // The access log names the endpoint of the last attempt, also when it failed.
+    rec.endpoint = ep.key;
     const t0 = o.clock.monotonic();
     let upstream: Upstream;
     if (ep.sidecar) {
@@ -348,7 +350,6 @@ class OutboundConnection {
     const ms = o.clock.monotonic() - t0;
     lease.reportSuccess(ms);
     o.metrics.upstreamConnectDuration.observe({ service: service.name }, ms / 1000);
-    rec.endpoint = ep.key;
     rec.connectMs = upstream.connectMs;
     rec.handshakeMs = upstream.handshakeMs;
     rec.tlsResumed = upstream.handshakeMs === undefined ? undefined : upstream.resumed;
