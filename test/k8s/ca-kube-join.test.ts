@@ -16,6 +16,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { createCsr } from "../../src/ca/authority.ts";
+import { CaClient, type IdentityMaterial } from "../../src/ca/client.ts";
 import { KubeJoin } from "../../src/ca/kube-join.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import { isWeftError } from "../../src/core/errors.ts";
@@ -156,6 +157,30 @@ test("meshca kubernetes join: TokenReview-checked projected tokens, RBAC self-ch
   );
   assert.deepEqual(new Set(replies.map((r) => r.status)), new Set([200]));
   assert.equal(join.reviews - before, 1, "100 CSRs with one token cost one TokenReview");
+
+  // A sidecar's CA client with the projected token (identity.ca.kubernetesTokenFile): the first
+  // certificate through /v1/sign/kubernetes, the token read when it is needed.
+  let tokenReads = 0;
+  const sidecarToken = await tokenFor(env, "backend-0", uid);
+  let material: IdentityMaterial | undefined;
+  const client = new CaClient({
+    url: s.server.url,
+    bundlePem: s.testCa.ca.bundlePem(),
+    id: BACKEND,
+    kubernetesToken: () => {
+      tokenReads++;
+      return sidecarToken;
+    },
+    clock: systemClock,
+    logger: new MemoryLogger(),
+    onIdentity: (m) => {
+      material = m;
+    },
+  });
+  await client.start();
+  client.stop();
+  assert.equal(material?.id.toString(), BACKEND);
+  assert.equal(tokenReads, 1);
 
   // API server down: a token not reviewed yet cannot be checked, so nothing is signed.
   const unseen = await tokenFor(env, "backend-0", uid);
