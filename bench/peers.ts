@@ -485,6 +485,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
       ...common("server"),
       `  tunnel: { address: 127.0.0.1, port: ${tunnelS}, maxConnections: 100000 }`,
       `  admin: { address: 127.0.0.1, port: ${adminS} }`,
+      "  metrics: { enabled: false }",
       "",
     ].join("\n"),
   );
@@ -494,6 +495,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
       ...common("client"),
       `  tunnel: { address: 127.0.0.1, port: ${tunnelC} }`,
       `  admin: { address: 127.0.0.1, port: ${adminC} }`,
+      "  metrics: { enabled: false }",
       "  explicit:",
       ...o.routes.map((r) => `    - { listen: "127.0.0.1:${listen[r.name]}", service: ${r.name} }`),
       "services:",

@@ -108,9 +108,9 @@ async function weftGc(ports: readonly number[]): Promise<{ minor: number; major:
   for (const port of ports) {
     const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
-    r.minor += num(/^weft_process_nodejs_gc_duration_seconds_count\{kind="minor"\} (\d+)/m);
-    r.major += num(/^weft_process_nodejs_gc_duration_seconds_count\{kind="major"\} (\d+)/m);
-    r.newMiB.push(num(/^weft_process_nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)/m) / 2 ** 20);
+    r.minor += num(/^nodejs_gc_duration_seconds_count\{kind="minor"\} (\d+)/m);
+    r.major += num(/^nodejs_gc_duration_seconds_count\{kind="major"\} (\d+)/m);
+    r.newMiB.push(num(/^nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)/m) / 2 ** 20);
   }
   return r;
 }

@@ -32,7 +32,8 @@ identity:
     tokenFile: $RUN/token
     stateDir: ${STATE_DIR:-/tmp/weft-state}
 listeners:
-  admin: { address: 0.0.0.0, port: 15000 }
+  admin: { address: 127.0.0.1, port: 15000 }
+  metrics: { address: 0.0.0.0, port: 15020 }
 inbound: { mode: ${INBOUND_MODE:-strict} }
 discovery: $DISCOVERY
 ${WEFT_EXTRA_YAML:-}

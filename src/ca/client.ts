@@ -13,7 +13,7 @@ import { createPublicKey, X509Certificate } from "node:crypto";
 import { request as httpsRequest } from "node:https";
 import type { Clock, TimerHandle } from "../core/clock.ts";
 import { ERROR_CODES, type ErrorCode, errorMessage, isWeftError, WeftError } from "../core/errors.ts";
-import type { Logger } from "../core/log.ts";
+import { childOf, type Logger } from "../core/log.ts";
 import { createCsr, type KeyAlgorithm } from "./authority.ts";
 import { SpiffeId } from "./spiffe-id.ts";
 import { parseBundle, verifySvid } from "./verify.ts";
@@ -157,7 +157,7 @@ export class CaClient {
     this.options = options;
     this.id = typeof options.id === "string" ? SpiffeId.parse(options.id) : options.id;
     this.clock = options.clock;
-    this.log = options.logger.child({ component: "ca-client", spiffe_id: this.id.toString() });
+    this.log = childOf(options.logger, { component: "ca-client", spiffe_id: this.id.toString() });
     this.random = options.random ?? Math.random;
     this.trustBundlePem = options.bundlePem;
     this.transport =

@@ -168,6 +168,9 @@ export function portClashes(config: Config): Finding[] {
       bound.push({ key: `listeners.${name}`, address: l[name].address, port: l[name].port });
   }
   bound.push({ key: "listeners.admin", address: l.admin.address, port: l.admin.port });
+  if (l.metrics.enabled) {
+    bound.push({ key: "listeners.metrics", address: l.metrics.address, port: l.metrics.port });
+  }
   l.explicit.forEach((e, i) => {
     bound.push({ key: `listeners.explicit[${i}].listen`, address: e.listen.address, port: e.listen.port });
   });

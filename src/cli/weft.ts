@@ -155,7 +155,9 @@ ${EXIT_CODES}`,
     )
     .action(async (opts: { config: string }) => {
       const config = await loadConfigFile(opts.config, deps.env);
-      const logger = (deps.makeLogger ?? ((level) => createLogger({ name: "weft", level })))(
+      const metrics = new WeftMetrics({ processMetrics: true, clock: deps.clock });
+      const onDropped = (lines: number) => metrics.logLinesDropped.inc(lines);
+      const logger = (deps.makeLogger ?? ((level) => createLogger({ name: "weft", level, onDropped })))(
         config.log.level,
       );
       const missing = missingNodeFlags();
@@ -173,7 +175,7 @@ ${EXIT_CODES}`,
       const sidecar = new Sidecar(config, {
         logger,
         clock: deps.clock,
-        metrics: new WeftMetrics({ processMetrics: true }),
+        metrics,
         createRoutes: (c, d) => discoveryFor(c, d, deps.env),
         readFile: (p) => readFileSync(p, "utf8"),
       });
@@ -248,6 +250,11 @@ ${EXIT_CODES}`,
         String(DEFAULT_IPTABLES_OPTIONS.tunnelPort),
       )
       .option("--admin-port <port>", "admin port (not captured)", String(DEFAULT_IPTABLES_OPTIONS.adminPort))
+      .option(
+        "--metrics-port <port>",
+        "Prometheus port (not captured)",
+        String(DEFAULT_IPTABLES_OPTIONS.metricsPort),
+      )
       .option("--exclude-outbound-ports <list>", "comma-separated destination ports left alone", "")
       .option("--exclude-inbound-ports <list>", "comma-separated inbound ports left alone", "")
       .option("--exclude-outbound-cidrs <list>", "comma-separated destination CIDRs left alone", "")
@@ -284,6 +291,7 @@ ${EXIT_CODES}`,
         inboundPort: num("inboundPort"),
         tunnelPort: num("tunnelPort"),
         adminPort: num("adminPort"),
+        metricsPort: num("metricsPort"),
         excludeOutboundPorts: ports(String(o.excludeOutboundPorts)),
         excludeInboundPorts: ports(String(o.excludeInboundPorts)),
         excludeOutboundCidrs: String(o.excludeOutboundCidrs)

@@ -138,6 +138,17 @@ export const configSchema = z.strictObject({
       admin: z
         .strictObject({ address: ipAddress.default("127.0.0.1"), port: listenPort.default(15000) })
         .prefault({}),
+      /**
+       * Prometheus `/metrics` on its own port (as Istio's 15020), so scrapers from outside the pod reach
+       * the metrics while the admin port (config, certs, log level) stays on loopback.
+       */
+      metrics: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          address: ipAddress.default("0.0.0.0"),
+          port: listenPort.default(15020),
+        })
+        .prefault({}),
       /** Explicit listeners: `listen` → `service` (and port), for non-root, non-Linux and benchmark use. */
       explicit: z
         .array(

@@ -15,10 +15,52 @@ export interface Logger {
   info(fields: Record<string, unknown>, msg: string): void;
   debug(fields: Record<string, unknown>, msg: string): void;
   isLevelEnabled?(level: string): boolean;
+  /** pino: the bindings of this logger and its parents. */
+  bindings?(): Record<string, unknown>;
+}
+
+/**
+ * A child that adds only the keys its parent does not already bind: pino writes every binding of every
+ * ancestor, so a child adding `component` under a parent that has one would print the key twice.
+ */
+export function childOf(parent: Logger, bindings: Record<string, unknown>): Logger {
+  const bound = parent.bindings?.() ?? {};
+  const fresh = Object.fromEntries(Object.entries(bindings).filter(([k]) => !(k in bound)));
+  return Object.keys(fresh).length === 0 ? parent : parent.child(fresh);
+}
+
+/** Bytes of log lines held while stderr's reader catches up; beyond it lines are dropped and counted. */
+export const LOG_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Where log lines go: stderr (or `fd`), written asynchronously so a slow or stalled log reader never
+ * blocks the event loop (the data plane). At most `maxBytes` wait; lines beyond are dropped and
+ * `onDropped` is told how many (the sidecar counts them in `weft_log_lines_dropped_total`).
+ */
+export function logDestination(
+  options: { fd?: number; maxBytes?: number; onDropped?: (lines: number) => void } = {},
+): DestinationStream {
+  const dest = pino.destination({
+    dest: options.fd ?? 2,
+    sync: false,
+    minLength: 0,
+    maxLength: options.maxBytes ?? LOG_BUFFER_BYTES,
+  });
+  dest.on("drop", (data: string) => {
+    let lines = 0;
+    for (let i = data.indexOf("\n"); i >= 0; i = data.indexOf("\n", i + 1)) lines++;
+    options.onDropped?.(Math.max(1, lines));
+  });
+  return dest;
 }
 
 export function createLogger(
-  options: { level?: LogLevel; name?: string; destination?: DestinationStream } = {},
+  options: {
+    level?: LogLevel;
+    name?: string;
+    destination?: DestinationStream;
+    onDropped?: (lines: number) => void;
+  } = {},
 ): Logger {
   const base = options.name ? { name: options.name } : {};
   return pino(
@@ -32,7 +74,7 @@ export function createLogger(
         censor: "[redacted]",
       },
     },
-    options.destination ?? pino.destination({ dest: 2, sync: true }),
+    options.destination ?? logDestination({ onDropped: options.onDropped }),
   ) as unknown as Logger;
 }
 
@@ -71,15 +113,19 @@ export interface LogRecord extends Record<string, unknown> {
 export class MemoryLogger implements Logger {
   constructor(
     readonly records: LogRecord[] = [],
-    private readonly bindings: Record<string, unknown> = {},
+    private readonly bound: Record<string, unknown> = {},
   ) {}
 
   child(bindings: Record<string, unknown>): Logger {
-    return new MemoryLogger(this.records, { ...this.bindings, ...bindings });
+    return new MemoryLogger(this.records, { ...this.bound, ...bindings });
+  }
+
+  bindings(): Record<string, unknown> {
+    return { ...this.bound };
   }
 
   private push(level: string, fields: Record<string, unknown>, msg: string): void {
-    this.records.push({ ...this.bindings, ...fields, level, msg });
+    this.records.push({ ...this.bound, ...fields, level, msg });
   }
 
   error(fields: Record<string, unknown>, msg: string): void {

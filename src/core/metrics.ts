@@ -6,8 +6,10 @@
  * connection or a client port.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { type Clock, systemClock } from "./clock.ts";
+import { EventLoopLag, type LagSummary } from "./event-loop-lag.ts";
 
-/** Resolution of the event-loop delay metric (`weft_process_nodejs_eventloop_lag_*`). */
+/** How often the event-loop lag is sampled (`nodejs_eventloop_lag_*`), ms: two wakeups a second. */
 export const EVENT_LOOP_MONITORING_MS = 500;
 
 export type Direction = "outbound" | "inbound" | "explicit" | "passthrough" | "inbound_plaintext";
@@ -24,8 +26,8 @@ export class WeftMetrics {
 
   readonly connectionsOpened = new Counter({
     name: "weft_tcp_connections_opened_total",
-    help: "TCP connections accepted by a Weft listener.",
-    labelNames: ["direction", "service"] as const,
+    help: "TCP connections accepted by a Weft listener; peer_identity as on weft_tcp_connections_closed_total (outbound: the identity the service must prove).",
+    labelNames: ["direction", "service", "peer_identity"] as const,
     registers: [this.registry],
   });
   readonly connectionsClosed = new Counter({
@@ -203,6 +205,17 @@ export class WeftMetrics {
     labelNames: ["resource"] as const,
     registers: [this.registry],
   });
+  readonly info = new Gauge({
+    name: "weft_info",
+    help: "1, labelled with this sidecar's own SPIFFE identity (local_identity) and trust domain: join it on instance to label any series with the local identity.",
+    labelNames: ["local_identity", "trust_domain"] as const,
+    registers: [this.registry],
+  });
+  readonly logLinesDropped = new Counter({
+    name: "weft_log_lines_dropped_total",
+    help: "Log lines dropped because the log reader (stderr) did not keep up and the bounded buffer was full.",
+    registers: [this.registry],
+  });
   readonly configReloads = new Counter({
     name: "weft_config_reloads_total",
     help: "weft.yaml reloads (file change, SIGHUP), by result: applied, unchanged, refused (invalid; the last good config stays).",
@@ -220,7 +233,10 @@ export class WeftMetrics {
     registers: [this.registry],
   });
 
-  constructor(options: { processMetrics?: boolean } = {}) {
+  private eventLoopLag: EventLoopLag | undefined;
+
+  /** `processMetrics`: the process_* and nodejs_* series (one registry per process should have them). */
+  constructor(options: { processMetrics?: boolean; clock?: Clock } = {}) {
     const cells = this.byteCells;
     this.sentBytes = new Counter({
       name: "weft_tcp_sent_bytes_total",
@@ -243,15 +259,54 @@ export class WeftMetrics {
       },
     });
     if (options.processMetrics) {
-      // prom-client samples event-loop delay with a 10 ms timer by default: 100 wakeups a second, which
-      // kept an idle sidecar at 1 % CPU (2400 context switches in 25 s) and disturbed its neighbours on a
-      // busy machine. A 500 ms resolution keeps the lag metric and wakes the loop twice a second.
+      // The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), so stock
+      // Node.js dashboards and alerts work. The event-loop lag series are replaced: see event-loop-lag.ts.
       collectDefaultMetrics({
         register: this.registry,
-        prefix: "weft_process_",
         eventLoopMonitoringPrecision: EVENT_LOOP_MONITORING_MS,
       });
+      for (const name of this.registry.getMetricsAsArray().map((m) => m.name)) {
+        if (name.startsWith("nodejs_eventloop_lag")) this.registry.removeSingleMetric(name);
+      }
+      const lag = new EventLoopLag(options.clock ?? systemClock, EVENT_LOOP_MONITORING_MS);
+      this.eventLoopLag = lag;
+      lag.start();
+      let summary: LagSummary | undefined;
+      const take = (): LagSummary => {
+        summary ??= lag.take();
+        return summary;
+      };
+      const gauge = (name: string, help: string, pick: (s: LagSummary) => number) =>
+        new Gauge({
+          name,
+          help,
+          registers: [this.registry],
+          collect() {
+            this.set(pick(take()) / 1000);
+          },
+        });
+      // One summary per scrape: the first gauge collected takes the samples, the last clears the cache.
+      gauge("nodejs_eventloop_lag_seconds", "How late the event loop ran a timer, last sample (seconds).", () => lag.latest);
+      gauge("nodejs_eventloop_lag_min_seconds", "Smallest event-loop lag since the last scrape.", (s) => s.min);
+      gauge("nodejs_eventloop_lag_max_seconds", "Largest event-loop lag since the last scrape.", (s) => s.max);
+      gauge("nodejs_eventloop_lag_mean_seconds", "Mean event-loop lag since the last scrape.", (s) => s.mean);
+      gauge("nodejs_eventloop_lag_p50_seconds", "Median event-loop lag since the last scrape.", (s) => s.p50);
+      gauge("nodejs_eventloop_lag_p90_seconds", "90th percentile event-loop lag since the last scrape.", (s) => s.p90);
+      new Gauge({
+        name: "nodejs_eventloop_lag_p99_seconds",
+        help: "99th percentile event-loop lag since the last scrape.",
+        registers: [this.registry],
+        collect() {
+          this.set(take().p99 / 1000);
+          summary = undefined;
+        },
+      });
     }
+  }
+
+  /** Stop the event-loop lag timer (a sidecar's `stop()`). */
+  close(): void {
+    this.eventLoopLag?.stop();
   }
 
   /** A plain-number byte cell for one label set; the data path adds to `sent`/`received` directly. */

@@ -182,6 +182,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
         "  inbound: { enabled: false }",
         `  tunnel: { address: 127.0.0.1, port: ${s.tunnel} }`,
         `  admin: { address: 127.0.0.1, port: ${s.admin} }`,
+        "  metrics: { enabled: false }",
         s === front
           ? `  explicit: [ { listen: "127.0.0.1:${explicit}", service: backend } ]`
           : "  explicit: []",

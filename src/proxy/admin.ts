@@ -38,6 +38,8 @@ export interface AdminOptions {
   readonly port: number;
   readonly logger: Logger;
   readonly sources: AdminSources;
+  /** `metrics`: the Prometheus port, which serves `/metrics` (and `/ready` for probes) and nothing else. */
+  readonly role?: "admin" | "metrics";
 }
 
 const SECRET_KEYS = new Set(["token", "password", "secret", "keyPem", "privateKey"]);
@@ -75,10 +77,10 @@ export class AdminServer {
       const onError = (err: Error) =>
         reject(
           listenError(
-            "the admin server",
+            this.options.role === "metrics" ? "the metrics server" : "the admin server",
             this.options.address,
             this.options.port,
-            "listeners.admin.port",
+            this.options.role === "metrics" ? "listeners.metrics.port" : "listeners.admin.port",
             err,
           ),
         );
@@ -102,6 +104,11 @@ export class AdminServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://admin");
     const path = url.pathname;
+    if (this.options.role === "metrics" && path !== "/metrics" && path !== "/ready") {
+      res.writeHead(404, { "content-type": "text/plain" });
+      res.end("not found: this is the metrics port (/metrics, /ready); the rest is on the admin port\n");
+      return;
+    }
     if (path === "/logging" && req.method === "POST") {
       const level = url.searchParams.get("level") ?? "";
       if (!(LOG_LEVELS as readonly string[]).includes(level)) {

@@ -21,7 +21,7 @@ import { createLogger, type Logger, logLevel, setLogLevel } from "../core/log.ts
 import { WeftMetrics } from "../core/metrics.ts";
 import type { Probe } from "../discovery/health.ts";
 import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
-import { AdminServer, type Readiness } from "./admin.ts";
+import { AdminServer, type AdminSources, type Readiness } from "./admin.ts";
 import { InboundCaptureHandler, type InboundCaptureOptions } from "./capture/inbound-capture.ts";
 import { Listener } from "./capture/listener.ts";
 import { LinuxOriginalDst, type OriginalDstResolver } from "./capture/original-dst.ts";
@@ -70,6 +70,8 @@ export interface SidecarDeps {
 /** Where the sidecar's listeners are bound. */
 export interface SidecarAddresses {
   readonly admin: SocketAddr;
+  /** The Prometheus port (`listeners.metrics`), unless disabled. */
+  readonly metrics?: SocketAddr;
   readonly tunnel?: SocketAddr;
   readonly outbound?: SocketAddr;
   readonly inbound?: SocketAddr;
@@ -144,6 +146,7 @@ export class Sidecar {
   private connector: Connector | undefined;
   private tunnelHandler: TunnelHandler | undefined;
   private admin: AdminServer | undefined;
+  private metricsServer: AdminServer | undefined;
   private expiry: ExpiryWatch | undefined;
   /** Pooled sessions accepted on the tunnel port / opened by the pool: they follow certificates. */
   private readonly inboundSessions: SessionCertWatch;
@@ -207,6 +210,8 @@ export class Sidecar {
       this.logger.info({ revoked: serials.length }, "revocation list applied");
     });
     this.identity.onChange((id) => {
+      this.metrics.info.reset();
+      this.metrics.info.set({ local_identity: id.id, trust_domain: config.trustDomain }, 1);
       try {
         this.tls.update(id);
         this.logger.info({ spiffe_id: id.id, serial: id.serial }, "tunnel TLS context updated");
@@ -595,29 +600,41 @@ export class Sidecar {
       const inboundAddr = inbound ? await inbound.listen() : undefined;
       const explicitAddrs: SocketAddr[] = [];
       for (const l of explicit) explicitAddrs.push(await l.listen());
+      const sources: AdminSources = {
+        metrics: this.metrics,
+        readiness: () => this.readiness(),
+        config: () => this.config,
+        certs: () => this.certs(),
+        endpoints: () => (this.routes && isDiscovery(this.routes) ? this.routes.describe() : []),
+        explain: (q) => this.explain(q),
+        logLevel: () => logLevel(this.logger),
+        setLogLevel: (level) => setLogLevel(this.logger, level),
+      };
       this.admin = new AdminServer({
         address: c.listeners.admin.address,
         port: c.listeners.admin.port,
         logger: this.logger.child({ component: "admin" }),
-        sources: {
-          metrics: this.metrics,
-          readiness: () => this.readiness(),
-          config: () => this.config,
-          certs: () => this.certs(),
-          endpoints: () => (this.routes && isDiscovery(this.routes) ? this.routes.describe() : []),
-          explain: (q) => this.explain(q),
-          logLevel: () => logLevel(this.logger),
-          setLogLevel: (level) => setLogLevel(this.logger, level),
-        },
+        sources,
       });
       const adminAddr = await this.admin.listen();
+      if (c.listeners.metrics.enabled) {
+        this.metricsServer = new AdminServer({
+          address: c.listeners.metrics.address,
+          port: c.listeners.metrics.port,
+          logger: this.logger.child({ component: "metrics" }),
+          sources,
+          role: "metrics",
+        });
+      }
+      const metricsAddr = await this.metricsServer?.listen();
       // A peer may never be forwarded to any port of the sidecar itself (nor the CA's, when it is here).
-      for (const a of [tunnelAddr, outboundAddr, inboundAddr, adminAddr, ...explicitAddrs]) {
+      for (const a of [tunnelAddr, outboundAddr, inboundAddr, adminAddr, metricsAddr, ...explicitAddrs]) {
         if (a) reserved.push(a.port);
       }
       if (c.identity.ca) reserved.push(caPort(c.identity.ca.url));
       this.addrs = {
         admin: adminAddr,
+        metrics: metricsAddr,
         tunnel: tunnelAddr,
         outbound: outboundAddr,
         inbound: inboundAddr,
@@ -632,6 +649,7 @@ export class Sidecar {
     this.logger.info(
       {
         admin: fmt(this.addrs.admin),
+        metrics: fmt(this.addrs.metrics),
         tunnel: fmt(this.addrs.tunnel),
         outbound: fmt(this.addrs.outbound),
         inbound: fmt(this.addrs.inbound),
@@ -728,6 +746,8 @@ export class Sidecar {
     this.tunnelHandler?.closeSessions(true);
     this.connector?.close?.();
     await this.admin?.close();
+    await this.metricsServer?.close();
+    if (!this.deps.metrics) this.metrics.close();
     this.expiry?.stop();
     this.identity.stop();
     if (this.routes && isDiscovery(this.routes) && !this.deps.routes) await this.routes.stop();

@@ -64,6 +64,7 @@ export function testConfig(
       inbound: { enabled: false },
       tunnel: { address: "127.0.0.1", port: 0 },
       admin: { address: "127.0.0.1", port: 0 },
+      metrics: { address: "127.0.0.1", port: 0 },
       explicit: [],
       ...(extra.listeners as object | undefined),
     },

@@ -70,6 +70,7 @@ listeners:
   inbound: { enabled: false }
   tunnel: { address: 127.0.0.1, port: 0 }
   admin: { address: 127.0.0.1, port: 0 }
+  metrics: { address: 127.0.0.1, port: 0 }
   explicit: [ { listen: "127.0.0.1:0", service: backend } ]
 services:
   - name: backend

@@ -16,7 +16,7 @@ function hasDockerCompose(): boolean {
   }
 }
 
-test("docker-compose.yml passes `docker-compose config`; every app has a sidecar in its namespace, an init with NET_ADMIN, and Prometheus scrapes every sidecar", (t) => {
+test("docker-compose.yml passes `docker-compose config`; every app has a sidecar in its namespace, an init with NET_ADMIN, Prometheus scrapes every sidecar's metrics port and Grafana shows the dashboard", (t) => {
   if (!hasDockerCompose()) {
     if (process.env.CI === "true")
       assert.fail("docker-compose is not installed (apt-get install docker-compose)");
@@ -54,9 +54,36 @@ test("docker-compose.yml passes `docker-compose config`; every app has a sidecar
     assert.deepEqual(sidecar.entrypoint, ["/opt/weft/examples/pod/sidecar.sh"]);
   }
   assert.deepEqual(services.ca?.entrypoint, ["/opt/weft/examples/pod/ca.sh"]);
-  const prom = readFileSync(`${root}/examples/compose/prometheus.yml`, "utf8");
-  for (const app of apps)
-    assert.match(prom, new RegExp(`"${app}:15000"`), `prometheus scrapes ${app}'s sidecar`);
+  // Prometheus scrapes each sidecar's metrics port by its pod's own name (not the shared `backend`),
+  // and loads the alert rules; Grafana gets the dashboard; admin ports stay on loopback.
+  const prom = parse(readFileSync(`${root}/examples/compose/prometheus.yml`, "utf8")) as {
+    rule_files: string[];
+    scrape_configs: { static_configs: { targets: string[] }[] }[];
+  };
+  const targets = prom.scrape_configs.flatMap((c) => c.static_configs.flatMap((s) => s.targets)).sort();
+  assert.deepEqual(targets, ["backend-1:15020", "backend-2:15020", "client:15020"]);
+  const aliases = (svc: string) =>
+    (services[svc] as { networks?: Record<string, { aliases?: string[] } | null> }).networks?.default
+      ?.aliases ?? [];
+  assert.ok(aliases("backend").includes("backend-1"), "backend-1 names the first replica alone");
+  assert.ok(aliases("backend-2").includes("backend"), "both replicas answer to backend");
+  assert.deepEqual(prom.rule_files, ["/etc/prometheus/weft-alerts.yml"]);
+  // Short-syntax volumes `source:target:ro`.
+  const mounts = (svc: string) =>
+    ((services[svc] as { volumes?: (string | { target?: string })[] }).volumes ?? []).map((v) =>
+      typeof v === "string" ? v.split(":")[1] : v.target,
+    );
+  assert.ok(
+    mounts("prometheus").includes("/etc/prometheus/weft-alerts.yml"),
+    "prometheus loads the alert rules",
+  );
+  assert.ok(
+    mounts("grafana").includes("/etc/grafana/dashboards/weft-dashboard.json"),
+    "grafana loads the dashboard",
+  );
+  const sidecarScript = readFileSync(`${root}/examples/pod/sidecar.sh`, "utf8");
+  assert.match(sidecarScript, /admin: \{ address: 127\.0\.0\.1, port: 15000 \}/, "admin on loopback");
+  assert.match(sidecarScript, /metrics: \{ address: 0\.0\.0\.0, port: 15020 \}/);
   const dockerfile = readFileSync(`${root}/Dockerfile`, "utf8");
   assert.match(dockerfile, /USER 1337/, "the proxy runs as UID 1337");
   assert.match(

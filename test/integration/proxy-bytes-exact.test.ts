@@ -73,7 +73,13 @@ for (const transport of TRANSPORTS) {
         `weft_tcp_sent_bytes_total\\{direction="explicit",service="backend",peer_identity="${peer}"\\} ${TOTAL}`,
       ),
     );
-    assert.match(cm, /weft_tcp_connections_opened_total\{direction="explicit",service="backend"\} 1/);
+    // Opened and closed carry the same peer_identity, so they join per peer.
+    assert.match(
+      cm,
+      new RegExp(
+        `weft_tcp_connections_opened_total\\{direction="explicit",service="backend",peer_identity="${peer}"\\} 1`,
+      ),
+    );
     const sm = (await adminGet(pair.server, "/metrics")).body;
     assert.match(
       sm,

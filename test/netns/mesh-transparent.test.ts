@@ -84,9 +84,12 @@ test("transparent capture: curl → client sidecar → mTLS on the wire → back
   assert.match(hex.replace(/\s+/g, ""), /1703030/, "TLS application-data records (0x17 0x0303) seen");
 
   // The backend sidecar names the client's identity.
-  const metrics = await backend.exec("curl", ["-s", "http://127.0.0.1:15000/metrics"]);
-  assert.match(metrics, /weft_tcp_connections_opened_total\{direction="inbound",service="backend"\} [1-9]/);
-  assert.match(metrics, /peer_identity="spiffe:\/\/weft\.local\/ns\/default\/sa\/frontend"/);
+  // Scraped on the metrics port (15020), as Prometheus does from outside the pod.
+  const metrics = await backend.exec("curl", ["-s", `http://${backend.ip4}:15020/metrics`]);
+  assert.match(
+    metrics,
+    /weft_tcp_connections_opened_total\{direction="inbound",service="backend",peer_identity="spiffe:\/\/weft\.local\/ns\/default\/sa\/frontend"\} [1-9]/,
+  );
 
   // A pod without a sidecar: its plaintext reaches the backend's PREROUTING capture and is refused.
   const refused = await outsider

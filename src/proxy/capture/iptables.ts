@@ -28,6 +28,8 @@ export interface IptablesOptions {
   readonly inboundPort: number;
   readonly tunnelPort: number;
   readonly adminPort: number;
+  /** The Prometheus port (`listeners.metrics`), reached by scrapers from outside the pod. */
+  readonly metricsPort: number;
   /** Outbound destination ports left alone (e.g. the CA server's). */
   readonly excludeOutboundPorts: readonly number[];
   /** Inbound ports left alone (besides the tunnel and admin ports). */
@@ -47,6 +49,7 @@ export const DEFAULT_IPTABLES_OPTIONS: IptablesOptions = {
   inboundPort: 15006,
   tunnelPort: 15008,
   adminPort: 15000,
+  metricsPort: 15020,
   excludeOutboundPorts: [],
   excludeInboundPorts: [],
   excludeOutboundCidrs: [],
@@ -65,6 +68,7 @@ function checkOptions(o: IptablesOptions): void {
     o.inboundPort,
     o.tunnelPort,
     o.adminPort,
+    o.metricsPort,
     ...o.excludeInboundPorts,
     ...o.excludeOutboundPorts,
   ];
@@ -95,6 +99,7 @@ function chainRules(o: IptablesOptions, family: 4 | 6): string[] {
     // Inbound: the mesh's own ports reach the sidecar untouched.
     `-A ${CHAINS.prerouting} -p tcp --dport ${o.tunnelPort} -j RETURN`,
     `-A ${CHAINS.prerouting} -p tcp --dport ${o.adminPort} -j RETURN`,
+    `-A ${CHAINS.prerouting} -p tcp --dport ${o.metricsPort} -j RETURN`,
     ...o.excludeInboundPorts.map((p) => `-A ${CHAINS.prerouting} -p tcp --dport ${p} -j RETURN`),
     ...(o.includeInbound === "*"
       ? [`-A ${CHAINS.prerouting} -p tcp -j ${CHAINS.inRedirect}`]

@@ -193,7 +193,9 @@ export class ConnectionRecord implements ByteSink {
     if (peer !== undefined) this.peer = peer;
     this.cell = undefined;
     const labels = { direction: this.direction, service: this.service };
-    this.deps.metrics.connectionsOpened.inc(labels);
+    // peer_identity as on the closed counter, so the two join per peer: the verified client (inbound),
+    // the identity the service must prove (outbound), none (plaintext).
+    this.deps.metrics.connectionsOpened.inc({ ...labels, peer_identity: this.peer });
     this.deps.metrics.connectionsActive.inc(labels);
   }
 

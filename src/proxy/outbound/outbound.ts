@@ -207,7 +207,7 @@ class OutboundConnection {
   async mesh(target: RouteTarget): Promise<void> {
     const { o, rec, client } = this;
     const service = target.service;
-    rec.open(service.name);
+    rec.open(service.name, service.identity);
     rec.phase = "connecting";
     const overall = o.clock.setTimeout(
       () => this.controller.abort(new WeftError("E_TIMEOUT", "retry deadline")),
