@@ -286,12 +286,28 @@ export class WeftMetrics {
           },
         });
       // One summary per scrape: the first gauge collected takes the samples, the last clears the cache.
-      gauge("nodejs_eventloop_lag_seconds", "How late the event loop ran a timer, last sample (seconds).", () => lag.latest);
-      gauge("nodejs_eventloop_lag_min_seconds", "Smallest event-loop lag since the last scrape.", (s) => s.min);
-      gauge("nodejs_eventloop_lag_max_seconds", "Largest event-loop lag since the last scrape.", (s) => s.max);
+      gauge(
+        "nodejs_eventloop_lag_seconds",
+        "How late the event loop ran a timer, last sample (seconds).",
+        () => lag.latest,
+      );
+      gauge(
+        "nodejs_eventloop_lag_min_seconds",
+        "Smallest event-loop lag since the last scrape.",
+        (s) => s.min,
+      );
+      gauge(
+        "nodejs_eventloop_lag_max_seconds",
+        "Largest event-loop lag since the last scrape.",
+        (s) => s.max,
+      );
       gauge("nodejs_eventloop_lag_mean_seconds", "Mean event-loop lag since the last scrape.", (s) => s.mean);
       gauge("nodejs_eventloop_lag_p50_seconds", "Median event-loop lag since the last scrape.", (s) => s.p50);
-      gauge("nodejs_eventloop_lag_p90_seconds", "90th percentile event-loop lag since the last scrape.", (s) => s.p90);
+      gauge(
+        "nodejs_eventloop_lag_p90_seconds",
+        "90th percentile event-loop lag since the last scrape.",
+        (s) => s.p90,
+      );
       new Gauge({
         name: "nodejs_eventloop_lag_p99_seconds",
         help: "99th percentile event-loop lag since the last scrape.",
