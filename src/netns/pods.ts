@@ -102,11 +102,11 @@ export const apps = {
       port,
     };
   },
-  /** redis-server without persistence. */
-  redis(dir: string, port: number): AppSpec {
+  /** redis-server without persistence, bound to `bind` (default every address; a pod IP for an app bound to it alone). */
+  redis(dir: string, port: number, bind = "0.0.0.0"): AppSpec {
     return {
       cmd: "redis-server",
-      args: ["--port", String(port), "--bind", "0.0.0.0", "--save", "", "--appendonly", "no", "--dir", dir],
+      args: ["--port", String(port), "--bind", bind, "--save", "", "--appendonly", "no", "--dir", dir],
       port,
     };
   },
@@ -124,8 +124,12 @@ export interface PodSpec {
   readonly name: string;
   /** The workload's service account: its identity is spiffe://<td>/ns/default/sa/<sa>. */
   readonly sa?: string;
-  /** The app, given the pod's directory (for config files). */
-  readonly app?: (dir: string) => AppSpec;
+  /** The app, given the pod's directory (for config files) and IPv4 address (for apps bound to it). */
+  readonly app?: (dir: string, ip4: string) => AppSpec;
+  /** Where the sidecar reaches the app (APP_ADDRESS): `pod` for the pod's IP; default 127.0.0.1. */
+  readonly appAddress?: "pod" | string;
+  /** File identities (IDENTITY_DIR) instead of the CA server: a folder with key.pem, chain.pem, bundle.pem. */
+  readonly identityDir?: string;
   readonly inboundMode?: "strict" | "permissive";
   /** More top-level weft.yaml lines (WEFT_EXTRA_YAML), e.g. a `policy:` block. */
   readonly extraYaml?: readonly string[];
@@ -283,7 +287,7 @@ export async function createPodCluster(o: PodClusterOptions): Promise<PodCluster
         const identity = spec.sa === undefined ? undefined : `spiffe://${td}/ns/default/sa/${spec.sa}`;
         const startApp = async (): Promise<Spawned | undefined> => {
           if (!spec.app) return undefined;
-          const app = spec.app(podDir);
+          const app = spec.app(podDir, host.ip4);
           for (const [name, text] of Object.entries(app.files ?? {}))
             await writeFile(join(podDir, name), text, { mode: 0o644 });
           const proc = host.spawn(app.cmd, [...app.args], { cwd: podDir });
@@ -311,6 +315,8 @@ export async function createPodCluster(o: PodClusterOptions): Promise<PodCluster
               STATE_DIR: join(podDir, "state"),
               CA_URL: caUrl,
               INBOUND_MODE: spec.inboundMode ?? "strict",
+              APP_ADDRESS: spec.appAddress === "pod" ? host.ip4 : (spec.appAddress ?? "127.0.0.1"),
+              ...(spec.identityDir ? { IDENTITY_DIR: spec.identityDir } : {}),
               SERVICES_FILE: servicesFile,
               WEFT_EXTRA_YAML: (spec.extraYaml ?? []).join("\n"),
               ...(spec.discoveryYaml ? { WEFT_DISCOVERY_YAML: spec.discoveryYaml } : {}),

@@ -151,7 +151,8 @@ for (const transport of TRANSPORTS) {
     assert.match(String(line.err), /refused the connection \(app_refused\)/);
     assert.match(
       await metrics(client.sidecar),
-      /weft_tcp_connections_closed_total\{direction="explicit",service="backend",peer_identity="none",reason="peer_app_refused"\} 1/,
+      // peer_identity: the identity the service must prove (as on opened), whichever transport.
+      /weft_tcp_connections_closed_total\{direction="explicit",service="backend",peer_identity="[^"]+",reason="peer_app_refused"\} 1/,
     );
   });
 

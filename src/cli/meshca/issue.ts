@@ -1,5 +1,6 @@
 /** `meshca issue`: make a key and a leaf certificate for one workload identity, written 0600. */
-import { resolve } from "node:path";
+import { chown } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
 import { type Command, Option } from "commander";
 import type { IssuedIdentity, KeyAlgorithm } from "../../ca/authority.ts";
 import { SpiffeId } from "../../ca/spiffe-id.ts";
@@ -38,6 +39,10 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
     )
     .option("--name <name>", "name of the identity's folder under <dir>/issued (default <ns>-<sa>)")
     .option("--force", "overwrite the identity's existing files")
+    .option(
+      "--owner <uid[:gid]>",
+      "hand the identity's folder and files to this user (root only), e.g. 1337 for the sidecar (UID 1337)",
+    )
     .addOption(dirOption())
     .addOption(jsonOption())
     .addHelpText(
@@ -46,6 +51,7 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
         "meshca issue --ns default --sa web",
         "meshca issue --id spiffe://weft.local/ns/payments/sa/api --ttl 1h --out ./api-identity",
         "meshca issue --ns legacy --sa billing --key-alg rsa-2048   # for peers without ECDSA",
+        "meshca issue --ns default --sa db --out /etc/weft/identity --owner 1337   # the sidecar reads them",
       ]),
     )
     .action(
@@ -60,7 +66,9 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
         force?: boolean;
         dir: string;
         json?: boolean;
+        owner?: string;
       }) => {
+        const owner = opts.owner === undefined ? undefined : parseOwner(opts.owner);
         const { store, ca } = await loadCa(opts.dir);
         const id = identityFromOptions(opts, ca.trustDomain);
         const name = opts.name ?? defaultName(id);
@@ -84,6 +92,21 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
         const written = opts.out
           ? await writeFlat(path(opts.out), identity)
           : await store.writeIssued(name, identity, { force: Boolean(opts.force) });
+        if (owner) {
+          // The folder (0700) and the files (key 0600) become the workload's: a sidecar running as UID
+          // 1337 cannot read what root wrote, and says only "permission denied".
+          try {
+            await chown(dirname(written.keyPath), owner.uid, owner.gid);
+            for (const f of [written.keyPath, written.certPath, written.chainPath, written.bundlePath]) {
+              await chown(f, owner.uid, owner.gid);
+            }
+          } catch (err) {
+            throw new WeftError(
+              "E_IO",
+              `cannot hand the identity to ${owner.uid}:${owner.gid} (--owner needs root): ${errorMessage(err)}`,
+            );
+          }
+        }
         const result = {
           spiffeId: identity.id.toString(),
           serial: identity.serial,
@@ -106,6 +129,13 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
         });
       },
     );
+}
+
+function parseOwner(v: string): { uid: number; gid: number } {
+  const m = /^(\d+)(?::(\d+))?$/.exec(v);
+  if (!m) throw usage(`--owner "${v}" is not uid or uid:gid (numbers), e.g. 1337 or 1337:1337`);
+  const uid = Number(m[1]);
+  return { uid, gid: m[2] === undefined ? uid : Number(m[2]) };
 }
 
 function identityFromOptions(opts: { id?: string; ns?: string; sa?: string }, trustDomain: string): SpiffeId {

@@ -185,7 +185,16 @@ export class FileIdentitySource implements IdentitySource {
         readFile(this.options.bundle, "utf8"),
       ]);
     } catch (err) {
-      this.fail(`identity files cannot be read: ${errorMessage(err)}`);
+      const denied = (err as NodeJS.ErrnoException).code === "EACCES";
+      const uid = process.getuid?.();
+      this.fail(
+        `identity files cannot be read: ${errorMessage(err)}${
+          denied
+            ? ` (this sidecar runs as UID ${uid}: make the folder and files readable by it, e.g. meshca issue --owner ${uid}, or chown; weft validate --proxy-uid ${uid} checks it)`
+            : ""
+        }`,
+        denied ? "permission_denied" : "unreadable",
+      );
       return;
     }
     const text = `${keyPem}\u0000${chainPem}\u0000${bundlePem}`;
