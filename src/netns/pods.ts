@@ -106,7 +106,21 @@ export const apps = {
   redis(dir: string, port: number, bind = "0.0.0.0"): AppSpec {
     return {
       cmd: "redis-server",
-      args: ["--port", String(port), "--bind", bind, "--save", "", "--appendonly", "no", "--dir", dir],
+      // No password in a test pod: protected mode would refuse every client that is not on loopback.
+      args: [
+        "--port",
+        String(port),
+        "--bind",
+        bind,
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        dir,
+      ],
       port,
     };
   },

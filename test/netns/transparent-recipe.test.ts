@@ -135,9 +135,16 @@ test("netns: the transparent recipe with file identities and an app on its pod I
   // Step 7: a client pod reaches the db by its address, transparently, through mTLS.
   await cluster.writeServices([{ name: "db", ports: [6379], endpoints: [{ address: db.ip4 }] }]);
   const client = await cluster.addPod({ name: "client", sa: "client" });
+  let last = "";
   await pollUntil(
-    "the client to reach redis on the db pod's IP through the mesh",
-    async () => (await client.exec("redis-cli", ["-h", db.ip4, "-p", "6379", "PING"])).trim() === "PONG",
+    () =>
+      `the client to reach redis on the db pod's IP through the mesh (redis-cli: ${last}; client sidecar: ${client.sidecar?.output().slice(-1500)}; db sidecar: ${db.sidecar?.output().slice(-1500)})`,
+    async () => {
+      last = (
+        await client.exec("redis-cli", ["-h", db.ip4, "-p", "6379", "PING"]).catch((e: Error) => e.message)
+      ).trim();
+      return last === "PONG";
+    },
     30_000,
   );
   assert.equal(
