@@ -12,17 +12,16 @@
 import assert from "node:assert/strict";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { discoveryFor, runWeft } from "../../src/cli/weft.ts";
+import { discoveryFor } from "../../src/cli/weft.ts";
 import { parseConfig } from "../../src/config/load.ts";
-import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { freePort } from "../../src/core/ports.ts";
 import { Sidecar } from "../../src/proxy/sidecar.ts";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { weftCli } from "../helpers/cli.ts";
 import {
   accessLines,
   identityDir,
@@ -37,26 +36,7 @@ const GOLDEN = fileURLToPath(new URL("../fixtures/explain/", import.meta.url));
 const TD = "weft.local";
 const FRONTEND = `spiffe://${TD}/ns/default/sa/frontend`;
 
-class Capture extends Writable {
-  text = "";
-  override _write(chunk: Buffer, _enc: string, cb: () => void): void {
-    this.text += chunk.toString();
-    cb();
-  }
-}
-
-async function weft(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const stdout = new Capture();
-  const stderr = new Capture();
-  const code = await runWeft(args, {
-    stdout,
-    stderr,
-    env: {},
-    clock: systemClock,
-    waitForShutdown: async () => {},
-  });
-  return { code, stdout: stdout.text, stderr: stderr.text };
-}
+const weft = (args: string[]) => weftCli(...args);
 
 test("weft explain: golden outputs for allow, deny (both sides), ejected and no-route; --json", async (t) => {
   const ca = await createTestCa({ trustDomain: TD });

@@ -7,33 +7,12 @@ import assert from "node:assert/strict";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { type TestContext, test } from "node:test";
 import { parse as parseYaml } from "yaml";
-import { runWeft } from "../../src/cli/weft.ts";
-import { systemClock } from "../../src/core/clock.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { weftCli } from "../helpers/cli.ts";
 
-class Capture extends Writable {
-  text = "";
-  override _write(chunk: Buffer, _enc: string, cb: () => void): void {
-    this.text += chunk.toString();
-    cb();
-  }
-}
-
-async function weft(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const stdout = new Capture();
-  const stderr = new Capture();
-  const code = await runWeft(args, {
-    stdout,
-    stderr,
-    env: {},
-    clock: systemClock,
-    waitForShutdown: () => Promise.resolve(),
-  });
-  return { code, stdout: stdout.text, stderr: stderr.text };
-}
+const weft = (args: string[]) => weftCli(...args);
 
 const ca = await createTestCa({ trustDomain: "weft.local" });
 const issued = await ca.issue("default/frontend");
@@ -205,6 +184,14 @@ test("two services claiming one VIP or one endpoint", async (t) => {
       ["services[1]", /service b claims 10\.96\.0\.1:80, which service a \(services\[0\]\) already owns/],
       ["services[2]", /service c claims 10\.0\.0\.1:80, which service a \(services\[0\]\) already owns/],
     ],
+  );
+});
+
+test("two identical endpoints of one service (the schema's own check, reported by validate too)", async (t) => {
+  await expectProblems(
+    t,
+    `${BASE}services:\n  - { name: a, ports: [80], endpoints: [ { address: 10.0.0.1 }, { address: 10.0.0.1 } ] }\n`,
+    [["services[0].endpoints[1]", /same address, port and tunnelPort as endpoints\[0\]/]],
   );
 });
 

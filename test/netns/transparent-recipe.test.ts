@@ -13,37 +13,19 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { test } from "node:test";
 import { promisify } from "node:util";
-import { runWeft } from "../../src/cli/weft.ts";
-import { systemClock } from "../../src/core/clock.ts";
 import { apps, createPodCluster, pollUntil, WEFT_HOME } from "../../src/netns/pods.ts";
+import { weftCli } from "../helpers/cli.ts";
 import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 const run = promisify(execFile);
 const TD = "weft.local";
 const CLIENT = `spiffe://${TD}/ns/default/sa/client`;
 
-class Capture extends Writable {
-  text = "";
-  override _write(chunk: Buffer, _enc: string, cb: () => void): void {
-    this.text += chunk.toString();
-    cb();
-  }
-}
-
 async function validate(config: string): Promise<{ code: number; out: string }> {
-  const stdout = new Capture();
-  const stderr = new Capture();
-  const code = await runWeft(["validate", "-c", config], {
-    stdout,
-    stderr,
-    env: {},
-    clock: systemClock,
-    waitForShutdown: async () => {},
-  });
-  return { code, out: stdout.text + stderr.text };
+  const r = await weftCli("validate", "-c", config);
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 const meshca = (...args: string[]) => run(process.execPath, [join(WEFT_HOME, "bin/meshca.js"), ...args]);
