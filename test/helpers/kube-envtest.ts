@@ -235,7 +235,11 @@ export async function startKubeEnv(
   const spawnLogged = async (name: string, args: string[]) => {
     const log = join(dir, `${name}.log`);
     const fh = await open(log, "a");
-    const proc = spawn(join(bin, name), args, { stdio: ["ignore", fh.fd, fh.fd] });
+    // setpriv --pdeathsig: the binary dies with this test process, even when the runner kills the file
+    // after a timeout and no t.after runs.
+    const proc = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", join(bin, name), ...args], {
+      stdio: ["ignore", fh.fd, fh.fd],
+    });
     proc.once("exit", () => void fh.close().catch(() => {}));
     return { proc, log };
   };
