@@ -33,5 +33,5 @@ USER 1337
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD node -e "fetch('http://'+(process.env.WEFT_ADMIN||'127.0.0.1:15000')+'/ready').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 # The node flags are SIDECAR_NODE_FLAGS in src/runtime/node-flags.ts.
-ENTRYPOINT ["node", "--initial-old-space-size=128", "--min-semi-space-size=8", "/opt/weft/bin/weft.js"]
+ENTRYPOINT ["node", "--initial-old-space-size=128", "/opt/weft/bin/weft.js"]
 CMD ["--help"]

@@ -9,6 +9,7 @@
  *
  * Readiness is read from `/proc/net/tcp{,6}` (a LISTEN socket on each port), never by connecting: a probe
  * connection would travel through both proxies and reach the app, which the semantics test must not see.
+ * (Weft's sidecars are also asked their admin port's /ready, which reaches no app.)
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { accessSync, constants, readFileSync, writeFileSync } from "node:fs";
@@ -86,6 +87,8 @@ export interface WeftPairOptions extends PeerOptions {
   readonly trustDomain?: string;
   /** Extra Node flags for both Weft processes, e.g. `--cpu-prof`. */
   readonly nodeArgs?: readonly string[];
+  /** The node flags instead of SIDECAR_NODE_FLAGS (to measure their trade-off; [] for none). */
+  readonly nodeFlags?: readonly string[];
   /** Log level of both Weft processes (default warn; access log off). */
   readonly logLevel?: string;
   /**
@@ -112,6 +115,11 @@ export interface PeerPair {
   readonly pids: readonly number[];
   /** Weft only: the admin (/metrics) ports, in the order of `pids`. */
   readonly adminPorts?: readonly number[];
+  /**
+   * Milliseconds from spawning both proxies (at once) until both are ready: every port listening, and
+   * for Weft each sidecar's /ready answering 200 (first certificate loaded, listeners up).
+   */
+  readonly readyMs: number;
   stop(graceMs?: number): Promise<void>;
   /** SIGKILL both at once, synchronously (for a `process.on("exit")` handler). */
   kill(): void;
@@ -202,7 +210,7 @@ async function waitListening(children: readonly Child[], ports: readonly number[
         `nothing listens on ${missing.join(", ")} after ${timeoutMs} ms: ${children.map((c) => `${c.label}: ${c.stderrTail().slice(-1000)}`).join("; ")}`,
       );
     }
-    await sleep(25);
+    await sleep(5);
   }
 }
 
@@ -230,7 +238,7 @@ function pairOf(
   children: readonly Child[],
   listenPorts: Record<string, number>,
   tunnelPorts: Record<string, number>,
-): PeerPair {
+): Omit<PeerPair, "readyMs"> {
   return {
     name,
     version,
@@ -258,18 +266,38 @@ async function launch(
   o: PeerOptions,
   listenPorts: Record<string, number>,
   tunnelPorts: Record<string, number>,
+  readyUrls?: readonly string[],
 ): Promise<PeerPair> {
   const say = o.onMessage ?? ((m: string) => console.error(m));
+  const t0 = performance.now();
   const children = specs.map((s) => spawnChild(s.label, s.cmd, s.args, say));
   const pair = pairOf(name, version, children, listenPorts, tunnelPorts);
   try {
     await waitListening(children, ports, o.readyTimeoutMs ?? 20_000);
+    if (readyUrls) await waitReady(readyUrls, o.readyTimeoutMs ?? 20_000);
   } catch (err) {
     pair.kill();
     throw err;
   }
+  const readyMs = performance.now() - t0;
   for (const c of children) c.quiet = false;
-  return pair;
+  return { ...pair, readyMs };
+}
+
+/** Polls each URL until it answers 200 (Weft's /ready). */
+async function waitReady(urls: readonly string[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (const url of urls) {
+    for (;;) {
+      const status = await fetch(url).then(
+        (r) => r.status,
+        () => 0,
+      );
+      if (status === 200) break;
+      if (Date.now() > deadline) throw new Error(`${url} is not ready after ${timeoutMs} ms`);
+      await sleep(5);
+    }
+  }
 }
 
 /**
@@ -509,7 +537,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
   const root = o.root ?? ROOT;
   const weft = join(root, "bin/weft.js");
   const args = (side: string) => [
-    ...SIDECAR_NODE_FLAGS,
+    ...(o.nodeFlags ?? SIDECAR_NODE_FLAGS),
     ...(o.nodeArgs ?? []),
     weft,
     "proxy",
@@ -528,6 +556,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     o,
     listen,
     tunnel,
+    [adminS!, adminC!].map((p) => `http://127.0.0.1:${p}/ready`),
   );
   return { ...pair, adminPorts: [adminS!, adminC!] };
 }

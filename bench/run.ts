@@ -66,6 +66,16 @@ const TTFB_CONNS = QUICK ? 150 : 400;
 const ROUNDS = Math.max(1, Number(process.argv.find((a) => a.startsWith("--rounds="))?.slice(9) ?? 3));
 /** Extra Node flags for the Weft processes, e.g. BENCH_WEFT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/p". */
 const WEFT_NODE_ARGS = (process.env.BENCH_WEFT_NODE_ARGS ?? "").split(" ").filter(Boolean);
+/**
+ * BENCH_WEFT_NODE_FLAGS="...": the sidecars' node flags instead of SIDECAR_NODE_FLAGS ("" for none), to
+ * measure what each flag costs and buys (docs/benchmarks.md, "Node flags").
+ */
+const WEFT_NODE_FLAGS =
+  process.env.BENCH_WEFT_NODE_FLAGS === undefined
+    ? undefined
+    : process.env.BENCH_WEFT_NODE_FLAGS.split(" ").filter(Boolean);
+/** Seconds of quiet before the "after" RSS is read (what a sidecar holds once traffic has stopped). */
+const SETTLE_SECONDS = Number(process.env.BENCH_SETTLE_SECONDS ?? 30);
 const BULK_BYTES = (QUICK ? 256 : 1024) * 1024 * 1024;
 /** Connections pinging at once in the loaded latency measurement. */
 const LAT_CONNS = 4;
@@ -164,6 +174,8 @@ interface Contender {
   pids: readonly number[];
   /** Weft: the sidecars' admin ports, for their own GC figures. */
   adminPorts: readonly number[];
+  /** Spawn of the pair until both proxies are ready (ms); 0 for direct TCP. */
+  readyMs: number;
 }
 
 const work = mkdtempSync(join(tmpdir(), "weft-bench-"));
@@ -187,7 +199,13 @@ function contender(pair: PeerPair, full: PeerPair = pair): Contender {
     pingPort: pair.listenPorts.ping ?? pair.listenPorts.echo!,
     pids: pair.pids,
     adminPorts: pair.adminPorts ?? [],
+    readyMs: pair.readyMs,
   };
+}
+
+/** The largest RSS of a contender's proxy processes, in MiB. */
+function maxRssMiB(c: Contender): number {
+  return Math.max(...c.pids.map((p) => rssKiB(p))) / 1024;
 }
 
 /** `sockperf server` on a free loopback port, the app behind every pair's "ping" route. */
@@ -474,6 +492,11 @@ interface Result {
   /** Measured again after the memory measurement (3000 connections held at once, then closed). */
   throughputAfterGbps: number;
   p99us1After: number;
+  /** Spawn of the pair until both proxies are ready. */
+  readyMs: number;
+  /** The larger proxy's RSS before any traffic, and after all of it once quiet for SETTLE_SECONDS. */
+  rssRestMiB: number;
+  rssAfterMiB: number;
 }
 
 type Metric = keyof Result;
@@ -584,6 +607,7 @@ async function main(): Promise<void> {
     pingPort: pingApp?.port ?? echo,
     pids: [],
     adminPorts: [],
+    readyMs: 0,
   };
   const routes = [
     { name: "echo", appPort: echo },
@@ -607,6 +631,7 @@ async function main(): Promise<void> {
         ...opts,
         routes: routes.filter((r) => r.name !== "echo-full"),
         nodeArgs: WEFT_NODE_ARGS,
+        ...(WEFT_NODE_FLAGS ? { nodeFlags: WEFT_NODE_FLAGS } : {}),
         transport: "pooled",
       }),
     );
@@ -614,13 +639,19 @@ async function main(): Promise<void> {
   }
   if (CONTENDERS.has("per-connection")) {
     const weftPair = track(
-      await startWeftPair({ ...opts, nodeArgs: WEFT_NODE_ARGS, transport: "per-connection" }),
+      await startWeftPair({
+        ...opts,
+        nodeArgs: WEFT_NODE_ARGS,
+        ...(WEFT_NODE_FLAGS ? { nodeFlags: WEFT_NODE_FLAGS } : {}),
+        transport: "per-connection",
+      }),
     );
     const weftFull = track(
       await startWeftPair({
         ...opts,
         routes: [{ name: "echo", appPort: echo }],
         nodeArgs: WEFT_NODE_ARGS,
+        ...(WEFT_NODE_FLAGS ? { nodeFlags: WEFT_NODE_FLAGS } : {}),
         transport: "per-connection",
         sessionResumption: false,
       }),
@@ -669,6 +700,11 @@ async function main(): Promise<void> {
   console.error(
     `bench: ${[...new Set(pairs.map((p) => p.version))].join(", ")}; ${QUICK ? "quick" : "full"} run, ${ROUNDS} interleaved round(s), each ${BULK_BYTES >> 20} MiB bulk, ${SOCKPERF ? `sockperf ping-pong for ${LAT_SECONDS}s with 1 and with ${LAT_CONNS} connections` : `1×${LAT_ROUNDS} and ${LAT_CONNS}×${LAT_ROUNDS} pings from the bench process`}, ${CONN_SECONDS}s of new connections, ${IDLE_CONNS} idle connections; medians`,
   );
+  // Footprint at rest: every proxy started, ready, and not one byte carried yet.
+  await sleep(SETTLE_SECONDS * 1000);
+  const atRest = new Map(contenders.filter((c) => c.pids.length > 0).map((c) => [c.name, maxRssMiB(c)]));
+  for (const [name, mib] of atRest)
+    console.error(`  ${name}: RSS at rest ${mib.toFixed(1)} MiB (largest proxy)`);
   for (const c of contenders) {
     process.stderr.write(`  warm-up ${c.name}`);
     await warmUp(c);
@@ -704,6 +740,15 @@ async function main(): Promise<void> {
       }
     }
   }
+  // Footprint after the traffic (bulk transfers, and with the memory test thousands of connections, all
+  // closed now) once the proxies have been quiet for a while.
+  await sleep(SETTLE_SECONDS * 1000);
+  for (const c of contenders.filter((x) => x.pids.length > 0)) {
+    const m = samples.get(c.name)!;
+    m.set("rssRestMiB", [atRest.get(c.name)!]);
+    m.set("rssAfterMiB", [maxRssMiB(c)]);
+    m.set("readyMs", [c.readyMs]);
+  }
   echoServer.close();
   sinkServer.close();
   pingApp?.proc.kill("SIGTERM");
@@ -734,12 +779,15 @@ async function main(): Promise<void> {
     ["proxy KiB per idle connection", "kibPerIdleConn", 1, "< 64 KiB"],
     ["throughput after the memory test (Gbit/s)", "throughputAfterGbps", 2, ""],
     ["latency p99, 1 connection, after the memory test (µs)", "p99us1After", 0, ""],
+    ["time to ready, spawn → both proxies ready (ms)", "readyMs", 0, "≤ 500 ms"],
+    ["RSS at rest, before any traffic (MiB, larger proxy)", "rssRestMiB", 1, "≤ 60 MiB"],
+    [`RSS after the traffic, ${SETTLE_SECONDS} s quiet (MiB, larger proxy)`, "rssAfterMiB", 1, "≤ 100 MiB"],
   ];
   const lines = [
     `| metric | direct TCP | ${wefts.map((w) => w.name).join(" | ")} | ${peers.map((p) => p.name).join(" | ")} | ${wefts.map((w) => `${w.name} / best peer`).join(" | ")} | target |`,
     `|---|---|${wefts.map(() => "---|").join("")}${peers.map(() => "---|").join("")}${wefts.map(() => "---|").join("")}---|`,
     ...rows.map(([label, k, digits, target]) => {
-      const isMem = k === "kibPerIdleConn";
+      const isMem = k === "kibPerIdleConn" || k === "readyMs" || k === "rssRestMiB" || k === "rssAfterMiB";
       return `| ${label} | ${isMem ? "—" : fmt(value(direct, k), digits)} | ${wefts.map((w) => fmt(value(w, k), digits)).join(" | ")} | ${peers.map((p) => fmt(value(p, k), digits)).join(" | ")} | ${wefts.map((w) => ratio(value(w, k), best(k))).join(" | ")} | ${target} |`;
     }),
   ];
@@ -764,6 +812,16 @@ async function main(): Promise<void> {
       p99("p99us1", "1 connection"),
       p99("p99us", `${LAT_CONNS} connections`),
       `memory ${verdict(Number.isFinite(value(w, "kibPerIdleConn")) ? value(w, "kibPerIdleConn") < 64 : undefined)} (${fmt(value(w, "kibPerIdleConn"), 1)} KiB)`,
+      ...(
+        [
+          ["ready", "readyMs", 500, "ms"],
+          ["RSS at rest", "rssRestMiB", 60, "MiB"],
+          ["RSS after traffic", "rssAfterMiB", 100, "MiB"],
+        ] as const
+      ).map(
+        ([label, k, max, unit]) =>
+          `${label} ${verdict(Number.isFinite(value(w, k)) ? value(w, k) <= max : undefined)} (${fmt(value(w, k), 0)} ${unit})`,
+      ),
     ].join(", ")}`;
   });
   console.log(lines.join("\n"));

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --initial-old-space-size=128 --min-semi-space-size=8
+#!/usr/bin/env -S node --initial-old-space-size=128
 // Entry point for the `weft` CLI: runs the compiled program in dist/ (`npm run build` in a checkout).
 // The node flags on the line above are SIDECAR_NODE_FLAGS (src/runtime/node-flags.ts); keep them equal.
 import { runCompiled } from "./run-compiled.js";

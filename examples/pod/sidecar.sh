@@ -57,4 +57,4 @@ discovery: $DISCOVERY
 $EXTRA
 YAML
 # The node flags are SIDECAR_NODE_FLAGS (src/runtime/node-flags.ts).
-exec node --initial-old-space-size=128 --min-semi-space-size=8 "${WEFT_HOME:-/opt/weft}/bin/weft.js" proxy --config "$CONF"
+exec node --initial-old-space-size=128 "${WEFT_HOME:-/opt/weft}/bin/weft.js" proxy --config "$CONF"

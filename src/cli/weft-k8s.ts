@@ -6,9 +6,9 @@ import { readFile } from "node:fs/promises";
 import { type Command, Option } from "commander";
 import type { Clock } from "../core/clock.ts";
 import { errorMessage, WeftError } from "../core/errors.ts";
-import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
-import { type InjectOptions, injectManifests, uninjectManifests } from "../k8s/inject.ts";
-import { startInjector } from "../k8s/webhook.ts";
+import type { Logger, LogLevel } from "../core/log.ts";
+// Only types at the top: the modules load when a verb runs (`weft --help` stays quick).
+import type { InjectOptions } from "../k8s/inject.ts";
 
 export interface KubeCliDeps {
   readonly stdout: NodeJS.WritableStream;
@@ -110,6 +110,7 @@ ${exitCodes}`,
     )
     .action(async (o: InjectFlags & { filename: string }) => {
       const options = await injectOptions(o);
+      const { injectManifests } = await import("../k8s/inject.ts");
       const out = injectManifests(await readInput(o.filename, deps), options);
       deps.stdout.write(out.text);
       for (const s of out.skipped) err(`weft inject: skipped ${s}`);
@@ -122,6 +123,7 @@ ${exitCodes}`,
     .requiredOption("-f, --filename <file>", "manifests; - for standard input")
     .addHelpText("after", `\nExamples:\n  weft uninject -f injected.yaml > plain.yaml\n${exitCodes}`)
     .action(async (o: { filename: string }) => {
+      const { uninjectManifests } = await import("../k8s/inject.ts");
       deps.stdout.write(uninjectManifests(await readInput(o.filename, deps)).text);
     });
 
@@ -144,6 +146,8 @@ ${exitCodes}`,
       const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(o.listen);
       if (!m || Number(m[3]) > 65535)
         throw new WeftError("E_USAGE", `--listen "${o.listen}" is not host:port`);
+      const { createLogger } = await import("../core/log.ts");
+      const { startInjector } = await import("../k8s/webhook.ts");
       const logger = deps.makeLogger?.("info") ?? createLogger({ name: "weft-injector" });
       const injector = await startInjector({
         host: m[1] ?? m[2]!,

@@ -5,18 +5,10 @@
  * wires the real process. Exit codes: 0 ok, 1 failure, 2 usage.
  */
 
-import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
-import { ConfigError, loadConfigFile } from "../config/load.ts";
-import type { Config } from "../config/schema.ts";
 import type { Clock } from "../core/clock.ts";
-import { errorMessage, WeftError } from "../core/errors.ts";
-import { createLogger, type Logger, type LogLevel } from "../core/log.ts";
-import { WeftMetrics } from "../core/metrics.ts";
-import type { Probe } from "../discovery/health.ts";
-import { createDiscovery } from "../discovery/index.ts";
-import { HttpsKubeApi } from "../k8s/client.ts";
-import { resolveConnection } from "../k8s/config.ts";
+import { isWeftError, WeftError } from "../core/errors.ts";
+import type { Logger, LogLevel } from "../core/log.ts";
 import {
   buildRules,
   DEFAULT_IPTABLES_OPTIONS,
@@ -24,10 +16,6 @@ import {
   type IptablesOptions,
   runIptablesCommand,
 } from "../proxy/capture/iptables.ts";
-import { ConfigReloader } from "../proxy/config-reload.ts";
-import { Sidecar } from "../proxy/sidecar.ts";
-import { tuneMalloc } from "../runtime/malloc-tuning.ts";
-import { missingNodeFlags } from "../runtime/node-flags.ts";
 import {
   applyConventions,
   errorLine,
@@ -37,7 +25,7 @@ import {
   writeJson,
 } from "./conventions.ts";
 import { registerExplain } from "./explain.ts";
-import { runValidate, type ValidateOptions } from "./validate.ts";
+import type { ValidateOptions } from "./validate.ts";
 import { registerKubernetesCommands } from "./weft-k8s.ts";
 
 export interface WeftDeps {
@@ -85,54 +73,6 @@ function ports(value: string): number[] {
   });
 }
 
-/**
- * The route table a sidecar builds from its config: static services, the services file, DNS, and
- * Kubernetes (in-cluster credentials or a kubeconfig, found through `env`).
- */
-export function discoveryFor(
-  config: Config,
-  deps: { logger: Logger; clock: Clock; metrics: WeftMetrics; probe?: Probe },
-  env: Readonly<Record<string, string | undefined>> = {},
-) {
-  const k = config.discovery.kubernetes;
-  const api = k
-    ? new HttpsKubeApi(
-        resolveConnection(
-          {
-            ...(k.kubeconfig ? { kubeconfig: k.kubeconfig } : {}),
-            ...(k.context ? { context: k.context } : {}),
-          },
-          env,
-          deps.clock,
-        ),
-      )
-    : undefined;
-  const discovery = createDiscovery({
-    ...(api && k ? { kubernetes: { api, namespaces: k.namespaces } } : {}),
-    trustDomain: config.trustDomain,
-    services: config.services,
-    ...(config.discovery.file ? { file: config.discovery.file } : {}),
-    dns: {
-      ...(config.discovery.dns.servers ? { servers: config.discovery.dns.servers } : {}),
-      minTtl: config.discovery.dns.minTtl,
-      maxTtl: config.discovery.dns.maxTtl,
-      timeout: config.discovery.dns.timeout,
-    },
-    retries: config.retries,
-    outlierDetection: config.outlierDetection,
-    ...(config.healthCheck ? { healthCheck: config.healthCheck } : {}),
-    ...deps,
-  });
-  if (!api) return discovery;
-  const stop = discovery.stop.bind(discovery);
-  return Object.assign(discovery, {
-    async stop() {
-      await stop();
-      api.close();
-    },
-  });
-}
-
 export function buildWeftProgram(deps: WeftDeps): Command {
   const program = new Command("weft")
     .description("Weft sidecar: transparent mutual-TLS TCP proxy with SPIFFE identities")
@@ -154,55 +94,9 @@ Examples:
 ${EXIT_CODES}`,
     )
     .action(async (opts: { config: string }) => {
-      const config = await loadConfigFile(opts.config, deps.env);
-      const metrics = new WeftMetrics({ processMetrics: true, clock: deps.clock });
-      const onDropped = (lines: number) => metrics.logLinesDropped.inc(lines);
-      const logger = (deps.makeLogger ?? ((level) => createLogger({ name: "weft", level, onDropped })))(
-        config.log.level,
-      );
-      const missing = missingNodeFlags();
-      if (missing.length > 0) {
-        logger.warn(
-          { code: "W_NODE_FLAGS", missing },
-          `node was started without ${missing.join(" ")}: bulk transfers cost more CPU and the tail latency grows (garbage collection); start the sidecar with bin/weft.js or node ${missing.join(" ")} bin/weft.js`,
-        );
-      }
-      const malloc = tuneMalloc();
-      logger.debug(
-        malloc.applied ? { malloc: malloc.settings } : { malloc_unchanged: malloc.reason },
-        "malloc",
-      );
-      const sidecar = new Sidecar(config, {
-        logger,
-        clock: deps.clock,
-        metrics,
-        createRoutes: (c, d) => discoveryFor(c, d, deps.env),
-        readFile: (p) => readFileSync(p, "utf8"),
-      });
-      await sidecar.start();
-      const reloader = new ConfigReloader({
-        path: opts.config,
-        env: deps.env,
-        apply: (next) => sidecar.reload(next),
-        clock: deps.clock,
-        logger: logger.child({ component: "config" }),
-        metrics: sidecar.metrics,
-      });
-      await reloader.start();
-      deps.onIgnoredSignal?.((signal) => {
-        logger.info({ signal }, `${signal} ignored: a sidecar opens no inspector and keeps running`);
-      });
-      deps.onReload?.(() => {
-        logger.info({ signal: "SIGHUP" }, "reloading weft.yaml, identity files and services file");
-        void reloader.reload("signal");
-        void sidecar.reloadSources();
-      });
-      await deps.waitForShutdown();
-      await reloader.stop();
-      logger.info({ deadline_ms: config.timeouts.drain }, "draining");
-      const { forced } = await sidecar.drain();
-      await sidecar.stop();
-      logger.info({ forced }, "stopped");
+      // Loaded when it runs: `weft --help` or `weft iptables` need none of the sidecar's code.
+      const { runProxy } = await import("./weft-proxy.ts");
+      await runProxy(opts.config, deps);
     });
 
   program
@@ -223,6 +117,7 @@ ${EXIT_CODES}`,
       `\nExamples:\n  weft validate -c weft.yaml\n  weft validate -c weft.yaml --print\n  weft validate -c weft.yaml --json --proxy-uid 1337\n${EXIT_CODES}`,
     )
     .action(async (opts: ValidateOptions) => {
+      const { runValidate } = await import("./validate.ts");
       await runValidate(opts, deps);
     });
 
@@ -315,6 +210,11 @@ ${EXIT_CODES}`,
   return program;
 }
 
+/** config/load.ts's ConfigError, known without loading that module (and zod with it). */
+function isConfigError(err: unknown): err is WeftError & { issues: Array<{ key: string; message: string }> } {
+  return isWeftError(err, "E_CONFIG") && Array.isArray((err as { issues?: unknown }).issues);
+}
+
 /** Run the program; resolves with the exit code. */
 export async function runWeft(argv: readonly string[], deps: WeftDeps): Promise<number> {
   const program = buildWeftProgram(deps);
@@ -330,7 +230,7 @@ export async function runWeft(argv: readonly string[], deps: WeftDeps): Promise<
       return 2;
     }
     if (err instanceof ExitCode) return err.exitCode;
-    if (err instanceof ConfigError) {
+    if (isConfigError(err)) {
       deps.stderr.write(`weft: E_CONFIG: the config has ${err.issues.length} problem(s):\n`);
       for (const i of err.issues) deps.stderr.write(`  ${i.key}: ${i.message}\n`);
       return 1;

@@ -12,16 +12,16 @@
  * (docs/benchmarks.md). With the old generation allowed to start at 128 MiB: none per GiB, and the
  * sidecar's peak RSS under bulk load rose by ~16 MiB.
  *
- * `--min-semi-space-size=8`: when a sidecar idles, V8 shrinks its young generation to 1 MiB, and then a
- * pooled sidecar carrying requests scavenges every few hundred round trips; each scavenge delays the
- * round trip in flight, about 1 % of them, which is the p99. With young-generation halves of at least
- * 8 MiB: pooled one-connection p99 526 → 204 µs (median of 3 rounds, one quick bench; HAProxy 284 and
- * 179 in the same runs), for ~8–16 MiB more RSS.
+ * Re-measured on Node 24 (2026-12-06, quick bench, pooled pair against HAProxy in the same run, one
+ * round each, docs/benchmarks.md "Node flags on Node 24"): with this flag alone, 5480 ms of CPU per GiB
+ * (1.78× HAProxy's) and no full collection per GiB; with `--min-semi-space-size=8` added (the second
+ * default until then, for the p99 on Node 20), 7880 ms (2.43×), 20 full collections per GiB (a larger
+ * young generation promotes more) and 172 MiB RSS after the traffic instead of 124; with no flag,
+ * 14560 ms (3.83×) and 132 full collections per GiB. The one-connection p99 stayed within the ≤ 2×
+ * target either way. So the default is this one flag; what it keeps at rest, the idle reclaimer
+ * (idle-reclaim.ts) gives back once traffic stops.
  */
-export const SIDECAR_NODE_FLAGS: readonly string[] = [
-  "--initial-old-space-size=128",
-  "--min-semi-space-size=8",
-];
+export const SIDECAR_NODE_FLAGS: readonly string[] = ["--initial-old-space-size=128"];
 
 /** The flags of SIDECAR_NODE_FLAGS that `execArgv` (this process's node flags) lacks. */
 export function missingNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
-import { discoveryFor } from "../../src/cli/weft.ts";
+import { discoveryFor } from "../../src/cli/weft-proxy.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { freePort } from "../../src/core/ports.ts";
 import { createTestCa } from "../helpers/ca.ts";

@@ -14,7 +14,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { discoveryFor } from "../../src/cli/weft.ts";
+import { discoveryFor } from "../../src/cli/weft-proxy.ts";
 import { parseConfig } from "../../src/config/load.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { freePort } from "../../src/core/ports.ts";

@@ -16,7 +16,7 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { type FSWatcher, watch } from "node:fs";
 import { chmod, mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { CaClient, type IdentityMaterial } from "../../ca/client.ts";
+import type { CaClient, IdentityMaterial } from "../../ca/client.ts";
 import type { KeyAlgorithm } from "../../ca/key-policy.ts";
 import { parseBundle, SvidVerifier } from "../../ca/verify.ts";
 import type { Clock, TimerHandle } from "../../core/clock.ts";
@@ -314,6 +314,9 @@ export class CaIdentitySource implements IdentitySource {
         { reason: "no_token" },
       );
     }
+    // Loaded here, not at the top: the CA client needs the certificate-building libraries (@peculiar/x509
+    // and its dependencies, ~10 MiB of a sidecar's memory), which a sidecar with file identity never uses.
+    const { CaClient } = await import("../../ca/client.ts");
     this.client = new CaClient({
       url: o.url,
       bundlePem: o.caBundlePem,

@@ -1,0 +1,67 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { ManualClock } from "../../src/core/clock.ts";
+import { MemoryLogger } from "../../src/core/log.ts";
+import { IdleReclaimer, reclaimProcessMemory } from "../../src/runtime/idle-reclaim.ts";
+
+/** A reclaimer on a manual clock whose CPU use per 5 s interval the test sets. */
+function harness() {
+  const clock = new ManualClock(0);
+  let cpu = 0;
+  let perInterval = 0;
+  const reclaimed: number[] = [];
+  const r = new IdleReclaimer({
+    clock,
+    logger: new MemoryLogger(),
+    cpuMicros: () => cpu,
+    quietIntervals: 2,
+    reclaim: () => {
+      reclaimed.push(clock.now());
+      return {};
+    },
+  });
+  r.start();
+  const run = (intervals: number, cpuMsPerInterval: number) => {
+    perInterval = cpuMsPerInterval;
+    for (let i = 0; i < intervals; i++) {
+      cpu += perInterval * 1000;
+      clock.advance(5_000);
+    }
+  };
+  return { r, run, reclaimed };
+}
+
+test("idle reclaim: once after start when quiet, once per burst after it, never under load", () => {
+  const h = harness();
+  h.run(1, 0);
+  assert.deepEqual(h.reclaimed, [], "one quiet interval is not enough");
+  h.run(1, 0);
+  assert.deepEqual(h.reclaimed, [10_000], "startup's garbage, after two quiet intervals");
+  h.run(5, 0);
+  assert.equal(h.reclaimed.length, 1, "nothing happened since: no second reclaim");
+  h.run(10, 2_000); // 40 % of a core: traffic
+  assert.equal(h.reclaimed.length, 1, "never while busy");
+  h.run(1, 50); // 1 %: quiet
+  assert.equal(h.reclaimed.length, 1);
+  h.run(1, 50);
+  assert.equal(h.reclaimed.length, 2, "once after the burst");
+  h.run(4, 0);
+  assert.equal(h.reclaimed.length, 2);
+  h.r.stop();
+  h.run(10, 2_000);
+  h.run(10, 0);
+  assert.equal(h.reclaimed.length, 2, "stopped: no more");
+});
+
+test("reclaimProcessMemory collects and trims: garbage held by nothing is given back", () => {
+  let junk: Buffer[] | undefined = Array.from({ length: 64 }, () => Buffer.alloc(512 * 1024, 1));
+  const held = process.memoryUsage.rss();
+  junk = undefined;
+  const r = reclaimProcessMemory();
+  assert.equal(junk, undefined);
+  assert.ok(typeof r.ms === "number" && typeof r.rss_after_mib === "number");
+  assert.ok(
+    (r.rss_after_mib as number) * 1048576 < held - 16 * 1048576,
+    `32 MiB of garbage: RSS ${held / 1048576} MiB before, ${r.rss_after_mib} after`,
+  );
+});
