@@ -5,7 +5,8 @@
  *   - a CSR for another SAN: 403; wrong audience, a deleted (unknown) pod, an expired token: 401;
  *   - the API server down (a token not yet reviewed): 503, nothing signed;
  *   - 100 CSRs with one token: one TokenReview;
- *   - at start, a SelfSubjectAccessReview names the missing RBAC rule until it is granted.
+ *   - at start, a SelfSubjectAccessReview names the missing RBAC rule until it is granted: `meshca serve
+ *     --kubernetes` exits 1 naming it, then (granted) serves and signs for a projected token;
  * The expired token is the API server's own token for the pod with its times moved into the past and
  * signed again with the API server's service-account signing key (TokenRequest will not issue a token
  * shorter than 10 minutes).
@@ -13,21 +14,65 @@
 import assert from "node:assert/strict";
 import { createSign } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { request } from "node:https";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { createCsr } from "../../src/ca/authority.ts";
 import { CaClient, type IdentityMaterial } from "../../src/ca/client.ts";
 import { KubeJoin } from "../../src/ca/kube-join.ts";
+import type { MeshcaDeps } from "../../src/cli/meshca/context.ts";
+import { runMeshca } from "../../src/cli/meshca.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import { isWeftError } from "../../src/core/errors.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { HttpsKubeApi } from "../../src/k8s/client.ts";
 import { kubeconfigConnection } from "../../src/k8s/config.ts";
+import { pollUntil } from "../../src/netns/pods.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
 import { type KubeEnv, requireEnvtest, startKubeEnv } from "../helpers/kube-envtest.ts";
 import { createIn, createNamespace } from "../helpers/kube-objects.ts";
 
 const NS = "apps";
+
+async function meshca(
+  argv: string[],
+  extra: Partial<MeshcaDeps> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  const code = await runMeshca(argv, {
+    stdout: { write: (x: string) => (stdout += x) },
+    stderr: { write: (x: string) => (stderr += x) },
+    clock: systemClock,
+    cwd: process.cwd(),
+    env: {},
+    logger: new MemoryLogger(),
+    waitForShutdown: () => Promise.resolve(),
+    ...extra,
+  });
+  return { code, stdout, stderr };
+}
+
+function postSign(url: string, ca: string, body: unknown): Promise<{ status: number; text: string }> {
+  return new Promise((resolvePost, reject) => {
+    const payload = JSON.stringify(body);
+    request(
+      `${url}/v1/sign/kubernetes`,
+      { method: "POST", ca, agent: false, headers: { "Content-Type": "application/json" } },
+      (res) => {
+        let text = "";
+        res.on("data", (d) => {
+          text += d;
+        });
+        res.on("end", () => resolvePost({ status: res.statusCode!, text }));
+      },
+    )
+      .on("error", reject)
+      .end(payload);
+  });
+}
 const BACKEND = "spiffe://weft.local/ns/apps/sa/backend";
 
 async function podUid(env: KubeEnv, name: string): Promise<string> {
@@ -79,13 +124,13 @@ test("meshca kubernetes join: TokenReview-checked projected tokens, RBAC self-ch
   // The CA's own identity: a client certificate user with no rights yet.
   const caApi = new HttpsKubeApi(kubeconfigConnection(await env.userKubeconfig("weft-ca"), systemClock));
   t.after(() => caApi.close());
-  const join = new KubeJoin({
+  const kubeJoin = new KubeJoin({
     api: caApi,
     trustDomain: "weft.local",
     clock: systemClock,
     logger: new MemoryLogger(),
   });
-  await assert.rejects(join.checkPermissions(), (err: unknown) => {
+  await assert.rejects(kubeJoin.checkPermissions(), (err: unknown) => {
     assert.ok(isWeftError(err, "E_KUBE_RBAC"));
     assert.match(
       (err as Error).message,
@@ -93,6 +138,23 @@ test("meshca kubernetes join: TokenReview-checked projected tokens, RBAC self-ch
     );
     return true;
   });
+  const caDir = await mkdtemp(join(tmpdir(), "weft-kube-ca-"));
+  t.after(() => rm(caDir, { recursive: true, force: true }));
+  const caKubeconfig = await env.userKubeconfig("weft-ca");
+  assert.equal((await meshca(["init", "--trust-domain", "weft.local", "--dir", caDir])).code, 0);
+  const serveArgs = [
+    "serve",
+    "--kubernetes",
+    "--kubeconfig",
+    caKubeconfig,
+    "--listen",
+    "127.0.0.1:0",
+    "--dir",
+    caDir,
+  ];
+  const refused = await meshca(serveArgs);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /E_KUBE_RBAC: missing RBAC rule: apiGroups \["authentication.k8s.io"\]/);
   await env.admin.request({
     method: "POST",
     path: "/apis/rbac.authorization.k8s.io/v1/clusterroles",
@@ -110,9 +172,9 @@ test("meshca kubernetes join: TokenReview-checked projected tokens, RBAC self-ch
       subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: "weft-ca" }],
     },
   });
-  await join.checkPermissions();
+  await kubeJoin.checkPermissions();
 
-  const s = await startTestCaServer(t, { server: { kubeJoin: join } });
+  const s = await startTestCaServer(t, { server: { kubeJoin } });
   const sign = async (id: string, token: string) =>
     s.postJson<{ spiffeId?: string; error?: { code: string; reason: string } }>("/v1/sign/kubernetes", {
       csr: (await createCsr(id)).csrPem,
@@ -148,7 +210,7 @@ test("meshca kubernetes join: TokenReview-checked projected tokens, RBAC self-ch
 
   // 100 CSRs with one fresh token: one TokenReview.
   const burst = await tokenFor(env, "backend-0", uid);
-  const before = join.reviews;
+  const before = kubeJoin.reviews;
   const csrs = await Promise.all(Array.from({ length: 100 }, () => createCsr(BACKEND)));
   const replies = await Promise.all(
     csrs.map((c) =>
@@ -156,7 +218,7 @@ test("meshca kubernetes join: TokenReview-checked projected tokens, RBAC self-ch
     ),
   );
   assert.deepEqual(new Set(replies.map((r) => r.status)), new Set([200]));
-  assert.equal(join.reviews - before, 1, "100 CSRs with one token cost one TokenReview");
+  assert.equal(kubeJoin.reviews - before, 1, "100 CSRs with one token cost one TokenReview");
 
   // A sidecar's CA client with the projected token (identity.ca.kubernetesTokenFile): the first
   // certificate through /v1/sign/kubernetes, the token read when it is needed.
@@ -181,6 +243,28 @@ test("meshca kubernetes join: TokenReview-checked projected tokens, RBAC self-ch
   client.stop();
   assert.equal(material?.id.toString(), BACKEND);
   assert.equal(tokenReads, 1);
+
+  // The same through the CLI: meshca serve --kubernetes signs for a projected token.
+  let stop!: () => void;
+  const stopped = new Promise<void>((r) => {
+    stop = r;
+  });
+  let url = "";
+  const served = meshca(serveArgs, {
+    waitForShutdown: () => stopped,
+    onServing: (info) => {
+      url = info.url;
+    },
+  });
+  await pollUntil("meshca serve --kubernetes to listen", async () => url !== "", 30_000);
+  const viaCli = await postSign(url, readFileSync(join(caDir, "bundle.pem"), "utf8"), {
+    csr: (await createCsr(BACKEND)).csrPem,
+    token: await tokenFor(env, "backend-0", uid),
+  });
+  stop();
+  assert.equal((await served).code, 0);
+  assert.equal(viaCli.status, 200, viaCli.text);
+  assert.match(viaCli.text, /"spiffeId":"spiffe:\/\/weft\.local\/ns\/apps\/sa\/backend"/);
 
   // API server down: a token not reviewed yet cannot be checked, so nothing is signed.
   const unseen = await tokenFor(env, "backend-0", uid);
