@@ -10,10 +10,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type TestContext, test } from "node:test";
 import { SIDECAR_NODE_FLAGS } from "../../src/runtime/node-flags.ts";
-import { createTestCa } from "../helpers/ca.ts";
 import { weftCli } from "../helpers/cli.ts";
-import { identityDir, writeIdentity } from "../helpers/sidecar.ts";
-import { logLine } from "../helpers/weft-process.ts";
+import { logLine, sidecarFiles } from "../helpers/weft-process.ts";
 
 async function tempFile(t: TestContext, name: string, text: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "weft-cli-"));
@@ -72,29 +70,8 @@ for (const [how, nodeFlags] of [
   ["without them (warns W_NODE_FLAGS)", []],
 ] as const) {
   test(`weft proxy from a weft.yaml in a child process, ${how}: /ready answers 200, SIGTERM drains and exits 0`, async (t) => {
-    const ca = await createTestCa({ trustDomain: "weft.local" });
-    const files = await identityDir(t, "cli");
-    await writeIdentity(files, await ca.issue("default/frontend"));
-    const config = await tempFile(
-      t,
-      "weft.yaml",
-      `
-trustDomain: weft.local
-identity:
-  files: { cert: ${files.cert}, key: ${files.key}, bundle: ${files.bundle} }
-listeners:
-  outbound: { enabled: false }
-  inbound: { enabled: false }
-  tunnel: { address: 127.0.0.1, port: 0 }
-  admin: { address: 127.0.0.1, port: 0 }
-  metrics: { address: 127.0.0.1, port: 0 }
-  explicit: [ { listen: "127.0.0.1:0", service: backend } ]
-services:
-  - name: backend
-    ports: [8080]
-    endpoints: [ { address: 127.0.0.1 } ]
-`,
-    );
+    // A file identity (default/frontend) and a weft.yaml with every listener on 127.0.0.1 port 0.
+    const { config } = await sidecarFiles(t);
     const child = spawn(process.execPath, [...nodeFlags, "bin/weft.js", "proxy", "--config", config], {
       stdio: ["ignore", "ignore", "pipe"],
     });
