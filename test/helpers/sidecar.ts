@@ -16,6 +16,7 @@ import type { RouteTable } from "../../src/discovery/types.ts";
 import { FileIdentitySource } from "../../src/proxy/identity/sources.ts";
 import { Sidecar, type SidecarDeps } from "../../src/proxy/sidecar.ts";
 import { createTestCa } from "./ca.ts";
+import { type EventuallyOptions, eventually } from "./eventually.ts";
 import { StaticRouteTable } from "./static-routes.ts";
 
 export type TestCa = Awaited<ReturnType<typeof createTestCa>>;
@@ -217,6 +218,25 @@ export async function adminGet(sidecar: Sidecar, path: string): Promise<{ status
   const a = sidecar.addresses.admin;
   const res = await fetch(`http://${a.address}:${a.port}${path}`);
   return { status: res.status, body: await res.text() };
+}
+
+/** Resolves with the value of metric `name` (as for metricValue) once `predicate` holds for it; bounded. */
+export async function waitForMetric(
+  sidecar: Sidecar,
+  name: string,
+  predicate: (value: number) => boolean,
+  options: EventuallyOptions = {},
+): Promise<number> {
+  let value = Number.NaN;
+  await eventually(
+    () => `${name} to satisfy ${predicate.toString()} (last value ${value})`,
+    async () => {
+      value = metricValue((await adminGet(sidecar, "/metrics")).body, name);
+      return predicate(value);
+    },
+    options,
+  );
+  return value;
 }
 
 /** Resolves once `predicate` holds for some log record; polls the in-memory log on each check. */

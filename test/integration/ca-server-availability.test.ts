@@ -10,6 +10,7 @@ import { test } from "node:test";
 import { createCsr } from "../../src/ca/authority.ts";
 import { ManualClock } from "../../src/core/clock.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const WEB = "spiffe://weft.local/ns/default/sa/web";
 
@@ -67,14 +68,6 @@ async function metric(
     .reduce((sum, v) => sum + v.value, 0);
 }
 
-async function until(check: () => Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 1000; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 test("1,100 idle connections from one address: another address still gets its certificate in under 1 s", async (t) => {
   const s = await startTestCaServer(t);
   const sockets: net.Socket[] = [];
@@ -86,10 +79,10 @@ test("1,100 idle connections from one address: another address still gets its ce
     sock.on("error", () => {});
     sockets.push(sock);
   }
-  await until(
+  await eventually(
+    "1,036 refused connections",
     async () =>
       (await metric(s.server, "meshca_connections_refused_total", { reason: "per_address_limit" })) >= 1036,
-    "1,036 refused connections",
   );
   assert.equal(await metric(s.server, "meshca_connections_active", {}), 64, "the first address holds its 64");
 
@@ -129,9 +122,9 @@ test("the global connection cap stays beside the per-address one, and its drops 
     sock.on("error", () => {});
     sockets.push(sock);
   }
-  await until(
-    async () => (await metric(s.server, "meshca_connections_refused_total", { reason: "global_limit" })) >= 4,
+  await eventually(
     "4 connections over the global cap",
+    async () => (await metric(s.server, "meshca_connections_refused_total", { reason: "global_limit" })) >= 4,
   );
 });
 

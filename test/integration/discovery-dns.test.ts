@@ -6,12 +6,12 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
 import { serviceSchema } from "../../src/config/services-schema.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
 import { createDiscovery } from "../../src/discovery/index.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const DNSMASQ = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].find((p) => existsSync(p));
 
@@ -23,13 +23,6 @@ async function freeUdpishPort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  for (let waited = 0; !(await check()); waited += 50) {
-    if (waited > ms) assert.fail(`timed out waiting for ${what}`);
-    await delay(50);
-  }
 }
 
 test("DNS source follows a real DNS server's A and SRV records and keeps the last good endpoints when it dies", async (t) => {
@@ -109,7 +102,7 @@ test("DNS source follows a real DNS server's A and SRV records and keeps the las
   });
   const keys = (name: string) => (discovery.service(name)?.endpoints.map((e) => e.key) ?? []).sort();
   await discovery.start();
-  await until("dnsmasq to answer", async () => {
+  await eventually("dnsmasq to answer", async () => {
     await discovery.refreshDns();
     return keys("backend").length === 2 && keys("db").length === 1;
   }).catch((err) => assert.fail(`${err}\ndnsmasq said: ${dnsmasqOut}`));
@@ -123,7 +116,7 @@ test("DNS source follows a real DNS server's A and SRV records and keeps the las
     "198.18.0.11 backend.mesh.test\n198.18.0.12 backend.mesh.test\n198.18.0.20 db-1.mesh.test\n",
   );
   dnsmasq.kill("SIGHUP");
-  await until("the TTL-driven refresh to see the new records", () =>
+  await eventually("the TTL-driven refresh to see the new records", () =>
     keys("backend").includes("198.18.0.12:8080"),
   );
   assert.deepEqual(keys("backend"), ["198.18.0.11:8080", "198.18.0.12:8080"]);
@@ -131,7 +124,7 @@ test("DNS source follows a real DNS server's A and SRV records and keeps the las
   // The DNS server dies: lookups fail, are counted, and the last good endpoints stay.
   dnsmasq.kill("SIGTERM");
   await exited;
-  await until(
+  await eventually(
     "a failed lookup to be counted",
     async () => ((await metrics.value("weft_discovery_errors_total", { source: "dns" })) ?? 0) >= 1,
   );

@@ -3,12 +3,12 @@ import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
 import { serviceSchema } from "../../src/config/services-schema.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
 import { createDiscovery } from "../../src/discovery/index.ts";
+import { eventually } from "../helpers/eventually.ts";
 
 const defaults = {
   dns: { minTtl: 1000, maxTtl: 60_000, timeout: 1000 },
@@ -31,13 +31,6 @@ async function replaceFile(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
   await writeFile(tmp, text);
   await rename(tmp, path);
-}
-
-async function until(what: string, check: () => boolean, ms = 5000): Promise<void> {
-  for (let waited = 0; !check(); waited += 20) {
-    if (waited > ms) assert.fail(`timed out waiting for ${what}`);
-    await delay(20);
-  }
 }
 
 test("editing the services file adds and removes endpoints without touching live leases; a broken edit is refused", async (t) => {
@@ -69,7 +62,7 @@ test("editing the services file adds and removes endpoints without touching live
   assert.equal(live.endpoint.key, "198.18.0.10:8080");
 
   await replaceFile(path, servicesYaml(["198.18.0.11", "198.18.0.12"]));
-  await until("the edit to apply", () => keys().includes("198.18.0.12:8080"));
+  await eventually("the edit to apply", () => keys().includes("198.18.0.12:8080"));
   assert.deepEqual(keys(), ["198.18.0.11:8080", "198.18.0.12:8080"]);
   // The lease taken before the edit still reports and releases without error.
   live.reportSuccess(2);
@@ -79,7 +72,7 @@ test("editing the services file adds and removes endpoints without touching live
     path,
     "services:\n  - name: backend\n    ports: [8080]\n    endpoints:\n      - address: not-an-ip\n",
   );
-  await until("the refusal to be counted", () =>
+  await eventually("the refusal to be counted", () =>
     logger.records.some((r) => r.msg.startsWith("services file refused")),
   );
   const refusal = logger.records.find((r) => r.msg.startsWith("services file refused"))!;
@@ -88,7 +81,7 @@ test("editing the services file adds and removes endpoints without touching live
   assert.equal(await metrics.value("weft_discovery_errors_total", { source: "file", reason: "invalid" }), 1);
 
   await replaceFile(path, "services: [ {");
-  await until(
+  await eventually(
     "the YAML error",
     () => logger.records.filter((r) => r.msg.startsWith("services file refused")).length >= 2,
   );

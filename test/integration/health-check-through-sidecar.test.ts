@@ -11,6 +11,7 @@ import { discoveryFor } from "../../src/cli/weft-proxy.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { freePort } from "../../src/core/ports.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { eventually } from "../helpers/eventually.ts";
 import {
   adminGet,
   identityDir,
@@ -27,14 +28,6 @@ async function stateOf(sidecar: Parameters<typeof adminGet>[0], key: string): Pr
     endpoints: Array<{ key: string; state: string }>;
   }>;
   return body.flatMap((s) => s.endpoints).find((e) => e.key === key)?.state ?? "missing";
-}
-
-async function until(what: string, check: () => Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`not within 10 s: ${what}`);
 }
 
 for (const transport of TRANSPORTS) {
@@ -67,14 +60,17 @@ for (const transport of TRANSPORTS) {
       createRoutes: (c, d) => discoveryFor(c, d),
     });
     const key = `127.0.0.1:${appPort}`;
-    await until("unhealthy while the app is down", async () => (await stateOf(client, key)) === "unhealthy");
+    await eventually(
+      "unhealthy while the app is down",
+      async () => (await stateOf(client, key)) === "unhealthy",
+    );
     const refused = await waitForLog(serverLog, (r) => r.msg === "connection closed");
     assert.equal(refused.reason, "app_connect_failed", "the check reached the app through the sidecar");
 
     const app = net.createServer((s) => s.end());
     await new Promise<void>((r) => app.listen(appPort, "127.0.0.1", r));
     t.after(() => new Promise<void>((r) => app.close(() => r())));
-    await until("healthy once the app listens", async () => (await stateOf(client, key)) === "healthy");
+    await eventually("healthy once the app listens", async () => (await stateOf(client, key)) === "healthy");
     await waitForLog(serverLog, (r) => r.msg === "connection closed" && r.reason === "closed");
   });
 }

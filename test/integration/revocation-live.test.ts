@@ -9,22 +9,14 @@ import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { SerialStore } from "../../src/ca/serials.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { adminGet, identityDir, metricValue, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
 
 const BACKEND = "spiffe://weft.local/ns/default/sa/backend";
-
-async function until(what: string, check: () => Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if (await check()) return;
-    await sleep(25);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 for (const transport of ["per-connection", "pooled"] as const) {
   test(`${transport}: a revoked client certificate is refused by a server sidecar that fetched the list`, async (t) => {
@@ -51,7 +43,7 @@ for (const transport of ["per-connection", "pooled"] as const) {
         },
       },
     });
-    await until(
+    await eventually(
       "the server sidecar's certificate",
       async () => (await adminGet(pair.server, "/ready")).status === 200,
     );
@@ -71,7 +63,7 @@ for (const transport of ["per-connection", "pooled"] as const) {
     await waitForLog(pair.serverLog, (r) => r.msg === "revocation list applied" && r.revoked === 1, 5_000);
 
     if (transport === "pooled") {
-      await until("the pooled session from the revoked client to end", async () => {
+      await eventually("the pooled session from the revoked client to end", async () => {
         const m = (await adminGet(pair.server, "/metrics")).body;
         return (
           metricValue(
@@ -90,7 +82,7 @@ for (const transport of ["per-connection", "pooled"] as const) {
     refused.write("after");
     const how = await closeKind(refused);
     assert.equal(echoed, 0, `nothing reaches the app (closed: ${how})`);
-    await until("the refusal to be counted", async () => {
+    await eventually("the refusal to be counted", async () => {
       const m = (await adminGet(pair.server, "/metrics")).body;
       return (
         metricValue(m, 'weft_tls_handshake_failures_total\\{direction="inbound",reason="svid_revoked"\\}') >=

@@ -7,10 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { type Relay, startRelay } from "../helpers/relay.ts";
-import { adminGet, metricValue, startSidecarPair } from "../helpers/sidecar.ts";
+import { adminGet, metricValue, startSidecarPair, waitForMetric } from "../helpers/sidecar.ts";
 
 test("pooled: a peer's FIN ends the session on both ends; the next connection gets a fresh one and succeeds", async (t) => {
   const app = await startEchoServer();
@@ -35,15 +34,9 @@ test("pooled: a peer's FIN ends the session on both ends; the next connection ge
   );
 
   relay.destroyAll(); // both sidecars read a FIN on the session's connection
-  let client = 1;
-  let server = 1;
-  for (let i = 0; i < 250 && (client > 0 || server > 0); i++) {
-    await sleep(20);
-    client = metricValue((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions");
-    server = metricValue((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions");
-  }
-  assert.equal(client, 0, "the client sidecar closed the session whose peer sent FIN");
-  assert.equal(server, 0, "so did the server sidecar");
+  // The client sidecar closes the session whose peer sent FIN, and so does the server sidecar.
+  await waitForMetric(pair.client, "weft_upstream_pooled_sessions", (v) => v === 0, { timeoutMs: 5000 });
+  await waitForMetric(pair.server, "weft_tunnel_pooled_sessions", (v) => v === 0, { timeoutMs: 5000 });
 
   const b = await connect(pair.explicitPort);
   b.write("two");

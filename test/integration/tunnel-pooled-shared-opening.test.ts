@@ -13,6 +13,7 @@ import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
 import { ServiceRegistry } from "../../src/discovery/registry.ts";
 import { connect, readBytes, startEchoServer } from "../helpers/apps.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { type Relay, startRelay } from "../helpers/relay.ts";
 import {
   accessLines,
@@ -27,15 +28,6 @@ import {
 } from "../helpers/sidecar.ts";
 
 const CONNECTIONS = 20;
-
-/** Polls `check` every 10 ms, at most `tries` times; fails with `what` if it never holds. */
-async function until(what: string, check: () => boolean | Promise<boolean>, tries = 500): Promise<void> {
-  for (let i = 0; i < tries; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  assert.fail(`never happened: ${what}`);
-}
 
 test("pooled: an opening that fails counts once against the endpoint, however many connections waited on it", async (t) => {
   const app = await startEchoServer();
@@ -99,7 +91,7 @@ test("pooled: an opening that fails counts once against the endpoint, however ma
     return msg;
   });
   // Every connection has picked an endpoint; those on the bad one all wait on its single opening.
-  await until(
+  await eventually(
     "every connection leased an endpoint",
     () => routes.describe()[0]!.endpoints.reduce((n, e) => n + e.activeConnections, 0) === CONNECTIONS,
   );
@@ -157,7 +149,7 @@ test("pooled: waiters of one opening beyond maxStreamsPerSession share the next 
     s.write(msg);
     return msg;
   });
-  await until("every connection waits on the first opening", () => pair.client.tracker.size === n);
+  await eventually("every connection waits on the first opening", () => pair.client.tracker.size === n);
   assert.equal(relay.accepted, 1);
   relay.release();
   const echoed = await Promise.all(

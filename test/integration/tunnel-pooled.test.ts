@@ -27,6 +27,7 @@ import {
   reloadIdentity,
   startSidecarPair,
   waitForLog,
+  waitForMetric,
   writeIdentity,
 } from "../helpers/sidecar.ts";
 
@@ -167,12 +168,7 @@ test("pooled: a session idle for sessionIdleTimeout is closed; the next connecti
   await roundTrip("one");
   await waitForLog(pair.serverLog, () => accessLines(pair.serverLog).length === 1);
   // Bounded wait for the idle close (the gauge drops to 0 on both sides).
-  for (let i = 0; i < 100; i++) {
-    if (metricValue((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions") === 0)
-      break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  assert.equal(metricValue((await adminGet(pair.server, "/metrics")).body, "weft_tunnel_pooled_sessions"), 0);
+  await waitForMetric(pair.server, "weft_tunnel_pooled_sessions", (v) => v === 0, { timeoutMs: 5000 });
   assert.equal(
     metricValue((await adminGet(pair.client, "/metrics")).body, "weft_upstream_pooled_sessions"),
     0,
