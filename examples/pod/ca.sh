@@ -7,7 +7,8 @@
 #   WEFT_HOME (/opt/weft), CA_DIR (/var/lib/weft-ca), TRUST_DOMAIN (weft.local), TOKENS_DIR (/run/weft),
 #   WORKLOADS ("client backend"), TOKEN_USES (4), CA_LISTEN (0.0.0.0:15443),
 #   CA_SANS (extra DNS names or IPs for the server certificate, space-separated; "ca weft-ca" always),
-#   CA_USER (started as root: hand the files to this UID and serve as it; compose sets 1337).
+#   CA_USER (started as root: hand the files to this UID and serve as it; compose sets 1337),
+#   CA_METRICS (host:port for plain-HTTP /metrics, e.g. 0.0.0.0:15444; none by default).
 set -eu
 HOME_DIR=${WEFT_HOME:-/opt/weft}
 DIR=${CA_DIR:-/var/lib/weft-ca}
@@ -24,6 +25,7 @@ for sa in ${WORKLOADS:-client backend}; do
 done
 set -- --san ca --san weft-ca
 for san in ${CA_SANS:-}; do set -- "$@" --san "$san"; done
+if [ -n "${CA_METRICS:-}" ]; then set -- "$@" --metrics-listen "$CA_METRICS"; fi
 if [ -n "${CA_USER:-}" ] && [ "$(id -u)" = 0 ]; then
   # Volumes are created root-owned: give the CA directory and each workload's files to the users that
   # need them, then drop root for good.

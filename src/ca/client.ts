@@ -522,7 +522,8 @@ function parseAnswer(response: CaResponse): Answer {
     const message = typeof e?.message === "string" ? e.message.slice(0, 500) : `HTTP ${response.status}`;
     const reason = typeof e?.reason === "string" && /^[a-z0-9_]{1,64}$/.test(e.reason) ? e.reason : undefined;
     // 5xx means "try again later"; a 4xx is a refusal about this request.
-    const transient = response.status >= 500 || !known;
+    // 429 (too many failed attempts from this address) passes with time, like a 5xx.
+    const transient = response.status >= 500 || response.status === 429 || !known;
     return throwRefusal(
       transient ? "E_CA_UNREACHABLE" : code,
       `CA server answered ${response.status}: ${message}`,
