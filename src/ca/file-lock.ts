@@ -78,3 +78,20 @@ export async function withFileLock<T>(
     await fh.close();
   }
 }
+
+/**
+ * Read-modify-write cycles on one file, one at a time: an in-process queue (so a process never waits
+ * on its own flock) and `withFileLock` across processes. What the CA's JSON stores share.
+ */
+export class LockedUpdates {
+  /** Tail of the queue: every cycle runs after the previous one finished (failed or not). */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly lockPath: string) {}
+
+  run(cycle: () => Promise<void>): Promise<void> {
+    const run = this.queue.then(() => withFileLock(this.lockPath, cycle));
+    this.queue = run.catch(() => {});
+    return run;
+  }
+}

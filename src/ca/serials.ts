@@ -17,7 +17,7 @@
 import { readFile, stat } from "node:fs/promises";
 import type { Clock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
-import { withFileLock } from "./file-lock.ts";
+import { LockedUpdates } from "./file-lock.ts";
 import { writeFileAtomic } from "./store.ts";
 import { normalizeSerial } from "./x509.ts";
 
@@ -57,13 +57,15 @@ export interface RevokedSerial {
 }
 
 export class SerialStore {
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly updates: LockedUpdates;
   private cache: { mtimeMs: number; size: number; data: SerialFile } | undefined;
 
   constructor(
     readonly file: string,
     private readonly clock: Clock,
-  ) {}
+  ) {
+    this.updates = new LockedUpdates(`${file}.lock`);
+  }
 
   /** Record a certificate just issued. */
   async record(cert: { serial: string; id: string; notAfter: Date; root: string }): Promise<void> {
@@ -228,17 +230,13 @@ export class SerialStore {
   }
 
   private update(mutate: (data: SerialFile) => void): Promise<void> {
-    const run = this.queue.then(() =>
-      withFileLock(`${this.file}.lock`, async () => {
-        const data = await this.read();
-        mutate(data);
-        const cutoff = this.clock.now() - SERIAL_RETENTION_MS;
-        data.certs = data.certs.filter((r) => Date.parse(r.notAfter) > cutoff);
-        await writeFileAtomic(this.file, `${JSON.stringify(data)}\n`, 0o600);
-        this.cache = undefined;
-      }),
-    );
-    this.queue = run.catch(() => {});
-    return run;
+    return this.updates.run(async () => {
+      const data = await this.read();
+      mutate(data);
+      const cutoff = this.clock.now() - SERIAL_RETENTION_MS;
+      data.certs = data.certs.filter((r) => Date.parse(r.notAfter) > cutoff);
+      await writeFileAtomic(this.file, `${JSON.stringify(data)}\n`, 0o600);
+      this.cache = undefined;
+    });
   }
 }

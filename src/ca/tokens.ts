@@ -13,7 +13,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { Clock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
-import { withFileLock } from "./file-lock.ts";
+import { LockedUpdates } from "./file-lock.ts";
 import { SpiffeId } from "./spiffe-id.ts";
 import { writeFileAtomic } from "./store.ts";
 
@@ -121,13 +121,13 @@ export class TokenStore {
   readonly file: string;
   private readonly clock: Clock;
   private readonly trustDomain: string | undefined;
-  /** Tail of the in-process queue: every read-modify-write runs after the previous one finished. */
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly updates: LockedUpdates;
 
   constructor(options: TokenStoreOptions) {
     this.file = options.file;
     this.clock = options.clock;
     this.trustDomain = options.trustDomain;
+    this.updates = new LockedUpdates(`${options.file}.lock`);
   }
 
   /**
@@ -274,17 +274,13 @@ export class TokenStore {
 
   /** Runs `mutate` on the current file contents and writes the result, one at a time per process. */
   private update(mutate: (data: TokenFile) => void): Promise<void> {
-    const run = this.queue.then(() =>
-      withFileLock(`${this.file}.lock`, async () => {
-        const data = await this.read();
-        mutate(data);
-        const cutoff = this.clock.now() - TOKEN_RETENTION_MS;
-        data.tokens = data.tokens.filter((r) => Date.parse(r.expiresAt) > cutoff);
-        await writeFileAtomic(this.file, `${JSON.stringify(data, null, 2)}\n`, 0o600);
-      }),
-    );
-    this.queue = run.catch(() => {});
-    return run;
+    return this.updates.run(async () => {
+      const data = await this.read();
+      mutate(data);
+      const cutoff = this.clock.now() - TOKEN_RETENTION_MS;
+      data.tokens = data.tokens.filter((r) => Date.parse(r.expiresAt) > cutoff);
+      await writeFileAtomic(this.file, `${JSON.stringify(data, null, 2)}\n`, 0o600);
+    });
   }
 }
 

@@ -12,6 +12,7 @@ import {
   buildCertificate,
   type CryptoKey,
   Eku,
+  exportPrivateKeyPem,
   generateKeyPair,
   importSigningKey,
   KeyUsage,
@@ -35,6 +36,33 @@ export interface SvidCase {
 /** A critical extension nobody knows (private OID, NULL value). */
 export function unknownCritical(): x509.Extension {
   return new x509.Extension("1.3.6.1.4.1.55555.1.1", true, new Uint8Array([0x05, 0x00]));
+}
+
+/**
+ * A workload leaf signed by a CA's intermediate with chosen SPIFFE ID and EKUs (the CA itself would
+ * never sign these): key and chain (leaf + intermediate).
+ */
+export async function leafUnder(
+  ca: { intermediateKeyPem: string; intermediateCertPem: string },
+  spec: { uri: string; ekus?: string[]; now?: number },
+): Promise<{ keyPem: string; chainPem: string }> {
+  const now = spec.now ?? Date.now();
+  const keys = await generateKeyPair();
+  const certPem = await buildCertificate(
+    {
+      serial: randomSerial(),
+      subject: "O=Weft",
+      notBefore: new Date(now - 60_000),
+      notAfter: new Date(now + HOUR),
+      publicKey: keys.publicKey,
+      ca: false,
+      keyUsages: KeyUsage.digitalSignature,
+      extendedKeyUsages: spec.ekus ?? [Eku.serverAuth, Eku.clientAuth],
+      uris: [spec.uri],
+    },
+    { key: await importSigningKey(ca.intermediateKeyPem), cert: parseCertificate(ca.intermediateCertPem) },
+  );
+  return { keyPem: await exportPrivateKeyPem(keys.privateKey), chainPem: certPem + ca.intermediateCertPem };
 }
 
 export async function makeFixtures() {

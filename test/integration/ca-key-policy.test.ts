@@ -10,11 +10,9 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { promisify } from "node:util";
 import { CertificateAuthority } from "../../src/ca/authority.ts";
-import { type MeshcaDeps, runMeshca } from "../../src/cli/meshca.ts";
-import { systemClock } from "../../src/core/clock.ts";
 import { isWeftError } from "../../src/core/errors.ts";
-import { MemoryLogger } from "../../src/core/log.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
+import { meshcaWorkspace } from "../helpers/cli.ts";
 
 const run = promisify(execFile);
 const WEB = "spiffe://weft.local/ns/default/sa/web";
@@ -117,29 +115,12 @@ test("CA server: weak keys and SHA-1 CSRs are refused (400, reason, allowed list
   }
 });
 
-async function meshca(cwd: string, ...argv: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const deps: MeshcaDeps = {
-    stdout: { write: (x: string) => (stdout += x) },
-    stderr: { write: (x: string) => (stderr += x) },
-    clock: systemClock,
-    cwd,
-    env: {},
-    logger: new MemoryLogger(),
-    waitForShutdown: () => Promise.resolve(),
-  };
-  const code = await runMeshca(argv, deps);
-  return { code, stdout, stderr };
-}
-
 test("meshca sign: weak keys and SHA-1 CSRs are refused with exit 1 and what is allowed", async (t) => {
-  const cwd = await mkdtemp(join(tmpdir(), "weft-key-policy-cli-"));
-  t.after(() => rm(cwd, { recursive: true, force: true }));
-  assert.equal((await meshca(cwd, "init", "--trust-domain", "weft.local")).code, 0);
+  const { cwd, meshca, ok } = await meshcaWorkspace(t);
+  await ok("init", "--trust-domain", "weft.local");
   for (const w of weak) {
     await writeFile(join(cwd, "req.csr"), w.pem);
-    const r = await meshca(cwd, "sign", "req.csr");
+    const r = await meshca("sign", "req.csr");
     assert.equal(r.code, 1, `${w.name}: ${r.stderr}`);
     assert.match(r.stderr, /^meshca: E_CSR_INVALID: /);
     assert.match(r.stderr, w.says, w.name);
@@ -147,21 +128,20 @@ test("meshca sign: weak keys and SHA-1 CSRs are refused with exit 1 and what is 
   }
   for (const g of good) {
     await writeFile(join(cwd, "req.csr"), g.pem);
-    const r = await meshca(cwd, "sign", "req.csr");
+    const r = await meshca("sign", "req.csr");
     assert.equal(r.code, 0, `${g.name}: ${r.stderr}`);
   }
 });
 
 test("meshca issue: only allowed key algorithms (P-384 and RSA-4096 added); a weak one is a usage error naming the choices", async (t) => {
-  const cwd = await mkdtemp(join(tmpdir(), "weft-key-policy-issue-"));
-  t.after(() => rm(cwd, { recursive: true, force: true }));
-  assert.equal((await meshca(cwd, "init", "--trust-domain", "weft.local")).code, 0);
-  const r = await meshca(cwd, "issue", "--ns", "default", "--sa", "web", "--key-alg", "rsa-1024");
+  const { cwd, meshca, ok } = await meshcaWorkspace(t);
+  await ok("init", "--trust-domain", "weft.local");
+  const r = await meshca("issue", "--ns", "default", "--sa", "web", "--key-alg", "rsa-1024");
   assert.equal(r.code, 2, r.stderr);
   assert.match(r.stderr, /ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519/);
-  const p384 = await meshca(cwd, "issue", "--ns", "default", "--sa", "web", "--key-alg", "ecdsa-p384");
+  const p384 = await meshca("issue", "--ns", "default", "--sa", "web", "--key-alg", "ecdsa-p384");
   assert.equal(p384.code, 0, p384.stderr);
-  const inspect = await meshca(cwd, "inspect", "certs/issued/default-web/cert.pem");
+  const inspect = await meshca("inspect", "certs/issued/default-web/cert.pem");
   assert.match(inspect.stdout, /key: +ECDSA P-384/);
   // The library path under `issue` applies the same policy to the key it is given.
   const { store } = { store: await import("../../src/ca/store.ts") };

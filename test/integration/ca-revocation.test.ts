@@ -5,9 +5,8 @@
 // is still valid.
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { request } from "node:https";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { CertificateAuthority, createCsr } from "../../src/ca/authority.ts";
@@ -16,27 +15,12 @@ import { createCaServer } from "../../src/ca/server.ts";
 import { CaStore } from "../../src/ca/store.ts";
 import { TokenStore } from "../../src/ca/tokens.ts";
 import { splitPemCertificates } from "../../src/ca/x509.ts";
-import { type MeshcaDeps, runMeshca } from "../../src/cli/meshca.ts";
-import { type Clock, ManualClock, systemClock } from "../../src/core/clock.ts";
+import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 
-const WEB = "spiffe://weft.local/ns/default/sa/web";
+import { meshcaWorkspace } from "../helpers/cli.ts";
 
-async function meshca(cwd: string, clock: Clock, ...argv: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const deps: MeshcaDeps = {
-    stdout: { write: (s: string) => (stdout += s) },
-    stderr: { write: (s: string) => (stderr += s) },
-    clock,
-    cwd,
-    env: {},
-    logger: new MemoryLogger(),
-    waitForShutdown: () => Promise.resolve(),
-  };
-  const code = await runMeshca(argv, deps);
-  return { code, stdout, stderr };
-}
+const WEB = "spiffe://weft.local/ns/default/sa/web";
 
 function call(
   url: string,
@@ -72,9 +56,8 @@ function call(
 }
 
 async function setup(t: import("node:test").TestContext) {
-  const cwd = await mkdtemp(join(tmpdir(), "weft-revoke-"));
-  t.after(() => rm(cwd, { recursive: true, force: true }));
-  assert.equal((await meshca(cwd, systemClock, "init", "--trust-domain", "weft.local")).code, 0);
+  const { cwd, meshca, ok } = await meshcaWorkspace(t);
+  await ok("init", "--trust-domain", "weft.local");
   const dir = join(cwd, "certs");
   const material = await new CaStore(dir).load();
   const ca = new CertificateAuthority(material);
@@ -105,7 +88,7 @@ async function setup(t: import("node:test").TestContext) {
     const r = await call(server.url, bundle, "/v1/renew", { csr: csrPem }, with_);
     return { ...r, next: { keyPem, chainPem: r.body.chain as string, serial: r.body.serial as string } };
   };
-  return { cwd, dir, server, bundle, first, renew };
+  return { cwd, dir, server, bundle, first, renew, meshca };
 }
 
 test("a superseded certificate cannot renew again, also when two renewals race with it", async (t) => {
@@ -131,15 +114,7 @@ test("meshca revoke --serial: no renewal, and the serial is served with the bund
   const s = await setup(t);
   const a = await s.first();
   const other = await s.first();
-  const r = await meshca(
-    s.cwd,
-    systemClock,
-    "revoke",
-    "--serial",
-    a.serial.toUpperCase(),
-    "--reason",
-    "key_compromise",
-  );
+  const r = await s.meshca("revoke", "--serial", a.serial.toUpperCase(), "--reason", "key_compromise");
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`revoked ${a.serial.replace(/^0+/, "")} \\(${WEB}\\)`));
   const refused = await s.renew(a);
@@ -152,22 +127,19 @@ test("meshca revoke --serial: no renewal, and the serial is served with the bund
     [a.serial.replace(/^0+/, "")],
   );
   assert.equal((await s.renew(other)).status, 200, "another certificate of the same identity renews");
-  const list = await meshca(s.cwd, systemClock, "revoke", "--list");
+  const list = await s.meshca("revoke", "--list");
   assert.match(list.stdout, /key_compromise/);
-  assert.equal((await meshca(s.cwd, systemClock, "revoke", "--serial", "abc", "--id", WEB)).code, 2);
-  assert.match(
-    (await meshca(s.cwd, systemClock, "revoke", "--serial", "abcdef")).stderr,
-    /no certificate with serial abcdef/,
-  );
+  assert.equal((await s.meshca("revoke", "--serial", "abc", "--id", WEB)).code, 2);
+  assert.match((await s.meshca("revoke", "--serial", "abcdef")).stderr, /no certificate with serial abcdef/);
 });
 
 test("meshca revoke --id revokes every unexpired certificate of the identity", async (t) => {
   const s = await setup(t);
   const a = await s.first();
   const b = await s.first();
-  const r = await meshca(s.cwd, systemClock, "revoke", "--id", WEB);
+  const r = await s.meshca("revoke", "--id", WEB);
   assert.equal(r.code, 0, r.stderr);
-  assert.equal(r.stdout.split("\n").filter((l) => l.startsWith("revoked ")).length, 2);
+  assert.equal(r.stdout.split("\n").filter((l: string) => l.startsWith("revoked ")).length, 2);
   assert.equal((await s.renew(a)).status, 403);
   assert.equal((await s.renew(b)).status, 403);
   const listed = await call(s.server.url, s.bundle, "/v1/bundle?format=json");
@@ -176,21 +148,14 @@ test("meshca revoke --id revokes every unexpired certificate of the identity", a
 });
 
 test("meshca rotate --retire-root waits until nothing the old root anchors is valid", async (t) => {
-  const cwd = await mkdtemp(join(tmpdir(), "weft-retire-"));
-  t.after(() => rm(cwd, { recursive: true, force: true }));
-  const clock = new ManualClock(Math.floor(Date.now() / 1000) * 1000);
-  const ok = async (...argv: string[]) => {
-    const r = await meshca(cwd, clock, ...argv);
-    assert.equal(r.code, 0, `${argv.join(" ")}: ${r.stderr}`);
-    return r;
-  };
+  const { cwd, clock, meshca, ok } = await meshcaWorkspace(t);
   await ok("init", "--trust-domain", "weft.local");
   assert.match((await ok("rotate", "--retire-root")).stdout, /nothing to retire/);
   await ok("issue", "--ns", "default", "--sa", "old", "--ttl", "2h");
   const oldRoot = new X509Certificate(await readFile(join(cwd, "certs/root.pem"), "utf8")).fingerprint256;
   await ok("rotate", "root");
   await ok("issue", "--ns", "default", "--sa", "new", "--ttl", "24h");
-  const early = await meshca(cwd, clock, "rotate", "--retire-root");
+  const early = await meshca("rotate", "--retire-root");
   assert.equal(early.code, 1);
   assert.match(
     early.stderr,
@@ -202,5 +167,5 @@ test("meshca rotate --retire-root waits until nothing the old root anchors is va
   assert.match(done.stdout, new RegExp(`retired root ${oldRoot}`));
   assert.equal(splitPemCertificates(await readFile(join(cwd, "certs/bundle.pem"), "utf8")).length, 1);
   await ok("verify", "certs/issued/default-new/chain.pem");
-  assert.equal((await meshca(cwd, clock, "verify", "certs/issued/default-old/chain.pem")).code, 1);
+  assert.equal((await meshca("verify", "certs/issued/default-old/chain.pem")).code, 1);
 });

@@ -15,6 +15,7 @@ import { SpiffeId } from "../../src/ca/spiffe-id.ts";
 import { runMeshca } from "../../src/cli/meshca.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { type CliResult as Result, meshcaWorkspace as workspace } from "../helpers/cli.ts";
+import { leafUnder } from "../helpers/svid-fixtures.ts";
 
 const run = promisify(execFile);
 const REPO = resolve(import.meta.dirname, "../..");
@@ -167,35 +168,14 @@ test("verify --bundle takes the trust domain from the bundle, never from the lea
   await w.ok("bundle", "--out", "bundle.pem");
   // A leaf for another trust domain, signed under this CA's intermediate (what a stolen intermediate key
   // or a careless sign could produce): it must not vouch for its own trust domain.
-  const {
-    buildCertificate,
-    Eku,
-    generateKeyPair,
-    importSigningKey,
-    KeyUsage,
-    parseCertificate,
-    randomSerial,
-  } = await import("../../src/ca/x509.ts");
-  const inter = await readFile(w.p("certs/intermediate.pem"), "utf8");
-  const keys = await generateKeyPair();
-  const foreign = await buildCertificate(
+  const foreign = await leafUnder(
     {
-      serial: randomSerial(),
-      subject: "O=Weft",
-      notBefore: new Date(w.clock.now() - 60_000),
-      notAfter: new Date(w.clock.now() + 3_600_000),
-      publicKey: keys.publicKey,
-      ca: false,
-      keyUsages: KeyUsage.digitalSignature,
-      extendedKeyUsages: [Eku.serverAuth, Eku.clientAuth],
-      uris: ["spiffe://other.test/ns/default/sa/web"],
+      intermediateKeyPem: await readFile(w.p("certs/intermediate-key.pem"), "utf8"),
+      intermediateCertPem: await readFile(w.p("certs/intermediate.pem"), "utf8"),
     },
-    {
-      key: await importSigningKey(await readFile(w.p("certs/intermediate-key.pem"), "utf8")),
-      cert: parseCertificate(inter),
-    },
+    { uri: "spiffe://other.test/ns/default/sa/web", now: w.clock.now() },
   );
-  await writeFile(w.p("foreign.pem"), foreign + inter);
+  await writeFile(w.p("foreign.pem"), foreign.chainPem);
   assertOneLineError(
     await w.meshca("verify", "foreign.pem", "--bundle", "bundle.pem"),
     1,

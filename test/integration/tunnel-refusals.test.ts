@@ -21,6 +21,7 @@ import {
   writeIdentity,
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
+import { leafUnder } from "../helpers/svid-fixtures.ts";
 
 const PROXY_V2_SIGNATURE = Buffer.from("0d0a0d0a000d0a515549540a", "hex");
 
@@ -116,38 +117,8 @@ test("a peer with an expired certificate is refused: svid_ reason for expiry", a
 });
 
 /** A key and chain for `id` under `ca`'s intermediate, with the extended key usages given. */
-async function leafWithEku(ca: Awaited<ReturnType<typeof createTestCa>>, ekus: string[]) {
-  const {
-    buildCertificate,
-    exportPrivateKeyPem,
-    generateKeyPair,
-    importSigningKey,
-    KeyUsage,
-    parseCertificate,
-    randomSerial,
-  } = await import("../../src/ca/x509.ts");
-  const keys = await generateKeyPair();
-  const certPem = await buildCertificate(
-    {
-      serial: randomSerial(),
-      subject: "O=Weft",
-      notBefore: new Date(Date.now() - 60_000),
-      notAfter: new Date(Date.now() + 3600_000),
-      publicKey: keys.publicKey,
-      ca: false,
-      keyUsages: KeyUsage.digitalSignature,
-      extendedKeyUsages: ekus,
-      uris: [`spiffe://${ca.trustDomain}/ns/default/sa/frontend`],
-    },
-    {
-      key: await importSigningKey(ca.material.intermediateKeyPem),
-      cert: parseCertificate(ca.material.intermediateCertPem),
-    },
-  );
-  return {
-    keyPem: await exportPrivateKeyPem(keys.privateKey),
-    chainPem: certPem + ca.material.intermediateCertPem,
-  };
+function leafWithEku(ca: Awaited<ReturnType<typeof createTestCa>>, ekus: string[]) {
+  return leafUnder(ca.material, { uri: `spiffe://${ca.trustDomain}/ns/default/sa/frontend`, ekus });
 }
 
 test("a client certificate whose EKU lacks clientAuth is refused on a live tunnel: svid_eku_no_client_auth", async (t) => {

@@ -5,41 +5,19 @@
  * add; with `--san <address>` the client gets its certificate.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { test } from "node:test";
-import { type MeshcaDeps, runMeshca } from "../../src/cli/meshca.ts";
-import { systemClock } from "../../src/core/clock.ts";
-import { MemoryLogger } from "../../src/core/log.ts";
+import { meshcaWorkspace } from "../helpers/cli.ts";
 import { requireRoot, testNetwork } from "../helpers/netns.ts";
 
 const REPO = resolve(import.meta.dirname, "../..");
 const WEB = "spiffe://weft.local/ns/default/sa/web";
 
-async function meshca(cwd: string, ...argv: string[]): Promise<string> {
-  let stdout = "";
-  let stderr = "";
-  const deps: MeshcaDeps = {
-    stdout: { write: (s: string) => (stdout += s) },
-    stderr: { write: (s: string) => (stderr += s) },
-    clock: systemClock,
-    cwd,
-    env: {},
-    logger: new MemoryLogger(),
-    waitForShutdown: () => Promise.resolve(),
-  };
-  const code = await runMeshca(argv, deps);
-  assert.equal(code, 0, stderr);
-  return stdout;
-}
-
 test("netns: a CA on 0.0.0.0 reached by a non-loopback address: warned and named without --san, served with it", async (t) => {
   if (!requireRoot(t)) return;
-  const dir = await mkdtemp(join(tmpdir(), "weft-ca-san-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  await meshca(dir, "init", "--trust-domain", "weft.local");
-  await meshca(dir, "bundle", "--out", "bundle.pem");
+  const { cwd: dir, ok } = await meshcaWorkspace(t);
+  await ok("init", "--trust-domain", "weft.local");
+  await ok("bundle", "--out", "bundle.pem");
   const net = await testNetwork(t);
   const caHost = await net.addHost("ca");
   const client = await net.addHost("client");
@@ -61,8 +39,7 @@ test("netns: a CA on 0.0.0.0 reached by a non-loopback address: warned and named
     await p.exited;
     return p.output();
   };
-  const token = async () =>
-    (await meshca(dir, "token", "create", "--id", WEB, "--dir", join(dir, "certs"))).trim();
+  const token = async () => (await ok("token", "create", "--id", WEB)).stdout.trim();
 
   const serve = (...extra: string[]) =>
     caHost.spawn(
@@ -95,7 +72,7 @@ test("netns: a CA on 0.0.0.0 reached by a non-loopback address: warned and named
   const named = serve("--san", caHost.ip4);
   await named.waitFor(/serving weft\.local/, 20_000);
   assert.doesNotMatch(named.output(), /warning/);
-  const ok = await once(await token());
-  assert.match(ok, new RegExp(`obtained ${WEB}`));
+  const served = await once(await token());
+  assert.match(served, new RegExp(`obtained ${WEB}`));
   await named.kill("SIGTERM");
 });
