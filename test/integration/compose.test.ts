@@ -61,7 +61,7 @@ test("docker-compose.yml passes `docker-compose config`; every app has a sidecar
     scrape_configs: { static_configs: { targets: string[] }[] }[];
   };
   const targets = prom.scrape_configs.flatMap((c) => c.static_configs.flatMap((s) => s.targets)).sort();
-  assert.deepEqual(targets, ["backend-1:15020", "backend-2:15020", "client:15020"]);
+  assert.deepEqual(targets, ["backend-1:15020", "backend-2:15020", "ca:15444", "client:15020"], "and the CA");
   const aliases = (svc: string) =>
     (services[svc] as { networks?: Record<string, { aliases?: string[] } | null> }).networks?.default
       ?.aliases ?? [];
