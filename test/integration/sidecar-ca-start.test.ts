@@ -84,12 +84,18 @@ listeners:
     }
   });
   const started = Date.now();
-  const listening = await logLine(child, "sidecar listening");
+  let stderrText = "";
+  child.stderr!.on("data", (d: Buffer) => {
+    stderrText += d.toString();
+  });
+  const listening = await logLine(child, "sidecar listening").catch((err: Error) => {
+    throw new Error(`${err.message}; stderr: ${stderrText.slice(-2000)}`);
+  });
   assert.equal(listening.ready, false);
   const admin = String(listening.admin);
   const notReady = await fetch(`http://${admin}/ready`);
   assert.equal(notReady.status, 503);
-  assert.equal(await notReady.text(), "not ready: no_certificate\n");
+  assert.equal(await notReady.text(), "not ready: no_certificate\n", stderrText.slice(-2000));
 
   const { token } = await tokens.create({ idPattern: WEB });
   await writeFile(join(dir, "web.token"), `${token}\n`);
