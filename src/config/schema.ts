@@ -246,6 +246,23 @@ export const configSchema = z.strictObject({
        * control holds the client. Default 64 KiB.
        */
       earlyDataBytes: size.default(65_536),
+      /**
+       * On the tunnel port, per peer identity across all its sessions and tunnels (see
+       * src/proxy/tunnel/peer-limits.ts): what is over a limit is refused, counted and logged. An
+       * identity shared by many replicas shares these, so they are generous.
+       */
+      perPeer: z
+        .strictObject({
+          /** Tunnel connections (pooled streams and per-connection tunnels) open at once. */
+          streams: z.number().int().min(1).default(5_000),
+          /** Pooled sessions open at once. */
+          sessions: z.number().int().min(1).default(256),
+          /** Streams still waiting for their PROXY header (each until `timeouts.proxyHeader`). */
+          pendingHeaders: z.number().int().min(1).default(256),
+          /** Streams reset by the peer per second past which all its pooled sessions are closed. */
+          resetsPerSecond: z.number().int().min(1).default(1_000),
+        })
+        .prefault({}),
     })
     .prefault({}),
   retries: retrySchema.prefault({}),

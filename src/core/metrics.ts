@@ -146,6 +146,12 @@ export class WeftMetrics {
     labelNames: ["peer_identity", "port", "rule"] as const,
     registers: [this.registry],
   });
+  readonly peerLimitHits = new Counter({
+    name: "weft_peer_limit_hits_total",
+    help: "Times a per-peer-identity limit of the tunnel port (limits.perPeer) refused something or, for reset_rate, closed the peer's pooled sessions; the peer is in the warn log line.",
+    labelNames: ["limit"] as const,
+    registers: [this.registry],
+  });
   readonly inboundRefused = new Counter({
     name: "weft_inbound_refused_total",
     help: "Connections from peers (direction inbound) or permissive plaintext (inbound_plaintext) refused because they asked for a destination the sidecar never dials on anyone's behalf: forbidden_port (one of the sidecar's own listeners), port_not_allowed (not in inbound.ports), destination_not_local (not an address of this pod), loopback_destination (transparent mode).",

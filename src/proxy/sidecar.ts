@@ -21,6 +21,7 @@ import { createLogger, type Logger, logLevel, setLogLevel } from "../core/log.ts
 import { WeftMetrics } from "../core/metrics.ts";
 import type { Probe } from "../discovery/health.ts";
 import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
+import { reclaimProcessMemory } from "../runtime/idle-reclaim.ts";
 import { AdminServer, type AdminSources, type Readiness } from "./admin.ts";
 import { InboundCaptureHandler, type InboundCaptureOptions } from "./capture/inbound-capture.ts";
 import { Listener } from "./capture/listener.ts";
@@ -42,6 +43,7 @@ import { SessionCertWatch } from "./transport/h2/cert-watch.ts";
 import { PooledConnector } from "./transport/h2/pool.ts";
 import { TunnelTls } from "./transport/tls-context.ts";
 import { LocalAddresses } from "./tunnel/local-addresses.ts";
+import { PeerLimits } from "./tunnel/peer-limits.ts";
 import { TunnelHandler, type TunnelOptions } from "./tunnel/tunnel.ts";
 
 const EXPIRY_CHECK_INTERVAL_MS = 60_000;
@@ -103,6 +105,7 @@ const LIVE_KEYS: readonly RegExp[] = [
   /^inbound\.(mode|appAddress|ports)$/,
   /^listeners\.(outbound|inbound|tunnel)\.maxConnections$/,
   /^listeners\.explicit\[\d+\]\.maxConnections$/,
+  /^limits\.perPeer\./,
 ];
 
 /** Paths (`timeouts.idle`, `listeners.explicit[0].maxConnections`) whose values differ between a and b. */
@@ -512,6 +515,13 @@ export class Sidecar {
         // Transparent mode: a peer reaches the app at the address it was sent to (the pod's own).
         transparent: c.listeners.inbound.enabled,
         localAddresses,
+        peerLimits: new PeerLimits({
+          settings: () => this.config.limits.perPeer,
+          clock: this.clock,
+          metrics: this.metrics,
+          logger: this.logger.child({ component: "tunnel" }),
+          giveBack: () => reclaimProcessMemory({ lastResort: true }),
+        }),
         servesService: (name) => {
           const me = this.tls.current()?.id;
           return me !== undefined && this.routes?.service(name)?.identity === me;

@@ -3,7 +3,8 @@
  * pooled streams as HEADERS (CONNECT) + DATA (a PROXY header) + RST_STREAM, all in one write, on one
  * session, then spread over 50 sessions. Most streams arrive already reset; answering one used to throw
  * out of the session's 'stream' handler and end the process. The server sidecar (a child process) must
- * be alive afterwards and serve a legitimate connection byte-exact.
+ * be alive afterwards and serve a legitimate connection byte-exact. Spread over 50 sessions, the resets
+ * also trip the per-peer reset rate (limits.perPeer.resetsPerSecond), which closes the peer's sessions.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -18,6 +19,7 @@ import {
   sessionStart,
   tunnelHeader,
 } from "../helpers/h2-raw.ts";
+import { metricValue } from "../helpers/sidecar.ts";
 
 const STREAMS = 2_000;
 
@@ -37,7 +39,9 @@ for (const sessions of [1, 50]) {
     const app = await startEchoServer();
     t.after(() => app.close());
     const ca = await createTestCa({ trustDomain: "weft.local" });
-    const server = await startServerProcess(t, ca);
+    // A reset rate low enough that a loaded test machine, reading the 50 sessions over a few seconds,
+    // still sees it passed (the default is 1,000 per second).
+    const server = await startServerProcess(t, ca, { limits: { perPeer: { resetsPerSecond: 200 } } });
     const peer = await ca.issue("default/attacker");
     const socks = await Promise.all(
       Array.from({ length: sessions }, () => dialTunnel(server.tunnelPort, peer)),
@@ -59,5 +63,15 @@ for (const sessions of [1, 50]) {
     });
     const metrics = (await server.weft.admin_get("/metrics")).body;
     assert.doesNotMatch(metrics, /reason="internal_error"/, "the cause is fixed, not only caught");
+    if (sessions > 1) {
+      // Spread over sessions, nghttp2's per-session rapid-reset guard never trips; the per-peer one does.
+      assert.ok(
+        metricValue(metrics, 'weft_peer_limit_hits_total\\{limit="reset_rate"\\}') >= 1,
+        `the peer's reset rate closed its sessions: ${metrics
+          .split("\n")
+          .filter((l) => l.includes("peer_limit") || l.includes("reset"))
+          .join("; ")}`,
+      );
+    }
   });
 }

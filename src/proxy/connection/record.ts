@@ -28,6 +28,7 @@ export const CLOSE_REASONS = [
   "drained",
   "shutdown",
   "connection_limit",
+  "peer_limit",
   // routing
   "no_route",
   "unknown_service",

@@ -62,6 +62,7 @@ import {
   type TunnelTls,
 } from "../transport/tls-context.ts";
 import type { LocalAddressSet } from "./local-addresses.ts";
+import type { PeerLimits } from "./peer-limits.ts";
 
 export interface TunnelOptions {
   readonly tls: TunnelTls;
@@ -98,6 +99,8 @@ export interface TunnelOptions {
   readonly slots?: ConnectionSlots;
   /** Ends an accepted pooled session when its peer's certificate expires or stops verifying. */
   readonly certWatch?: SessionCertWatch;
+  /** Limits per peer identity across its sessions (streams, sessions, header-less streams, reset rate). */
+  readonly peerLimits?: PeerLimits;
 }
 
 /** OpenSSL errors that mean the bytes were not TLS at all (plaintext, HTTP, garbage). */
@@ -179,6 +182,8 @@ export class TunnelHandler {
 class TunnelConnection {
   private timer: { cancel(): void } | undefined;
   private readonly started: number;
+  /** Pooled: end this session now, GOAWAY ENHANCE_YOUR_CALM (a peer over its limits). */
+  private calm: (() => void) | undefined;
 
   constructor(
     private readonly o: TunnelOptions,
@@ -296,6 +301,16 @@ class TunnelConnection {
     }
     const side: SpliceSide = { stream: sock, raw: this.raw };
     const answer = alpn === ALPN_WEFT2 ? statusAnswer(side, o.clock, o.timeouts.connect) : legacyAnswer(side);
+    if (o.peerLimits) {
+      // A per-connection tunnel is one of the peer's streams too.
+      const release = o.peerLimits.openStream(peer);
+      if (!release) {
+        rec.finish("peer_limit");
+        answer.refuse("over_limit");
+        return;
+      }
+      sock.once("close", release);
+    }
     new TunnelStream(o, rec, side, peer, answer).run();
   }
 
@@ -315,6 +330,25 @@ class TunnelConnection {
       this.sessions.delete(session);
       o.metrics.tunnelPooledSessions.dec();
     });
+    // One peer identity, many sessions: its limits hold across all of them (peer-limits.ts).
+    const calm = (): void => {
+      if (session.destroyed) return;
+      try {
+        session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      } catch {
+        // The session is going away already.
+      }
+      destroySession(session, sock);
+    };
+    this.calm = calm;
+    if (o.peerLimits) {
+      const release = o.peerLimits.openSession(peer, calm);
+      if (!release) {
+        calm();
+        return;
+      }
+      session.once("close", release);
+    }
     session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
     if (this.draining()) session.close();
     o.certWatch?.watch(session, peer, leafNotAfter(proof.chain), proof, () => session.close());
@@ -349,8 +383,16 @@ class TunnelConnection {
   private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, peer: string): void {
     const { o, rec } = this;
     // A stream the peer already reset (HEADERS and RST_STREAM in one write arrive together) is gone
-    // before we see it: answering it would throw. Nothing was processed; nothing is owed.
-    if (stream.destroyed || stream.closed) return;
+    // before we see it: answering it would throw. Nothing was processed; nothing is owed but the count
+    // towards the peer's reset rate.
+    if (stream.destroyed || stream.closed) {
+      o.peerLimits?.peerReset(peer);
+      return;
+    }
+    const session = stream.session;
+    stream.once("aborted", () => {
+      if (session && !session.destroyed && !session.closed) o.peerLimits?.peerReset(peer);
+    });
     if (headers[":method"] !== "CONNECT") {
       stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
       return;
@@ -376,6 +418,28 @@ class TunnelConnection {
       const slots = o.slots;
       stream.once("close", () => slots.release());
     }
+    let headerSlot: (() => void) | undefined;
+    if (o.peerLimits) {
+      const release = o.peerLimits.openStream(peer);
+      // Taken here, before anything is built for the stream: a peer that opens streams without headers
+      // (or too many) is refused at the cost of one RST_STREAM, and its session is closed.
+      headerSlot = release ? o.peerLimits.awaitHeader(peer) : undefined;
+      if (!release || !headerSlot) {
+        release?.();
+        stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+        o.metrics.connectionsClosed.inc({
+          direction: "inbound",
+          service: "unknown",
+          peer_identity: peer,
+          reason: "peer_limit",
+        });
+        // A well-behaved client sends each stream's header with it: this peer is flooding.
+        if (release) this.calm?.();
+        return;
+      }
+      stream.once("close", release);
+      stream.once("close", headerSlot);
+    }
     const srec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
     srec.src = rec.src;
     srec.peerSerial = rec.peerSerial;
@@ -386,7 +450,7 @@ class TunnelConnection {
       reset: () => resetStream(stream),
       resetByPeer: () => streamWasReset(stream),
     };
-    new TunnelStream(o, srec, side, peer, connectAnswer(stream)).run();
+    new TunnelStream(o, srec, side, peer, connectAnswer(stream), headerSlot).run();
   }
 }
 
@@ -406,6 +470,8 @@ class TunnelStream {
     private readonly down: SpliceSide,
     private readonly peer: string,
     private readonly answer: TunnelAnswer,
+    /** The peer's header-wait slot, when the caller took it already (pooled streams, see onStream). */
+    private readonly headerSlot?: () => void,
   ) {}
 
   private readonly onEarlyError = (err: NodeJS.ErrnoException): void => {
@@ -472,6 +538,13 @@ class TunnelStream {
     stream.once("close", this.onEarlyClose);
 
     rec.phase = "proxy_header";
+    // Streams waiting for their header are few per peer: the rest are refused at once, so header-less
+    // streams cannot hold buffers until the deadline by the thousand.
+    const headerWait = this.headerSlot ?? (o.peerLimits ? o.peerLimits.awaitHeader(peer) : noop);
+    if (!headerWait) {
+      this.refuse("peer_limit", "over_limit");
+      return;
+    }
     let header: ProxyHeader;
     try {
       header = await readProxyHeader(stream, {
@@ -480,10 +553,12 @@ class TunnelStream {
         allowV1: false,
       });
     } catch (err) {
+      headerWait();
       if (rec.isFinished) return;
       this.close(proxyHeaderReason(err), "reset", err);
       return;
     }
+    headerWait();
     if (rec.isFinished) return;
     if (!header.source || !header.destination) {
       this.close(
