@@ -257,7 +257,12 @@ export const configSchema = z.strictObject({
           streams: z.number().int().min(1).default(5_000),
           /** Pooled sessions open at once. */
           sessions: z.number().int().min(1).default(256),
-          /** Streams still waiting for their PROXY header (each until `timeouts.proxyHeader`). */
+          /**
+           * Streams still waiting for their PROXY header (each until `timeouts.proxyHeader`). A client
+           * sidecar sends each header with its stream, so only a burst of new streams reaches this; past
+           * it a stream is refused (the client retries it), and a peer that goes on (as many refusals
+           * again within a second) gets all its pooled sessions closed.
+           */
           pendingHeaders: z.number().int().min(1).default(256),
           /** Streams reset by the peer per second past which all its pooled sessions are closed. */
           resetsPerSecond: z.number().int().min(1).default(1_000),

@@ -2,9 +2,9 @@
  * Header-less streams (issue 13, case 7): a peer holding a valid certificate opens 5,000 pooled CONNECT
  * streams and never sends their PROXY header. Each used to hold its buffers until the 5 s header
  * deadline, and the memory was not given back. Now a peer has at most `limits.perPeer.pendingHeaders`
- * streams waiting for a header; past that the stream is refused and the flooding session closed
- * (GOAWAY ENHANCE_YOUR_CALM), and once the burst is over the garbage is collected and freed memory
- * returned to the kernel. The
+ * (256) streams waiting for a header; past that streams are refused, and a peer that goes on gets its
+ * sessions closed (GOAWAY ENHANCE_YOUR_CALM); once the burst is over the garbage is collected and freed
+ * memory returned to the kernel. The
  * server sidecar's RSS is back within 10 MiB of its baseline within 10 s, it is alive, and it serves a
  * legitimate connection byte-exact.
  */
@@ -32,12 +32,20 @@ test(`${STREAMS} header-less streams: refused beyond a few per peer, RSS back wi
   const ca = await createTestCa({ trustDomain: "weft.local" });
   const server = await startServerProcess(t, ca);
   const pid = server.weft.child.pid!;
-  // Baseline after one legitimate connection (code paths warm, pooled session open).
   const client = await startClientFor(t, ca, server, app.port, "pooled");
   await assertServesByteExact(client.port);
+  const peer = await ca.issue("default/attacker");
+  // Baseline: after one legitimate connection and one small flood (600 header-less streams on one
+  // session), so the code paths are warm and the sidecar has given memory back once.
+  const warm = await dialTunnel(server.tunnelPort, peer);
+  warm.resume();
+  warm.write(
+    Buffer.concat([sessionStart(), ...Array.from({ length: 600 }, (_, i) => connectHeaders(2 * i + 1))]),
+  );
+  await new Promise((r) => setTimeout(r, 3_000));
+  warm.destroy();
   const baseline = rss(pid);
 
-  const peer = await ca.issue("default/attacker");
   const socks = await Promise.all(
     Array.from({ length: SESSIONS }, () => dialTunnel(server.tunnelPort, peer)),
   );

@@ -73,6 +73,19 @@ test("past the reset rate every session of the peer is closed; the window restar
   assert.deepEqual(closed.sort(), ["a1", "a2"], "the sixth in a second closes all of A's sessions, not B's");
 });
 
+test("a peer that keeps opening header-less streams past the limit gets its sessions closed", () => {
+  const { limits } = setup();
+  const closed: string[] = [];
+  limits.openSession(A, () => closed.push("a1"));
+  limits.awaitHeader(A);
+  limits.awaitHeader(A);
+  assert.equal(limits.awaitHeader(A), undefined);
+  assert.equal(limits.awaitHeader(A), undefined);
+  assert.deepEqual(closed, [], "refusals up to the limit (2) leave the sessions alone");
+  assert.equal(limits.awaitHeader(A), undefined);
+  assert.deepEqual(closed, ["a1"], "one more within the second closes them");
+});
+
 test("state is forgotten when nothing is open; memory is given back once, after the burst", () => {
   const { limits, clock, givenBack } = setup();
   const r = limits.openStream(A)!;

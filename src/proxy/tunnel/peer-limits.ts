@@ -5,7 +5,8 @@
  * - `streams`: tunnel connections open at once (pooled CONNECT streams and per-connection tunnels);
  * - `sessions`: pooled HTTP/2 sessions open at once;
  * - `pendingHeaders`: streams still waiting for their PROXY header (each holds buffers until its
- *   `timeouts.proxyHeader` deadline): a small number, so header-less streams cannot pile up;
+ *   `timeouts.proxyHeader` deadline): a small number, so header-less streams cannot pile up; a peer that
+ *   goes on opening them past the limit (as many again within a second) gets all its sessions closed;
  * - `resetsPerSecond`: streams the peer resets (RST_STREAM, or HEADERS and RST_STREAM in one write) per
  *   second; past it every pooled session of that peer is closed (GOAWAY ENHANCE_YOUR_CALM, then
  *   destroyed): nghttp2's own rapid-reset guard counts per session, so opening sessions got around it.
@@ -39,6 +40,8 @@ interface PeerState {
   readonly sessions: Set<() => void>;
   windowStart: number;
   resets: number;
+  floodWindowStart: number;
+  refusedPending: number;
   readonly logged: Map<PeerLimit, number>;
 }
 
@@ -100,11 +103,23 @@ export class PeerLimits {
     });
   }
 
-  /** A stream of `peer` starts waiting for its PROXY header; release once it has one (or ended). */
+  /**
+   * A stream of `peer` starts waiting for its PROXY header; release once it has one (or ended). Over the
+   * limit the stream is refused (a client sidecar retries it); a peer that goes on past the limit by as
+   * many again within a second is flooding, and all its pooled sessions are closed.
+   */
   awaitHeader(peer: string): (() => void) | undefined {
     const s = this.state(peer);
-    if (s.pending >= this.o.settings().pendingHeaders) {
+    const limit = this.o.settings().pendingHeaders;
+    if (s.pending >= limit) {
       this.hit(peer, s, "pending_headers");
+      const now = this.o.clock.monotonic();
+      if (now - s.floodWindowStart >= RESET_WINDOW_MS) {
+        s.floodWindowStart = now;
+        s.refusedPending = 0;
+      }
+      s.refusedPending++;
+      if (s.refusedPending === limit + 1) for (const close of [...s.sessions]) close();
       this.forget(peer, s);
       return undefined;
     }
@@ -139,6 +154,8 @@ export class PeerLimits {
         sessions: new Set(),
         windowStart: this.o.clock.monotonic(),
         resets: 0,
+        floodWindowStart: this.o.clock.monotonic(),
+        refusedPending: 0,
         logged: new Map(),
       };
       this.peers.set(peer, s);

@@ -182,8 +182,6 @@ export class TunnelHandler {
 class TunnelConnection {
   private timer: { cancel(): void } | undefined;
   private readonly started: number;
-  /** Pooled: end this session now, GOAWAY ENHANCE_YOUR_CALM (a peer over its limits). */
-  private calm: (() => void) | undefined;
 
   constructor(
     private readonly o: TunnelOptions,
@@ -340,7 +338,6 @@ class TunnelConnection {
       }
       destroySession(session, sock);
     };
-    this.calm = calm;
     if (o.peerLimits) {
       const release = o.peerLimits.openSession(peer, calm);
       if (!release) {
@@ -422,7 +419,7 @@ class TunnelConnection {
     if (o.peerLimits) {
       const release = o.peerLimits.openStream(peer);
       // Taken here, before anything is built for the stream: a peer that opens streams without headers
-      // (or too many) is refused at the cost of one RST_STREAM, and its session is closed.
+      // (or too many) is refused at the cost of one RST_STREAM (and its sessions closed if it goes on).
       headerSlot = release ? o.peerLimits.awaitHeader(peer) : undefined;
       if (!release || !headerSlot) {
         release?.();
@@ -433,8 +430,6 @@ class TunnelConnection {
           peer_identity: peer,
           reason: "peer_limit",
         });
-        // A well-behaved client sends each stream's header with it: this peer is flooding.
-        if (release) this.calm?.();
         return;
       }
       stream.once("close", release);
