@@ -54,6 +54,7 @@ for (const transport of TRANSPORTS) {
         outbound: { enabled: false },
         inbound: { enabled: false },
         tunnel: { enabled: false },
+        metrics: { address: "127.0.0.1", port: 0 },
         admin: { address: "127.0.0.1", port: 0 },
         explicit: [{ listen: "127.0.0.1:0", service: "backend" }],
       },

@@ -61,6 +61,7 @@ export async function startServerProcess(
       outbound: { enabled: false },
       inbound: { enabled: false },
       tunnel: { address: "127.0.0.1", port: 0 },
+      metrics: { address: "127.0.0.1", port: 0 },
       admin: { address: "127.0.0.1", port: 0 },
       ...(extra.listeners as object | undefined),
     },
