@@ -160,6 +160,38 @@ function abortError(signal: AbortSignal, where: string): WeftError {
 }
 
 /**
+ * The first of: what `listen` reports (an answer, or a failure) and `signal` aborting. `listen` attaches
+ * its listeners and returns how to take them off, which happens once, before the promise settles.
+ */
+function awaitAnswer(
+  where: string,
+  signal: AbortSignal,
+  listen: (answered: (r: PeerReason | undefined) => void, failed: (err: WeftError) => void) => () => void,
+): Promise<PeerReason | undefined> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(abortError(signal, where));
+      return;
+    }
+    let settled = false;
+    let detach = noop;
+    const settle = (fn: () => void): void => {
+      if (settled) return;
+      settled = true;
+      detach();
+      signal.removeEventListener("abort", onAbort);
+      fn();
+    };
+    const onAbort = (): void => settle(() => reject(abortError(signal, where)));
+    detach = listen(
+      (r) => settle(() => resolve(r)),
+      (err) => settle(() => reject(err)),
+    );
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
  * Read the weft/2 status message from `stream`: resolves with the client's reason (`undefined` =
  * accepted). Bytes after the message (a server-speaks-first app) are put back and the stream is left
  * paused for the splice. Rejects with `peer_closed` when the stream ends or fails first, or with
@@ -170,45 +202,29 @@ export function readStatus(
   where: string,
   signal: AbortSignal,
 ): Promise<PeerReason | undefined> {
-  return new Promise((resolve, reject) => {
+  return awaitAnswer(where, signal, (answered, failed) => {
     let got: Buffer = Buffer.alloc(0);
-    const cleanup = (): void => {
-      stream.removeListener("data", onData);
-      stream.removeListener("end", onGone);
-      stream.removeListener("close", onGone);
-      stream.removeListener("error", onError);
-      signal.removeEventListener("abort", onAbort);
-    };
     const onData = (chunk: Buffer): void => {
       got = got.length === 0 ? chunk : Buffer.concat([got, chunk]);
       if (got.length < STATUS_BYTES) return;
       stream.pause();
-      cleanup();
+      answered(decodeStatus(got.subarray(0, STATUS_BYTES)));
+      // After `answered` took the listeners off: the rest is the app's, for the splice.
       const rest = got.subarray(STATUS_BYTES);
       if (rest.length > 0) stream.unshift(rest);
-      resolve(decodeStatus(got.subarray(0, STATUS_BYTES)));
     };
-    const onGone = (): void => {
-      cleanup();
-      reject(peerRefusal("peer_closed", where));
-    };
-    const onError = (err: Error): void => {
-      cleanup();
-      reject(peerRefusal("peer_closed", where, err));
-    };
-    const onAbort = (): void => {
-      cleanup();
-      reject(abortError(signal, where));
-    };
-    if (signal.aborted) {
-      reject(abortError(signal, where));
-      return;
-    }
+    const onGone = (): void => failed(peerRefusal("peer_closed", where));
+    const onError = (err: Error): void => failed(peerRefusal("peer_closed", where, err));
     stream.on("data", onData);
     stream.once("end", onGone);
     stream.once("close", onGone);
     stream.once("error", onError);
-    signal.addEventListener("abort", onAbort, { once: true });
+    return () => {
+      stream.removeListener("data", onData);
+      stream.removeListener("end", onGone);
+      stream.removeListener("close", onGone);
+      stream.removeListener("error", onError);
+    };
   });
 }
 
@@ -222,31 +238,19 @@ export function readResponse(
   where: string,
   signal: AbortSignal,
 ): Promise<PeerReason | undefined> {
-  return new Promise((resolve, reject) => {
-    const cleanup = (): void => {
-      stream.removeListener("response", onResponse);
-      stream.removeListener("close", onClose);
-      signal.removeEventListener("abort", onAbort);
-    };
-    const onResponse = (headers: http2.IncomingHttpHeaders): void => {
-      cleanup();
-      resolve(decodeH2Response(headers));
-    };
+  return awaitAnswer(where, signal, (answered, failed) => {
+    const onResponse = (headers: http2.IncomingHttpHeaders): void => answered(decodeH2Response(headers));
     const onClose = (): void => {
-      cleanup();
       const refused = stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM;
-      reject(peerRefusal(refused ? "peer_over_limit" : "peer_no_answer", where));
+      failed(peerRefusal(refused ? "peer_over_limit" : "peer_no_answer", where));
     };
-    const onAbort = (): void => {
-      cleanup();
-      reject(abortError(signal, where));
-    };
-    if (signal.aborted) {
-      reject(abortError(signal, where));
-      return;
-    }
     stream.once("response", onResponse);
     stream.once("close", onClose);
-    signal.addEventListener("abort", onAbort, { once: true });
+    return () => {
+      stream.removeListener("response", onResponse);
+      stream.removeListener("close", onClose);
+    };
   });
 }
+
+function noop(): void {}
