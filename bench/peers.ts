@@ -507,8 +507,10 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     "  inbound: { enabled: false }",
   ];
   const serverId = peerIdentities(td).server;
+  // One file per pair: a sidecar reloads its weft.yaml when the file changes, so a later pair writing
+  // the same name would rewire the running ones (seen: resets in warm-up with four pairs).
   writeFileSync(
-    join(o.workDir, "weft-server.yaml"),
+    join(o.workDir, `weft-server-${tunnelS}.yaml`),
     [
       ...common("server"),
       `  tunnel: { address: 127.0.0.1, port: ${tunnelS}, maxConnections: 100000 }`,
@@ -518,7 +520,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     ].join("\n"),
   );
   writeFileSync(
-    join(o.workDir, "weft-client.yaml"),
+    join(o.workDir, `weft-client-${tunnelS}.yaml`),
     [
       ...common("client"),
       `  tunnel: { address: 127.0.0.1, port: ${tunnelC} }`,
@@ -542,7 +544,7 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     weft,
     "proxy",
     "--config",
-    join(o.workDir, `weft-${side}.yaml`),
+    join(o.workDir, `weft-${side}-${tunnelS}.yaml`),
   ];
   const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version?: string };
   const pair = await launch(
