@@ -106,7 +106,10 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
     ? new K8sSource({
         ...o.kubernetes,
         trustDomain: o.trustDomain,
-        onServices: (services) => registry.setDeclared("k8s", services),
+        onServices: (services) => {
+          registry.setDeclared("k8s", services);
+          startHealth();
+        },
         metrics: o.metrics,
         logger: logger.child({ source: "k8s" }),
         clock: o.clock,
@@ -117,7 +120,9 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
   /** Active health checks, once any service (or the default) asks for them. */
   const startHealth = (): void => {
     if (health || !started) return;
-    if (o.healthCheck === undefined && !configServices.some((s) => s.healthCheck !== undefined)) return;
+    // Any source may declare a health check: weft.yaml, the services file, Kubernetes.
+    if (o.healthCheck === undefined && !registry.declaredServices().some((s) => s.healthCheck !== undefined))
+      return;
     health = new HealthChecker({
       ...(o.healthCheck ? { defaults: o.healthCheck } : {}),
       configFor: healthConfigFor,
@@ -131,7 +136,7 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
   };
 
   const healthConfigFor = (name: string) =>
-    [...configServices, ...registry.dnsServices()].find((s) => s.name === name)?.healthCheck;
+    registry.declaredServices().find((s) => s.name === name)?.healthCheck;
 
   return {
     registry,
@@ -147,6 +152,7 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
           onServices: (services) => {
             registry.setDeclared("file", services);
             void syncDns();
+            startHealth();
           },
           metrics: o.metrics,
           logger,

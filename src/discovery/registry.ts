@@ -107,6 +107,11 @@ export class ServiceRegistry implements RouteTable {
     this.o.metrics.discoveryUpdates.inc({ source });
   }
 
+  /** The declared services after precedence (config, then file and Kubernetes by name). */
+  declaredServices(): ServiceConfig[] {
+    return [...this.mergedDeclarations().values()].map((d) => d.config);
+  }
+
   /** Services (from any source) whose endpoints come from DNS. */
   dnsServices(): ServiceConfig[] {
     return [...this.mergedDeclarations().values()].map((d) => d.config).filter((s) => s.dns !== undefined);

@@ -191,7 +191,10 @@ export function backendService(
     endpoints: pods.map((b) => ({ address: b.ip4 })),
     retries: { attempts: 3, deadline: "5s" },
     outlierDetection: { consecutiveFailures: 2, baseEjectionTime, maxEjectionPercent: 50 },
-    healthCheck: { interval: "1s", timeout: "500ms", healthyThreshold: 1, unhealthyThreshold: 2 },
+    // A check is a tunnel to the app through the pod's sidecar (handshake, PROXY header, the app's
+    // accept, the answer): 500 ms was too tight on a busy 2-core machine (the demo test saw a healthy
+    // pod marked unhealthy), so the timeout is 2 s; a stopped pod still fails at once (refused).
+    healthCheck: { interval: "1s", timeout: "2s", healthyThreshold: 1, unhealthyThreshold: 2 },
   };
 }
 

@@ -87,3 +87,39 @@ test("editing the services file adds and removes endpoints without touching live
   );
   assert.deepEqual(keys(), ["198.18.0.11:8080", "198.18.0.12:8080"]);
 });
+
+test("a health check declared in the services file runs (not only those in weft.yaml)", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "weft-file-health-"));
+  const path = join(dir, "services.yaml");
+  await writeFile(
+    path,
+    `services:\n  - name: backend\n    ports: [8080]\n    healthCheck: { interval: 50ms, timeout: 1s, unhealthyThreshold: 1 }\n    endpoints: [ { address: 198.18.0.10 } ]\n`,
+  );
+  const probed: string[] = [];
+  const discovery = createDiscovery({
+    trustDomain: "weft.local",
+    services: [],
+    file: path,
+    ...defaults,
+    metrics: new WeftMetrics(),
+    logger: new MemoryLogger(),
+    clock: systemClock,
+    fileDebounceMs: 20,
+    probe: async ({ endpoint }) => {
+      probed.push(endpoint.key);
+      return false;
+    },
+  });
+  t.after(async () => {
+    await discovery.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+  await discovery.start();
+  await eventually("the file's health check to probe its endpoint", () =>
+    probed.includes("198.18.0.10:8080"),
+  );
+  await eventually(
+    "the endpoint to fail its checks",
+    () => discovery.describe().find((s) => s.name === "backend")?.endpoints[0]?.state === "unhealthy",
+  );
+});
