@@ -16,7 +16,7 @@
 import { createHash } from "node:crypto";
 import type { Clock } from "../core/clock.ts";
 import { errorMessage, isWeftError, WeftError } from "../core/errors.ts";
-import type { Logger } from "../core/log.ts";
+import { childOf, type Logger } from "../core/log.ts";
 import { HttpsKubeApi, type KubeApi, KubeApiError } from "../k8s/client.ts";
 import { resolveConnection } from "../k8s/config.ts";
 import { SpiffeId } from "./spiffe-id.ts";
@@ -222,7 +222,7 @@ export async function startKubeJoin(
     trustDomain: options.trustDomain,
     ...(options.audience ? { audience: options.audience } : {}),
     clock: deps.clock,
-    logger: deps.logger.child({ component: "kube-join" }),
+    logger: childOf(deps.logger, { component: "kube-join" }),
   });
   try {
     await join.checkPermissions();
