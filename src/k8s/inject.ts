@@ -28,6 +28,8 @@ export const CONFIG_ANNOTATION = "weft.io/sidecar-config";
 export const BUNDLE_ANNOTATION = "weft.io/ca-bundle";
 export const PROXY_UID = 1337;
 export const ADMIN_PORT = 15000;
+/** The metrics port (`listeners.metrics`): /metrics for Prometheus and /ready for the kubelet's probes. */
+export const METRICS_PORT = 15020;
 export const TUNNEL_PORT = 15008;
 const INIT_NAME = "weft-init";
 const PROXY_NAME = "weft-proxy";
@@ -202,7 +204,12 @@ function sidecarConfig(o: InjectOptions, inbound: number[]): string {
         kubernetesTokenFile: `${MOUNTS.token}/token`,
       },
     },
-    listeners: { admin: { address: "0.0.0.0", port: ADMIN_PORT } },
+    // The admin port (config, certs, log level, explain) stays on loopback; probes and Prometheus use
+    // the metrics port, which serves only /metrics and /ready.
+    listeners: {
+      admin: { address: "127.0.0.1", port: ADMIN_PORT },
+      metrics: { address: "0.0.0.0", port: METRICS_PORT },
+    },
     // The app's declared ports are the tunnel's allow-list (none declared: any port). Probe ports stay in
     // it: only their plaintext capture is skipped, mesh connections to them still arrive by the tunnel.
     inbound: { mode: "permissive", ports: inbound.map((port) => ({ port })) },
@@ -252,14 +259,14 @@ function proxyContainer(o: InjectOptions): Json {
     ],
     ports: [
       { name: "weft-tunnel", containerPort: TUNNEL_PORT, protocol: "TCP" },
-      { name: "weft-admin", containerPort: ADMIN_PORT, protocol: "TCP" },
+      { name: "weft-metrics", containerPort: METRICS_PORT, protocol: "TCP" },
     ],
     startupProbe: {
-      httpGet: { path: "/ready", port: ADMIN_PORT },
+      httpGet: { path: "/ready", port: METRICS_PORT },
       periodSeconds: 1,
       failureThreshold: 120,
     },
-    readinessProbe: { httpGet: { path: "/ready", port: ADMIN_PORT }, periodSeconds: 5 },
+    readinessProbe: { httpGet: { path: "/ready", port: METRICS_PORT }, periodSeconds: 5 },
     securityContext: {
       runAsUser: PROXY_UID,
       runAsGroup: PROXY_UID,
@@ -394,7 +401,7 @@ function injectTemplate(
   if (!Object.keys(own).some((k) => k.startsWith("prometheus.io/"))) {
     Object.assign(added, {
       "prometheus.io/scrape": "true",
-      "prometheus.io/port": String(ADMIN_PORT),
+      "prometheus.io/port": String(METRICS_PORT),
       "prometheus.io/path": "/metrics",
     });
   }

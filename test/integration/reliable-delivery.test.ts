@@ -120,6 +120,7 @@ listeners:
   inbound: { enabled: false }
   tunnel: { address: 127.0.0.1, port: ${tunnelPort} }
   admin: { address: 127.0.0.1, port: 0 }
+  metrics: { address: 127.0.0.1, port: 0 }
 log: { level: info, accessLog: true }
 `,
   );
@@ -298,6 +299,7 @@ listeners:
   inbound: { enabled: false }
   tunnel: { enabled: false }
   admin: { address: 127.0.0.1, port: ${admin} }
+  metrics: { address: 127.0.0.1, port: 0 }
   explicit: [ { listen: "127.0.0.1:${explicit}", service: backend } ]
 upstream: { transport: ${transport} }
 log: { level: debug, accessLog: true }

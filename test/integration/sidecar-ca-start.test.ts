@@ -61,6 +61,7 @@ listeners:
   inbound: { enabled: false }
   tunnel: { address: 127.0.0.1, port: 0 }
   admin: { address: 127.0.0.1, port: 0 }
+  metrics: { address: 127.0.0.1, port: 0 }
 `,
   );
   // The token file does not exist yet either: like a compose CA that has not written it.
