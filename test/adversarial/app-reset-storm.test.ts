@@ -56,7 +56,6 @@ for (const transport of TRANSPORTS) {
         tunnel: { enabled: false },
         metrics: { address: "127.0.0.1", port: 0 },
         admin: { address: "127.0.0.1", port: 0 },
-        metrics: { address: "127.0.0.1", port: 0 },
         explicit: [{ listen: "127.0.0.1:0", service: "backend" }],
       },
       upstream: { transport },

@@ -23,7 +23,6 @@ test("SIGHUP reloads, SIGUSR1 and SIGUSR2 are ignored (no inspector, no exit); S
       tunnel: { address: "127.0.0.1", port: 0 },
       metrics: { address: "127.0.0.1", port: 0 },
       admin: { address: "127.0.0.1", port: 0 },
-      metrics: { address: "127.0.0.1", port: 0 },
     },
   });
   weft.child.kill("SIGHUP");

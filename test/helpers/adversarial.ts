@@ -63,7 +63,6 @@ export async function startServerProcess(
       tunnel: { address: "127.0.0.1", port: 0 },
       metrics: { address: "127.0.0.1", port: 0 },
       admin: { address: "127.0.0.1", port: 0 },
-      metrics: { address: "127.0.0.1", port: 0 },
       ...(extra.listeners as object | undefined),
     },
   });
