@@ -8,7 +8,7 @@
  * Exit codes: 0 success, 1 failure (including "chain is invalid" from `verify`), 2 usage error.
  */
 import { Command, CommanderError } from "commander";
-import { errorMessage, isWeftError } from "../core/errors.ts";
+import { isWeftError } from "../core/errors.ts";
 import { applyConventions, errorLine, missingCommandLine, versionLine } from "./conventions.ts";
 import { registerBundle } from "./meshca/bundle.ts";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, help, type MeshcaDeps, meshcaContext } from "./meshca/context.ts";

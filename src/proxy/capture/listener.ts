@@ -9,7 +9,7 @@
  */
 import net, { type Socket } from "node:net";
 import type { Clock, TimerHandle } from "../../core/clock.ts";
-import { listenError, WeftError } from "../../core/errors.ts";
+import { listenError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
 

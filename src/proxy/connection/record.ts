@@ -15,7 +15,7 @@ import { type ByteSink, Splice, type SpliceEnd, type SpliceSide } from "./splice
 /**
  * Every reason a connection can end with; also the `reason` label of `weft_tcp_connections_closed_total`.
  * `closed` is the normal end. Identity-verification failures carry the SVID verifier's own bounded reason
- * prefixed `svid_` (e.g. `svid_expired`), see docs/proxy.md.
+ * prefixed `svid_` (e.g. `svid_expired`); the README lists each with its meaning.
  */
 export const CLOSE_REASONS = [
   "closed",
