@@ -4,24 +4,16 @@
  */
 import { readFile } from "node:fs/promises";
 import { type Command, Option } from "commander";
-import type { Clock } from "../core/clock.ts";
 import { errorMessage, WeftError } from "../core/errors.ts";
-import type { Logger, LogLevel } from "../core/log.ts";
 // Only types at the top: the modules load when a verb runs (`weft --help` stays quick).
 import type { InjectOptions } from "../k8s/inject.ts";
+import type { WeftDeps } from "./weft.ts";
 
-export interface KubeCliDeps {
-  readonly stdout: NodeJS.WritableStream;
-  readonly stderr: NodeJS.WritableStream;
-  readonly env: Readonly<Record<string, string | undefined>>;
-  readonly clock: Clock;
-  readonly waitForShutdown: () => Promise<void>;
-  /** Reads standard input (`-f -`). */
-  readonly readStdin?: () => Promise<string>;
-  readonly makeLogger?: (level: LogLevel) => Logger;
-  /** Told the injector's URL once it listens (tests). */
-  readonly onInjector?: (url: string) => void;
-}
+/** What these verbs use of the weft CLI's injected dependencies. */
+export type KubeCliDeps = Pick<
+  WeftDeps,
+  "stdout" | "stderr" | "env" | "clock" | "waitForShutdown" | "readStdin" | "makeLogger" | "onInjector"
+>;
 
 const DEFAULTS = {
   image: "ghcr.io/weft/weft:0.1.0",
