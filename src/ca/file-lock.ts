@@ -23,6 +23,12 @@ export const LOCK_TIMEOUT_MS = 10_000;
 
 type Flock = (fd: number, op: number) => number;
 let flockFn: { flock: Flock; errno: () => number } | undefined;
+/**
+ * The handles of the locks this process holds. A FileHandle that becomes garbage is closed by Node,
+ * and closing it drops the flock; a critical section parked on a promise that nothing else references
+ * would let that happen while the process still relies on the lock.
+ */
+const held = new Set<object>();
 
 function libcFlock(): { flock: Flock; errno: () => number } {
   if (!flockFn) {
@@ -67,12 +73,14 @@ export async function withFileLock<T>(
       }
       await sleep(RETRY_MS);
     }
+    held.add(fh);
     try {
       await fh.truncate(0);
       await fh.write(`${process.pid}\n`, 0);
       return await fn();
     } finally {
       flock(fh.fd, LOCK_UN);
+      held.delete(fh);
     }
   } finally {
     await fh.close();

@@ -20,7 +20,12 @@ const marker = join(dir!, "holder");
 if (mode === "hold") {
   await withFileLock(lock, async () => {
     await writeFile(`${file}.partial.tmp`, '{"version":1,"tokens":[{"hash":"ab');
-    process.stdout.write("holding\n");
+    setTimeout(() => {
+      (globalThis as { gc?: () => void }).gc?.();
+      process.stdout.write("holding\n");
+    }, 50);
+    // Never settles, and nothing references this promise: the parked frame (and the lock's FileHandle
+    // in it) is garbage, so the lock must be kept by withFileLock itself, not by this caller.
     await new Promise(() => {
       setInterval(() => {}, 1000);
     });

@@ -1,7 +1,8 @@
 // The token store's cross-process lock after a crash: a holder SIGKILLed in the middle of a write leaves
 // no stale lock (the kernel drops its flock), a waiter that was blocked on it proceeds, and then several
 // processes racing for the lock never hold it at the same time (each proves it with an O_EXCL marker) and
-// lose no token. The old lock file (O_EXCL + "is the PID alive?") let two waiters both break a dead
+// lose no token. (The holder parks its critical section on a promise nothing references and collects
+// garbage: withFileLock must keep its FileHandle alive, or Node closes it and the flock is gone early.) The old lock file (O_EXCL + "is the PID alive?") let two waiters both break a dead
 // holder's lock and both hold it.
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
@@ -16,7 +17,9 @@ const REPO = resolve(import.meta.dirname, "../..");
 const SCRIPT = join(REPO, "test/helpers/lock-contender.ts");
 
 function child(...args: string[]): { proc: ChildProcess; exit: Promise<number | null>; err: () => string } {
-  const proc = spawn(process.execPath, ["--import", "tsx", SCRIPT, ...args], {
+  // --expose-gc: the holder collects garbage before it reports "holding", so a lock that only a
+  // collectable object kept would be dropped now, not at some later and random moment.
+  const proc = spawn(process.execPath, ["--expose-gc", "--import", "tsx", SCRIPT, ...args], {
     cwd: REPO,
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -36,10 +39,10 @@ test("a lock holder killed mid-write leaves no stale lock and never two holders"
 
   // A waiter blocks while the holder lives...
   const waiter = child("contend", dir, "1");
-  let waiterDone = false;
-  void waiter.exit.then(() => (waiterDone = true));
+  let waiterDone: string | undefined;
+  void waiter.exit.then((code) => (waiterDone = `exit code ${code}: ${waiter.err()}`));
   await sleep(400);
-  assert.equal(waiterDone, false, "the waiter must not get the lock while the holder is alive");
+  assert.equal(waiterDone, undefined, "the waiter must not get the lock while the holder is alive");
   // ...and gets it once the holder dies without any clean-up.
   holder.proc.kill("SIGKILL");
   assert.equal(await waiter.exit, 0, waiter.err());
