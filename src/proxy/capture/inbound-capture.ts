@@ -8,7 +8,7 @@
  */
 import type { Socket } from "node:net";
 import type { Clock } from "../../core/clock.ts";
-import { WeftError } from "../../core/errors.ts";
+import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
 import { formatAddr, normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
@@ -122,7 +122,12 @@ export class InboundCaptureHandler {
       app = await connectTcp(target, ctl.signal);
     } catch (err) {
       resetSide({ stream: client, raw: client });
-      rec.finish(forced ?? (client.destroyed ? "downstream_reset" : "app_connect_failed"), err);
+      const appReset = isWeftError(err) && err.reason === "connect_reset";
+      rec.finish(
+        forced ??
+          (client.destroyed ? "downstream_reset" : appReset ? "upstream_reset" : "app_connect_failed"),
+        err,
+      );
       return;
     } finally {
       timer.cancel();

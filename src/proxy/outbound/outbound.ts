@@ -400,6 +400,7 @@ function lostReporter(o: OutboundOptions, lease: EndpointLease, service: string)
 function upstreamReason(err: unknown, clientGone: boolean): CloseReason {
   const reason = isWeftError(err) ? err.reason : "";
   if (reason === "no_endpoint") return "no_endpoint";
+  if (reason === "connect_reset") return "upstream_reset";
   if ((PEER_REASONS as readonly string[]).includes(reason)) return reason as PeerReason;
   if (reason === "aborted" || (clientGone && !isWeftError(err))) return "downstream_reset";
   if (reason.endsWith("_timeout") || (isWeftError(err) && err.code === "E_TIMEOUT"))

@@ -127,10 +127,11 @@ export function countsAgainstEndpoint(reason: PeerReason): boolean {
 /**
  * Whether an attempt that failed with `reason` may be retried on another endpoint: every failure before
  * the app can have received a byte. Not `peer_closed` (see PEER_REASONS) nor `peer_protocol_error` (a
- * peer that does not speak the protocol may have passed the bytes on).
+ * peer that does not speak the protocol may have passed the bytes on), nor `connect_reset` (a plaintext
+ * endpoint accepted and reset: it saw the connection, and its reset is the client's answer).
  */
 export function mayRetry(reason: string): boolean {
-  return reason !== "peer_closed" && reason !== "peer_protocol_error";
+  return reason !== "peer_closed" && reason !== "peer_protocol_error" && reason !== "connect_reset";
 }
 
 /** The error a refused (or unanswered) attempt fails with; `reason` is the client's PeerReason. */

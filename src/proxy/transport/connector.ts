@@ -63,7 +63,7 @@ export interface Connector {
 
 /**
  * Upstream failure reasons (labels of `weft_upstream_connect_failures_total`): connect_refused,
- * connect_failed, connect_timeout, handshake_failed, handshake_timeout, bad_alpn, identity_mismatch,
+ * connect_reset (plaintext: accepted, then reset), connect_failed, connect_timeout, handshake_failed, handshake_timeout, bad_alpn, identity_mismatch,
  * svid_<verifier reason>, aborted, not_ready; keepalive_timeout for a pooled session that stopped
  * answering PING after it was opened; and the answer step's answer_timeout and `peer_*` refusals
  * (answer.ts `PEER_REASONS`).
@@ -107,7 +107,13 @@ export function connectTcp(addr: SocketAddr, signal: AbortSignal): Promise<net.S
     const onError = (err: NodeJS.ErrnoException): void => {
       signal.removeEventListener("abort", onAbort);
       socket.destroy();
-      reject(connectError(err, where));
+      // ECONNRESET here: the server accepted and reset before our connect completed. It saw the
+      // connection and answered it; unlike a refusal, this is not retried (answer.ts `mayRetry`).
+      reject(
+        err.code === "ECONNRESET"
+          ? failure("connect_reset", `${where} accepted the connection and reset it`, err)
+          : connectError(err, where),
+      );
     };
     socket.once("error", onError);
     signal.addEventListener("abort", onAbort, { once: true });

@@ -624,6 +624,15 @@ class TunnelStream {
     } catch (err) {
       deadline.cancel();
       if (rec.isFinished) return;
+      if (isWeftError(err) && err.reason === "connect_reset") {
+        // The app accepted and reset before our connect completed (connector.ts): it saw
+        // this connection and answered it with a reset, so the client sees that reset, as it would
+        // connecting directly. A refusal would be retried on another endpoint: one client connection,
+        // several app connections.
+        this.answer.accept();
+        this.close("upstream_reset", "reset", err);
+        return;
+      }
       // The app refused or did not answer: so does the peer, and the client retries elsewhere.
       const refused = isWeftError(err) && err.reason === "connect_refused";
       this.refuse("app_connect_failed", refused ? "app_refused" : "app_unreachable", err);
