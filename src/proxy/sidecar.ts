@@ -684,7 +684,9 @@ export class Sidecar {
       tracker: this.tracker,
     };
     const portParam = q.get("port");
-    const port = portParam === null ? undefined : Number(portParam);
+    // Decimal digits only: Number() would also take "1e3", "0x50" and " 80".
+    const port =
+      portParam === null ? undefined : /^\d{1,5}$/.test(portParam) ? Number(portParam) : Number.NaN;
     if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
       return bad(`port "${portParam}" is not a port (1-65535)`);
     }

@@ -2,7 +2,8 @@
  * `weft injector` over real HTTPS: an AdmissionReview v1 for a Pod gets a JSONPatch whose result equals
  * `weft inject`'s output for the same Pod; a Pod that cannot be injected is admitted unchanged (fail
  * open) with a warning; a skipped Pod gets no patch; a new serving certificate written to disk is served
- * to the next connection without a restart.
+ * to the next connection without a restart. Hostile reviews (not JSON, wrong shapes, deep nesting, too
+ * large) get 400 or are admitted unchanged, and the injector carries on.
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -15,7 +16,7 @@ import { parse } from "yaml";
 import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { injectManifests } from "../../src/k8s/inject.ts";
-import { type JsonPatchOp, startInjector } from "../../src/k8s/webhook.ts";
+import { type JsonPatchOp, MAX_REVIEW_BYTES, startInjector } from "../../src/k8s/webhook.ts";
 import { pollUntil } from "../../src/netns/pods.ts";
 import { INJECT_OPTIONS } from "../fixtures/inject/options.ts";
 import { createTestCa } from "../helpers/ca.ts";
@@ -46,8 +47,16 @@ function review(
   caPem: string,
   body: unknown,
 ): Promise<{ status: number; body: { response: Record<string, unknown> }; serial: string }> {
+  return postRaw(url, caPem, JSON.stringify(body));
+}
+
+/** POST `payload` as it is (it need not be JSON) to /mutate; the answer's body parsed as JSON. */
+function postRaw(
+  url: string,
+  caPem: string,
+  payload: string,
+): Promise<{ status: number; body: { response: Record<string, unknown> }; serial: string }> {
   return new Promise((resolve, reject) => {
-    const payload = JSON.stringify(body);
     const req = request(
       `${url}/mutate`,
       { method: "POST", ca: caPem, agent: false, headers: { "Content-Type": "application/json" } },
@@ -149,4 +158,83 @@ test("weft injector: patch equals the CLI's injection, fails open, reloads its c
     10_000,
   );
   assert.equal(injector.stats().reloads, 1);
+});
+
+test("weft injector: hostile reviews get 400 or fail open, and the injector carries on", async (t) => {
+  const testCa = await createTestCa();
+  const dir = await mkdtemp(join(tmpdir(), "weft-injector-garbage-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const id = await testCa.ca.issueServer({ dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"] });
+  await writeFile(join(dir, "tls.crt"), id.chainPem);
+  await writeFile(join(dir, "tls.key"), id.keyPem);
+  const log = new MemoryLogger();
+  const injector = await startInjector({
+    host: "127.0.0.1",
+    port: 0,
+    certFile: join(dir, "tls.crt"),
+    keyFile: join(dir, "tls.key"),
+    inject: INJECT_OPTIONS,
+    logger: log,
+    clock: systemClock,
+  });
+  t.after(() => injector.close());
+  const caPem = testCa.material.bundlePem;
+  const deep = (n: number) => `${"[".repeat(n)}${"]".repeat(n)}`;
+  const podWith = (spec: string) =>
+    `{"request":{"uid":"u","kind":{"kind":"Pod"},"operation":"CREATE","object":{"metadata":{"name":"p"},"spec":${spec}}}}`;
+
+  const notReviews: Array<[string, string]> = [
+    ["not JSON", "<AdmissionReview/>"],
+    ["truncated JSON", JSON.stringify(admission("u", POD)).slice(0, 40)],
+    ["null", "null"],
+    ["a number", "1"],
+    ["an array", "[]"],
+    ["request null", '{"request":null}'],
+    ["uid a number", '{"request":{"uid":5}}'],
+  ];
+  for (const [what, payload] of notReviews) {
+    const r = await postRaw(injector.url, caPem, payload);
+    assert.equal(r.status, 400, `${what}: 400`);
+  }
+
+  // Reviews that are AdmissionReviews but whose Pod is broken are admitted unchanged (fail open).
+  const brokenPods: Array<[string, string]> = [
+    ["containers a string", podWith('{"containers":"c"}')],
+    ["containers of numbers", podWith('{"containers":[1,2,3]}')],
+    ["a container without a name", podWith('{"containers":[{}]}')],
+    ["deeply nested spec", podWith(`{"containers":[{"name":"c","args":${deep(20_000)}}]}`)],
+    [
+      "deeply nested metadata",
+      podWith('{"containers":[{"name":"c"}]}').replace('{"name":"p"}', `{"name":"p","x":${deep(20_000)}}`),
+    ],
+    ["kind a string", '{"request":{"uid":"u","kind":"Pod","operation":"CREATE","object":{}}}'],
+    ["object an array", '{"request":{"uid":"u","kind":{"kind":"Pod"},"operation":"CREATE","object":[]}}'],
+    [
+      "__proto__ keys",
+      podWith('{"__proto__":{"containers":[]},"containers":[{"name":"c","__proto__":{"x":1}}]}'),
+    ],
+  ];
+  for (const [what, payload] of brokenPods) {
+    const r = await postRaw(injector.url, caPem, payload);
+    assert.ok(r.status === 200 || r.status === 400, `${what}: 200 or 400, not ${r.status}`);
+    if (r.status === 200) assert.equal(r.body.response.allowed, true, `${what}: admitted`);
+  }
+
+  // Larger than the limit: refused (400, or the connection closed while sending), never buffered whole.
+  const huge = `{"request":{"uid":"u","pad":"${"x".repeat(MAX_REVIEW_BYTES)}"}}`;
+  const tooBig = await postRaw(injector.url, caPem, huge).then(
+    (r) => r.status,
+    (err: NodeJS.ErrnoException) => err.code ?? "error",
+  );
+  assert.ok(tooBig === 400 || typeof tooBig === "string", `too large: refused, not ${tooBig}`);
+
+  // Still serving, and still right.
+  const ok = await review(injector.url, caPem, admission("after", POD));
+  assert.equal(ok.status, 200);
+  assert.equal(ok.body.response.patchType, "JSONPatch");
+  assert.deepEqual(
+    log.records.filter((r) => r.msg === "injector request failed"),
+    [],
+    "no review reached the internal-error path",
+  );
 });

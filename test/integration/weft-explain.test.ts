@@ -24,6 +24,7 @@ import { createTestCa } from "../helpers/ca.ts";
 import { weftCli } from "../helpers/cli.ts";
 import {
   accessLines,
+  adminGet,
   identityDir,
   startSidecar,
   testConfig,
@@ -179,4 +180,49 @@ test("weft explain: golden outputs for allow, deny (both sides), ejected and no-
   const down = await weft(["explain", "198.18.100.1:80", "--admin", `127.0.0.1:${deadTunnel}`]);
   assert.equal(down.code, 1);
   assert.match(down.stderr, /cannot reach the sidecar's admin port at 127\.0\.0\.1:\d+ \(ECONNREFUSED\)/);
+});
+
+test("/explain: malformed queries get 400 with what to ask instead; the sidecar carries on", async (t) => {
+  const ca = await createTestCa({ trustDomain: TD });
+  const files = await identityDir(t, "explain-garbage");
+  await writeIdentity(files, await ca.issue("default/frontend"));
+  const routes = new StaticRouteTable([
+    { name: "backend", identity: `spiffe://${TD}/ns/default/sa/backend`, ports: [80], endpoints: [] },
+  ]);
+  const log = new MemoryLogger();
+  const sidecar = await startSidecar(t, testConfig(TD, files), routes, log);
+  const bad = [
+    "",
+    "?dst=",
+    "?dst=backend",
+    "?dst=198.18.0.1",
+    "?dst=198.18.0.1:0",
+    "?dst=198.18.0.1:65536",
+    "?dst=198.18.0.1:99999999999",
+    "?dst=[fd00::1:80",
+    "?dst=999.1.1.1:80",
+    "?dst=%zz",
+    "?port=80",
+    "?peer=spiffe://weft.local/ns/default/sa/x",
+    "?peer=http://x&port=80",
+    "?peer=spiffe://weft.local/ns/default/sa/x&port=-1",
+    "?peer=spiffe://weft.local/ns/default/sa/x&port=1e3",
+    "?service=backend&port=0x50",
+    `?dst=${"9".repeat(4000)}`,
+  ];
+  for (const q of bad) {
+    const r = await adminGet(sidecar, `/explain${q}`);
+    assert.equal(r.status, 400, `${q.slice(0, 60)}: 400, got ${r.status} ${r.body.slice(0, 200)}`);
+    const body = JSON.parse(r.body) as { error?: string };
+    assert.match(body.error ?? "", /\S/, `${q.slice(0, 60)}: says what is wrong`);
+  }
+  // A service nobody knows is an answer, not an error; and the sidecar still serves.
+  const unknown = await adminGet(sidecar, "/explain?service=nope");
+  assert.equal(unknown.status, 200);
+  assert.equal((await adminGet(sidecar, "/ready")).status, 200);
+  assert.deepEqual(
+    log.records.filter((r) => r.msg === "admin request failed"),
+    [],
+    "no query reached the internal-error path",
+  );
 });
