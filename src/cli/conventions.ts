@@ -198,6 +198,8 @@ export function completionScript(program: Command, shell: "bash" | "zsh"): strin
   ].join("\n");
   // The command path: the words before the cursor that name a subcommand of the path so far.
   // (Not `path`: in zsh that is the PATH array.)
+  /** A shell parameter expansion, `${name}` in the script (not a placeholder of this template). */
+  const shellVar = (name: string) => `$\{${name}}`;
   const walk = (words: string, from: string, to: string) => `  local cmdpath="" i w subs
   for ((i = ${from}; i < ${to}; i++)); do
     w=${words}
@@ -209,7 +211,7 @@ export function completionScript(program: Command, shell: "bash" | "zsh"): strin
 ${data}
 ${fn}_complete() {
   local cur=\${COMP_WORDS[COMP_CWORD]} prev=\${COMP_WORDS[COMP_CWORD-1]} values
-${walk("${COMP_WORDS[i]}", "1", "COMP_CWORD")}
+${walk(shellVar("COMP_WORDS[i]"), "1", "COMP_CWORD")}
   if values=$(${fn}_values "$cmdpath" "$prev"); then
     case $values in
       @files) COMPREPLY=($(compgen -f -- "$cur")) ;;
@@ -229,7 +231,7 @@ complete -o default -F ${fn}_complete ${name}
 ${data}
 ${fn}() {
   local values
-${walk("${words[i]}", "2", "CURRENT")}
+${walk(shellVar("words[i]"), "2", "CURRENT")}
   if values=$(${fn}_values "$cmdpath" "\${words[CURRENT-1]}"); then
     case $values in
       @files) _files ;;

@@ -101,47 +101,26 @@ async function makePki(dir: string, extraSans: string[]): Promise<void> {
     "-out",
     "ca.crt",
   ]);
-  await writeFile(
-    join(dir, "server.ext"),
+  await signedCert(
+    dir,
+    "server",
+    "/CN=kube-apiserver",
     `subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc${extraSans.map((s) => `,IP:${s}`).join("")}\nextendedKeyUsage=serverAuth\n`,
   );
-  await openssl(dir, ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key"]);
-  await openssl(dir, [
-    "req",
-    "-new",
-    "-key",
-    "server.key",
-    "-subj",
-    "/CN=kube-apiserver",
-    "-out",
-    "server.csr",
-  ]);
-  await openssl(dir, [
-    "x509",
-    "-req",
-    "-in",
-    "server.csr",
-    "-CA",
-    "ca.crt",
-    "-CAkey",
-    "ca.key",
-    "-CAcreateserial",
-    "-days",
-    "2",
-    "-extfile",
-    "server.ext",
-    "-out",
-    "server.crt",
-  ]);
   await clientCert(dir, "admin", "weft-envtest-admin", ["system:masters"]);
   // Service-account signing key (RSA, as kube-apiserver's default RS256 needs).
   await openssl(dir, ["genrsa", "-out", "sa.key", "2048"]);
   await openssl(dir, ["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
 }
 
-async function clientCert(dir: string, file: string, cn: string, groups: string[]): Promise<void> {
+function clientCert(dir: string, file: string, cn: string, groups: string[]): Promise<void> {
   const subj = `/CN=${cn}${groups.map((g) => `/O=${g}`).join("")}`;
-  await writeFile(join(dir, `${file}.ext`), "extendedKeyUsage=clientAuth\n");
+  return signedCert(dir, file, subj, "extendedKeyUsage=clientAuth\n");
+}
+
+/** `<file>.key` (P-256) and `<file>.crt` for `subj`, signed by the envtest CA with extensions `ext`. */
+async function signedCert(dir: string, file: string, subj: string, ext: string): Promise<void> {
+  await writeFile(join(dir, `${file}.ext`), ext);
   await openssl(dir, ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${file}.key`]);
   await openssl(dir, ["req", "-new", "-key", `${file}.key`, "-subj", subj, "-out", `${file}.csr`]);
   await openssl(dir, [
@@ -324,38 +303,12 @@ export async function startKubeEnv(
     caPem: readFileSync(join(dir, "ca.crt"), "utf8"),
     etcdUrl,
     async servingCert(name) {
-      await writeFile(
-        join(dir, `${name}.ext`),
+      await signedCert(
+        dir,
+        name,
+        `/CN=${name}`,
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
       );
-      await openssl(dir, ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", `${name}.key`]);
-      await openssl(dir, [
-        "req",
-        "-new",
-        "-key",
-        `${name}.key`,
-        "-subj",
-        `/CN=${name}`,
-        "-out",
-        `${name}.csr`,
-      ]);
-      await openssl(dir, [
-        "x509",
-        "-req",
-        "-in",
-        `${name}.csr`,
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        `${name}.ext`,
-        "-out",
-        `${name}.crt`,
-      ]);
       return { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
     },
     async userKubeconfig(name, groups = []) {
