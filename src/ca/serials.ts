@@ -17,9 +17,9 @@
 import { readFile, stat } from "node:fs/promises";
 import type { Clock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
+import { normalizeSerial } from "./cert-facts.ts";
 import { LockedUpdates } from "./file-lock.ts";
 import { writeFileAtomic } from "./store.ts";
-import { normalizeSerial } from "./x509.ts";
 
 export const SERIALS_FILE = "serials.json";
 /** Records are kept this long after their certificate expired, then pruned. */

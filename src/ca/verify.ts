@@ -15,14 +15,21 @@
  * test/unit/verify-openssl.test.ts runs every refusal through `openssl verify -x509_strict` as well.
  *
  * Signatures and dates use node:crypto's native X509Certificate; the extension facts come from
- * @peculiar/x509 and are cached per DER by `SvidVerifier`, so a peer seen before costs a map lookup
- * and a date comparison.
+ * cert-facts.ts (a bounded DER reader, no ASN.1 library: the sidecar does not load @peculiar/x509) and
+ * are cached per DER by `SvidVerifier`, so a peer seen before costs a map lookup and a date comparison.
  */
 import { createHash, X509Certificate } from "node:crypto";
 import { type Clock, systemClock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
+import {
+  type CertFacts,
+  certFacts,
+  Eku,
+  KeyUsage,
+  normalizeSerial,
+  splitPemCertificates,
+} from "./cert-facts.ts";
 import { SpiffeId } from "./spiffe-id.ts";
-import { type CertFacts, certFacts, Eku, KeyUsage, normalizeSerial, splitPemCertificates } from "./x509.ts";
 
 /** Longest chain accepted: leaf + this many intermediates. */
 export const MAX_INTERMEDIATES = 4;

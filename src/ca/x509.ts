@@ -1,7 +1,8 @@
 /**
- * The only importer of @peculiar/x509: key pairs, certificate and CSR building, and reading the
- * extensions Weft's rules look at (SANs, basic constraints, key usage). Everything else in Weft speaks
- * PEM strings and node:crypto's X509Certificate.
+ * The only importer of @peculiar/x509: key pairs, certificate and CSR building, and reading CSRs (the CA
+ * path). Everything else in Weft speaks PEM strings and node:crypto's X509Certificate; the certificate
+ * facts the SVID rules read come from cert-facts.ts, which needs no ASN.1 library. The shared names
+ * (key usage flags, EKU purposes, PEM splitting, serials) are re-exported here for the CA code.
  */
 import "reflect-metadata";
 import { randomBytes, webcrypto } from "node:crypto";
@@ -22,6 +23,16 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 const subtle = webcrypto.subtle;
 
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "./key-policy.ts";
+
+export {
+  type CertFacts,
+  certFacts,
+  Eku,
+  ENFORCED_EXTENSIONS,
+  KeyUsage,
+  normalizeSerial,
+  splitPemCertificates,
+} from "./cert-facts.ts";
 
 export { KEY_ALGORITHMS, type KeyAlgorithm };
 
@@ -129,27 +140,6 @@ export interface CertProfile {
   readonly ipAddresses?: readonly string[];
 }
 
-export const KeyUsage = x509.KeyUsageFlags;
-export const Eku = {
-  serverAuth: x509.ExtendedKeyUsage.serverAuth,
-  clientAuth: x509.ExtendedKeyUsage.clientAuth,
-  codeSigning: x509.ExtendedKeyUsage.codeSigning,
-};
-
-/**
- * The extensions Weft's verifier understands and enforces; any other extension marked critical makes a
- * certificate unusable (RFC 5280 §4.2: "A certificate-using system MUST reject the certificate if it
- * encounters a critical extension it does not recognize"). SKI/AKI are informational (OpenSSL does not
- * accept them as critical either); name constraints and policies are not processed, so they are refused
- * when critical rather than silently ignored.
- */
-export const ENFORCED_EXTENSIONS: ReadonlySet<string> = new Set([
-  "2.5.29.19", // basicConstraints
-  "2.5.29.15", // keyUsage
-  "2.5.29.37", // extendedKeyUsage
-  "2.5.29.17", // subjectAltName
-]);
-
 /**
  * Build and sign a certificate. `issuer` absent: self-signed with `signingKey`'s pair.
  */
@@ -189,55 +179,6 @@ export async function buildCertificate(
 
 export function parseCertificate(certPem: string): x509.X509Certificate {
   return new x509.X509Certificate(certPem);
-}
-
-/** Split PEM text into its certificates (garbage between blocks is refused). */
-export function splitPemCertificates(text: string): string[] {
-  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-  return blocks.map((b) => `${b}\n`);
-}
-
-/** The parts of a certificate's extensions that Weft's SVID rules need, read once per certificate. */
-export interface CertFacts {
-  readonly uris: string[];
-  readonly otherSans: number;
-  readonly ca: boolean | undefined;
-  /** basicConstraints pathLenConstraint (undefined: none). */
-  readonly pathLength: number | undefined;
-  readonly keyUsages: number | undefined;
-  /** Undefined when the certificate has no EKU extension (then it is not restricted by purpose). */
-  readonly extendedKeyUsages: string[] | undefined;
-  /** OIDs of critical extensions Weft does not enforce. */
-  readonly unknownCritical: string[];
-  /** Serial number, lower-case hex without leading zeros. */
-  readonly serial: string;
-}
-
-/** A serial number as Weft keeps it: lower-case hex, no leading zeros ("0" for zero). */
-export function normalizeSerial(hex: string): string {
-  const s = hex.toLowerCase().replace(/^0+/, "");
-  return s === "" ? "0" : s;
-}
-
-export function certFacts(der: Uint8Array): CertFacts {
-  const cert = new x509.X509Certificate(der as unknown as ArrayBuffer);
-  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
-  const names = san?.names.items ?? [];
-  const bc = cert.getExtension(x509.BasicConstraintsExtension);
-  const ku = cert.getExtension(x509.KeyUsagesExtension);
-  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
-  return {
-    uris: names.filter((n) => n.type === "url").map((n) => n.value),
-    otherSans: names.filter((n) => n.type !== "url").length,
-    ca: bc?.ca,
-    pathLength: bc?.pathLength,
-    keyUsages: ku?.usages,
-    extendedKeyUsages: eku ? eku.usages.map(String) : undefined,
-    unknownCritical: cert.extensions
-      .filter((e) => e.critical && !ENFORCED_EXTENSIONS.has(e.type))
-      .map((e) => e.type),
-    serial: normalizeSerial(cert.serialNumber),
-  };
 }
 
 export interface CsrFacts {

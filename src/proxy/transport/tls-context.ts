@@ -15,8 +15,8 @@
  */
 import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import tls from "node:tls";
+import { normalizeSerial } from "../../ca/cert-facts.ts";
 import { type PeerRole, parseBundle, SvidVerifier } from "../../ca/verify.ts";
-import { normalizeSerial } from "../../ca/x509.ts";
 import type { Clock } from "../../core/clock.ts";
 import { WeftError } from "../../core/errors.ts";
 
