@@ -19,7 +19,7 @@ import { parseServicesFile } from "../discovery/file-source.ts";
 import { formatAddr } from "../discovery/types.ts";
 import { redact } from "../proxy/admin.ts";
 import { DEFAULT_IPTABLES_OPTIONS } from "../proxy/capture/iptables.ts";
-import { loadIdentity } from "../proxy/identity/sources.ts";
+import { loadIdentity } from "../proxy/identity/source.ts";
 import { writeJson } from "./conventions.ts";
 import { ExitCode, type WeftDeps } from "./weft.ts";
 

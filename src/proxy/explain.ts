@@ -7,6 +7,7 @@
  * app is reached, and the recent refusals of that identity. The same functions the data plane uses
  * (`decideOutbound`, `decideInbound`) make the decision, so the answer cannot drift from the behaviour.
  */
+import { isIP } from "node:net";
 import type { Config } from "../config/schema.ts";
 import {
   type Discovery,
@@ -208,4 +209,35 @@ export function explainInbound(ctx: ExplainContext, peer: string, port: number):
     detail: `${peer} may reach port ${port}`,
     app: { address, port, proxyProtocol: d.proxyProtocol },
   };
+}
+
+/** `/explain` on the admin port: the query's question answered, or 400 with what to ask instead. */
+export function explainQuery(ctx: ExplainContext, q: URLSearchParams): { status: number; body: unknown } {
+  const bad = (message: string) => ({ status: 400, body: { error: message } });
+  const portParam = q.get("port");
+  // Decimal digits only: Number() would also take "1e3", "0x50" and " 80".
+  const port = portParam === null ? undefined : /^\d{1,5}$/.test(portParam) ? Number(portParam) : Number.NaN;
+  if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
+    return bad(`port "${portParam}" is not a port (1-65535)`);
+  }
+  const peer = q.get("peer");
+  if (peer !== null) {
+    if (!/^spiffe:\/\/[^/\s]+(\/\S*)?$/.test(peer)) return bad(`peer "${peer}" is not a SPIFFE ID`);
+    if (port === undefined) return bad("peer needs port: /explain?peer=spiffe://...&port=8080");
+    return { status: 200, body: explainInbound(ctx, peer, port) };
+  }
+  const service = q.get("service");
+  if (service !== null)
+    return { status: 200, body: explainOutbound(ctx, { service, ...(port ? { port } : {}) }) };
+  const dst = q.get("dst");
+  if (dst !== null) {
+    const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(dst);
+    const p = m ? Number(m[3]) : 0;
+    const address = m ? (m[1] ?? m[2]!) : "";
+    if (!m || p < 1 || p > 65535 || isIP(address) === 0) {
+      return bad(`dst "${dst}" is not address:port (198.18.0.10:8080 or [fd00::1]:8080)`);
+    }
+    return { status: 200, body: explainOutbound(ctx, { dst: { address, port: p } }) };
+  }
+  return bad("ask /explain?dst=address:port, ?service=name[&port=n] or ?peer=spiffe://...&port=n");
 }

@@ -11,9 +11,6 @@
  *
  * Nothing here is global: two sidecars can run in one process (the integration tests do).
  */
-import { readFileSync } from "node:fs";
-import { isIP } from "node:net";
-import { deepFreeze } from "../config/load.ts";
 import type { Config } from "../config/schema.ts";
 import { type Clock, systemClock } from "../core/clock.ts";
 import { errorMessage, WeftError } from "../core/errors.ts";
@@ -21,30 +18,37 @@ import { createLogger, type Logger, logLevel, setLogLevel } from "../core/log.ts
 import { WeftMetrics } from "../core/metrics.ts";
 import type { Probe } from "../discovery/health.ts";
 import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
-import { reclaimProcessMemory } from "../runtime/idle-reclaim.ts";
 import { AdminServer, type AdminSources, type Readiness } from "./admin.ts";
-import { InboundCaptureHandler, type InboundCaptureOptions } from "./capture/inbound-capture.ts";
-import { Listener } from "./capture/listener.ts";
-import { LinuxOriginalDst, type OriginalDstResolver } from "./capture/original-dst.ts";
+import type { Listener } from "./capture/listener.ts";
+import type { OriginalDstResolver } from "./capture/original-dst.ts";
 import { platformSocketErrors, type SocketErrors } from "./capture/sockopt.ts";
-import { type ConnectionDeps, ConnectionTracker } from "./connection/record.ts";
-import { type ExplainContext, explainInbound, explainOutbound } from "./explain.ts";
+import { ConnectionTracker } from "./connection/record.ts";
+import { explainQuery } from "./explain.ts";
+import { CaIdentitySource } from "./identity/ca-source.ts";
+import { ExpiryWatch } from "./identity/expiry-watch.ts";
+import { identitySourceFor } from "./identity/from-config.ts";
+import type { IdentitySource } from "./identity/source.ts";
 import {
-  CaIdentitySource,
-  ExpiryWatch,
-  FileIdentitySource,
-  type IdentitySource,
-} from "./identity/sources.ts";
-import { tunnelProbe } from "./outbound/health-probe.ts";
-import { OutboundHandler, type OutboundOptions } from "./outbound/outbound.ts";
-import type { InboundSettings } from "./outbound/route.ts";
-import { type Connector, MtlsConnector } from "./transport/connector.ts";
+  applyLive,
+  type LiveSettings,
+  liveSettings,
+  planReload,
+  type ReloadOutcome,
+} from "./live-settings.ts";
+import type { Connector } from "./transport/connector.ts";
 import { SessionCertWatch } from "./transport/h2/cert-watch.ts";
-import { PooledConnector } from "./transport/h2/pool.ts";
 import { TunnelTls } from "./transport/tls-context.ts";
-import { LocalAddresses } from "./tunnel/local-addresses.ts";
-import { PeerLimits } from "./tunnel/peer-limits.ts";
-import { TunnelHandler, type TunnelOptions } from "./tunnel/tunnel.ts";
+import type { TunnelHandler } from "./tunnel/tunnel.ts";
+import {
+  createConnector,
+  createListeners,
+  createRoutes,
+  createWiring,
+  isDiscovery,
+  type SidecarListeners,
+} from "./wiring.ts";
+
+export type { ReloadOutcome } from "./live-settings.ts";
 
 const EXPIRY_CHECK_INTERVAL_MS = 60_000;
 
@@ -80,63 +84,6 @@ export interface SidecarAddresses {
   readonly explicit: readonly SocketAddr[];
 }
 
-function isDiscovery(r: RouteTable | Discovery): r is Discovery {
-  return typeof (r as Discovery).start === "function" && typeof (r as Discovery).describe === "function";
-}
-
-type Mutable<T> = { -readonly [K in keyof T]: T[K] };
-
-/** What a config reload did: keys applied live, and keys whose change waits for a restart. */
-export interface ReloadOutcome {
-  readonly applied: readonly string[];
-  readonly restartNeeded: readonly string[];
-}
-
-/**
- * Keys a reload applies to the running sidecar (new connections see them; open ones keep going). Every
- * other key (trust domain, identity, listener addresses, transport, discovery sources...) needs a restart.
- */
-const LIVE_KEYS: readonly RegExp[] = [
-  /^policy(\.|$)/,
-  /^services$/,
-  /^outboundPolicy$/,
-  /^timeouts\./,
-  /^log\./,
-  /^inbound\.(mode|appAddress|ports)$/,
-  /^listeners\.(outbound|inbound|tunnel)\.maxConnections$/,
-  /^listeners\.explicit\[\d+\]\.maxConnections$/,
-  /^limits\.perPeer\./,
-];
-
-/** Paths (`timeouts.idle`, `listeners.explicit[0].maxConnections`) whose values differ between a and b. */
-export function changedKeys(a: unknown, b: unknown, path = ""): string[] {
-  const isObj = (v: unknown): v is Record<string, unknown> =>
-    typeof v === "object" && v !== null && !Array.isArray(v);
-  if (isObj(a) && isObj(b)) {
-    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
-    return [...keys].flatMap((k) => changedKeys(a[k], b[k], path ? `${path}.${k}` : k));
-  }
-  // Explicit listeners are compared one by one (so a limit change stays live); other lists as a whole.
-  if (path === "listeners.explicit" && Array.isArray(a) && Array.isArray(b) && a.length === b.length) {
-    return a.flatMap((x, i) => changedKeys(x, b[i], `${path}[${i}]`));
-  }
-  return JSON.stringify(a) === JSON.stringify(b) ? [] : [path];
-}
-
-function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
-  const parts = path.split(/\.|(?=\[)/).map((p) => (p.startsWith("[") ? Number(p.slice(1, -1)) : p));
-  let holder = target as Record<string | number, unknown>;
-  for (const p of parts.slice(0, -1)) holder = holder[p] as Record<string | number, unknown>;
-  holder[parts.at(-1)!] = value;
-}
-
-function getPath(source: unknown, path: string): unknown {
-  const parts = path.split(/\.|(?=\[)/).map((p) => (p.startsWith("[") ? Number(p.slice(1, -1)) : p));
-  let v = source as Record<string | number, unknown> | undefined;
-  for (const p of parts) v = v?.[p] as Record<string | number, unknown> | undefined;
-  return v;
-}
-
 export class Sidecar {
   readonly logger: Logger;
   readonly clock: Clock;
@@ -145,7 +92,7 @@ export class Sidecar {
   readonly tls: TunnelTls;
   readonly identity: IdentitySource;
   private routes: RouteTable | Discovery | undefined;
-  private readonly listeners: Listener[] = [];
+  private listeners: readonly Listener[] = [];
   private connector: Connector | undefined;
   private tunnelHandler: TunnelHandler | undefined;
   private admin: AdminServer | undefined;
@@ -158,17 +105,10 @@ export class Sidecar {
   private listenersUp = false;
   private draining = false;
   private stopped = false;
-  /** The settings a reload changes in place; the handlers hold these objects and read them per connection. */
+  /** The started-with config plus what reloads applied (`config`). */
   private current: Config;
-  private readonly live: {
-    readonly timeouts: Mutable<Config["timeouts"]>;
-    readonly inbound: Mutable<InboundSettings>;
-    connection?: Mutable<ConnectionDeps>;
-    tunnel?: Mutable<TunnelOptions>;
-    capture?: Mutable<InboundCaptureOptions>;
-    readonly outbound: Mutable<OutboundOptions>[];
-    readonly listeners: Map<string, Listener>;
-  };
+  /** The objects a reload changes in place; the handlers hold them and read them per connection. */
+  private readonly live: LiveSettings;
 
   constructor(
     config: Config,
@@ -178,17 +118,7 @@ export class Sidecar {
     this.clock = deps.clock ?? systemClock;
     this.logger = deps.logger ?? createLogger({ level: config.log.level, name: "weft" });
     this.metrics = deps.metrics ?? new WeftMetrics({ processMetrics: true });
-    this.live = {
-      timeouts: { ...config.timeouts },
-      inbound: {
-        trustDomain: config.trustDomain,
-        policy: config.policy,
-        ports: config.inbound.ports,
-        reservedPorts: [],
-      },
-      outbound: [],
-      listeners: new Map(),
-    };
+    this.live = liveSettings(config);
     this.tls = new TunnelTls({
       trustDomain: config.trustDomain,
       clock: this.clock,
@@ -205,7 +135,14 @@ export class Sidecar {
     this.inboundSessions = watch("inbound");
     this.outboundSessions = watch("outbound");
     this.tls.onTrustChange(() => this.recheckPeers("the trust bundle or revocation list changed"));
-    this.identity = deps.identity ?? this.buildIdentity();
+    this.identity =
+      deps.identity ??
+      identitySourceFor(config, {
+        clock: this.clock,
+        logger: this.logger,
+        metrics: this.metrics,
+        ...(deps.readFile ? { readFile: deps.readFile } : {}),
+      });
     this.identity.onRevoked?.((serials) => {
       // New handshakes refuse these serials at once; TunnelTls's trust-change hook re-checks the peers
       // of running pooled sessions and ends those that fail.
@@ -226,75 +163,6 @@ export class Sidecar {
     });
   }
 
-  private buildIdentity(): IdentitySource {
-    const c = this.config;
-    const read = this.deps.readFile ?? ((p: string) => readFileSync(p, "utf8"));
-    if (c.identity.files) {
-      return new FileIdentitySource({
-        cert: c.identity.files.cert,
-        key: c.identity.files.key,
-        bundle: c.identity.files.bundle,
-        trustDomain: c.trustDomain,
-        clock: this.clock,
-        logger: this.logger.child({ component: "identity" }),
-        pollIntervalMs: c.identity.files.reloadInterval,
-      });
-    }
-    const ca = c.identity.ca!;
-    // The token file is read at each attempt: it may appear, or be replaced, while the sidecar waits.
-    const tokenFile = ca.tokenFile;
-    const token =
-      ca.token ??
-      (tokenFile === undefined
-        ? undefined
-        : () => {
-            try {
-              return read(tokenFile).trim();
-            } catch (err) {
-              throw new WeftError(
-                "E_IO",
-                `identity.ca.tokenFile ${tokenFile} cannot be read: ${errorMessage(err)}`,
-                { reason: "token_file" },
-              );
-            }
-          });
-    let caBundlePem: string;
-    try {
-      caBundlePem = read(ca.bundle);
-    } catch (err) {
-      throw new WeftError("E_IO", `identity.ca.bundle ${ca.bundle} cannot be read: ${errorMessage(err)}`);
-    }
-    return new CaIdentitySource({
-      url: ca.url,
-      caBundlePem,
-      id: ca.id,
-      token,
-      ...(ca.kubernetesTokenFile !== undefined
-        ? {
-            kubernetesToken: () => {
-              const path = ca.kubernetesTokenFile!;
-              try {
-                return read(path).trim();
-              } catch (err) {
-                throw new WeftError(
-                  "E_IO",
-                  `identity.ca.kubernetesTokenFile ${path} cannot be read: ${errorMessage(err)}`,
-                );
-              }
-            },
-          }
-        : {}),
-      keyAlgorithm: ca.keyAlgorithm,
-      stateDir: ca.stateDir,
-      revocationRefreshMs: ca.revocationRefresh,
-      retryMaxMs: ca.retryMax,
-      trustDomain: c.trustDomain,
-      clock: this.clock,
-      logger: this.logger.child({ component: "identity" }),
-      metrics: this.metrics,
-    });
-  }
-
   /** The config in effect: the one started with, plus what reloads applied. */
   get config(): Config {
     return this.current;
@@ -306,37 +174,15 @@ export class Sidecar {
    * keep their running value and are reported as needing a restart.
    */
   reload(next: Config): ReloadOutcome {
-    const changed = changedKeys(this.current, next);
-    const canSetServices =
-      this.routes !== undefined && isDiscovery(this.routes) && !!this.routes.setConfigServices;
-    const live = (k: string) => LIVE_KEYS.some((re) => re.test(k)) && (k !== "services" || canSetServices);
-    const applied = changed.filter(live);
-    const restartNeeded = changed.filter((k) => !live(k));
+    const routes = this.routes;
+    const canSetServices = routes !== undefined && isDiscovery(routes) && !!routes.setConfigServices;
+    const { applied, restartNeeded, effective: c } = planReload(this.current, next, canSetServices);
     if (applied.length > 0) {
-      const effective = structuredClone(this.current) as unknown as Record<string, unknown>;
-      for (const k of applied) setPath(effective, k, structuredClone(getPath(next, k)));
-      const c = deepFreeze(effective as unknown as Config);
       this.current = c;
-      Object.assign(this.live.timeouts, c.timeouts);
-      this.live.inbound.policy = c.policy;
-      this.live.inbound.ports = c.inbound.ports;
-      if (this.live.connection) this.live.connection.accessLog = c.log.accessLog;
-      if (this.live.tunnel) this.live.tunnel.appAddress = c.inbound.appAddress;
-      if (this.live.capture) {
-        this.live.capture.mode = c.inbound.mode;
-        this.live.capture.appAddress = c.inbound.appAddress;
-      }
-      for (const o of this.live.outbound) o.outboundPolicy = c.outboundPolicy;
-      for (const name of ["outbound", "inbound", "tunnel"] as const) {
-        this.live.listeners.get(name)?.setMaxConnections(c.listeners[name].maxConnections);
-      }
-      c.listeners.explicit.forEach((e, i) => {
-        this.live.listeners.get(`explicit[${i}]`)?.setMaxConnections(e.maxConnections);
-      });
+      applyLive(this.live, c);
       if (applied.includes("log.level")) setLogLevel(this.logger, c.log.level);
-      if (applied.includes("services") && this.routes && isDiscovery(this.routes)) {
-        this.routes.setConfigServices?.(c.services);
-      }
+      if (applied.includes("services") && routes && isDiscovery(routes))
+        routes.setConfigServices?.(c.services);
     }
     this.metrics.configRestartPending.set(restartNeeded.length > 0 ? 1 : 0);
     return { applied, restartNeeded };
@@ -386,9 +232,66 @@ export class Sidecar {
     this.metrics.ready.set(this.readiness().ready ? 1 : 0);
   }
 
+  /** Identity first (not ready until a certificate exists), then connector, routes, listeners, admin. */
   async start(): Promise<SidecarAddresses> {
-    const c = this.config;
     this.publishReady();
+    await this.startIdentity();
+    const w = createWiring({
+      config: this.config,
+      clock: this.clock,
+      logger: this.logger,
+      metrics: this.metrics,
+      tls: this.tls,
+      live: this.live,
+      tracker: this.tracker,
+      socketErrors: this.deps.socketErrors ?? platformSocketErrors(),
+    });
+    const connector = this.deps.connector ?? createConnector(w, this.outboundSessions);
+    this.connector = connector;
+    // Discovery after the connector: its active health checks test apps through their sidecars with it.
+    const routes = createRoutes(w, this.deps, connector);
+    this.routes = routes;
+    if (isDiscovery(routes)) await routes.start();
+    const set = createListeners(w, {
+      routes,
+      connector,
+      originalDst: this.deps.originalDst,
+      inboundSessions: this.inboundSessions,
+      perPeerLimits: () => this.config.limits.perPeer,
+      servesService: (name) => {
+        const me = this.tls.current()?.id;
+        return me !== undefined && this.routes?.service(name)?.identity === me;
+      },
+    });
+    this.listeners = set.all;
+    this.tunnelHandler = set.tunnelHandler;
+    let addrs: SidecarAddresses;
+    try {
+      addrs = await this.listen(set);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    this.addrs = addrs;
+    this.listenersUp = true;
+    this.publishReady();
+    this.logger.info(
+      {
+        admin: fmt(addrs.admin),
+        metrics: fmt(addrs.metrics),
+        tunnel: fmt(addrs.tunnel),
+        outbound: fmt(addrs.outbound),
+        inbound: fmt(addrs.inbound),
+        explicit: addrs.explicit.map(fmt),
+        ready: this.readiness().ready,
+      },
+      "sidecar listening",
+    );
+    return addrs;
+  }
+
+  /** The first identity (or none yet: then not ready), and the watch on its expiry. */
+  private async startIdentity(): Promise<void> {
     await this.identity.start();
     const current = this.identity.current();
     if (current && !this.tls.ready) this.tls.update(current);
@@ -404,312 +307,59 @@ export class Sidecar {
       },
     });
     this.expiry.start();
+  }
 
-    const connDeps: Mutable<ConnectionDeps> = {
+  /** Binds the listeners in order, then the admin and metrics ports; their ports become reserved. */
+  private async listen(set: SidecarListeners): Promise<SidecarAddresses> {
+    const c = this.config;
+    const tunnel = await set.tunnel?.listen();
+    const outbound = await set.outbound?.listen();
+    const inbound = await set.inbound?.listen();
+    const explicit: SocketAddr[] = [];
+    for (const l of set.explicit) explicit.push(await l.listen());
+    const sources: AdminSources = {
       metrics: this.metrics,
-      logger: this.logger.child({ component: "access" }),
-      clock: this.clock,
-      accessLog: c.log.accessLog,
-      tracker: this.tracker,
-      socketErrors: this.deps.socketErrors ?? platformSocketErrors(),
+      readiness: () => this.readiness(),
+      config: () => this.config,
+      certs: () => this.certs(),
+      endpoints: () => (this.routes && isDiscovery(this.routes) ? this.routes.describe() : []),
+      explain: (q) => this.explain(q),
+      logLevel: () => logLevel(this.logger),
+      setLogLevel: (level) => setLogLevel(this.logger, level),
     };
-    this.live.connection = connDeps;
-    const keepalive = {
-      intervalMs: c.upstream.sessionKeepalive.interval,
-      timeoutMs: c.upstream.sessionKeepalive.timeout,
-    };
-    const connector =
-      this.deps.connector ??
-      (c.upstream.transport === "pooled"
-        ? new PooledConnector({
-            tls: this.tls,
-            clock: this.clock,
-            metrics: this.metrics,
-            maxStreamsPerSession: c.upstream.maxStreamsPerSession,
-            sessionIdleTimeoutMs: c.upstream.sessionIdleTimeout,
-            connectTimeoutMs: c.timeouts.connect,
-            keepalive,
-            logger: this.logger.child({ component: "pool" }),
-            certWatch: this.outboundSessions,
-          })
-        : new MtlsConnector({ tls: this.tls, clock: this.clock, metrics: this.metrics }));
-    this.connector = connector;
-
-    // Discovery after the connector: its active health checks test apps through their sidecars with it.
-    if (this.deps.routes) this.routes = this.deps.routes;
-    else if (this.deps.createRoutes) {
-      this.routes = this.deps.createRoutes(c, {
-        logger: this.logger,
-        clock: this.clock,
-        metrics: this.metrics,
-        probe: tunnelProbe(connector, this.clock),
-      });
-    } else {
-      throw new WeftError("E_USAGE", "the sidecar needs a route table (routes or createRoutes)");
-    }
-    if (isDiscovery(this.routes)) await this.routes.start();
-    const listenerAddrs = (): SocketAddr[] =>
-      this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined);
-    const timeouts = this.live.timeouts;
-    const wantsOriginalDst = c.listeners.outbound.enabled || c.listeners.inbound.enabled;
-    let originalDst = this.deps.originalDst;
-    if (!originalDst && wantsOriginalDst) {
-      if (process.platform !== "linux") {
-        throw new WeftError(
-          "E_CONFIG",
-          "listeners.outbound and listeners.inbound need Linux (SO_ORIGINAL_DST); set their enabled: false and use listeners.explicit",
-        );
-      }
-      originalDst = new LinuxOriginalDst();
-    }
-    const reserved = this.live.inbound.reservedPorts as number[];
-    const localAddresses = new LocalAddresses(this.clock);
-    const add = (
-      name: string,
-      opts: {
-        address: string;
-        port: number;
-        maxConnections: number;
-        highWaterMark?: number;
-        setting?: string;
-      },
-      onConnection: (s: import("node:net").Socket) => void,
-      key = name,
-    ): Listener => {
-      const l = new Listener({
-        name,
-        ...opts,
-        clock: this.clock,
-        logger: this.logger.child({ component: "listener", listener: name }),
-        onConnection,
-        onRefused: () => {
-          this.metrics.connectionsClosed.inc({
-            direction: name === "tunnel" ? "inbound" : name,
-            service: "unknown",
-            peer_identity: "none",
-            reason: "connection_limit",
-          });
-        },
-      });
-      this.listeners.push(l);
-      this.live.listeners.set(key, l);
-      return l;
-    };
-
-    const tunnel = c.listeners.tunnel.enabled
-      ? add("tunnel", c.listeners.tunnel, (s) => this.tunnelHandler!.handle(s))
-      : undefined;
-    if (tunnel) {
-      this.live.tunnel = {
-        tls: this.tls,
-        clock: this.clock,
-        logger: this.logger.child({ component: "tunnel" }),
-        metrics: this.metrics,
-        connection: connDeps,
-        settings: this.live.inbound,
-        appAddress: c.inbound.appAddress,
-        timeouts,
-        keepalive,
-        slots: tunnel,
-        certWatch: this.inboundSessions,
-        // Transparent mode: a peer reaches the app at the address it was sent to (the pod's own).
-        transparent: c.listeners.inbound.enabled,
-        localAddresses,
-        peerLimits: new PeerLimits({
-          settings: () => this.config.limits.perPeer,
-          clock: this.clock,
-          metrics: this.metrics,
-          logger: this.logger.child({ component: "tunnel" }),
-          giveBack: () => reclaimProcessMemory({ lastResort: true }),
-        }),
-        servesService: (name) => {
-          const me = this.tls.current()?.id;
-          return me !== undefined && this.routes?.service(name)?.identity === me;
-        },
-      };
-      this.tunnelHandler = new TunnelHandler(this.live.tunnel);
-    }
-    const outboundOptions = (o: Mutable<OutboundOptions>): OutboundOptions => {
-      this.live.outbound.push(o);
-      return o;
-    };
-    const outbound = c.listeners.outbound.enabled
-      ? add(
-          "outbound",
-          { ...c.listeners.outbound, highWaterMark: c.limits.earlyDataBytes },
-          new OutboundHandler(
-            outboundOptions({
-              kind: "outbound",
-              originalDst,
-              listenerAddrs,
-              routes: this.routes,
-              connector,
-              outboundPolicy: c.outboundPolicy,
-              clock: this.clock,
-              logger: this.logger.child({ component: "outbound" }),
-              metrics: this.metrics,
-              connection: connDeps,
-              timeouts,
-              earlyDataBytes: c.limits.earlyDataBytes,
-            }),
-          ).handle,
-        )
-      : undefined;
-    if (c.listeners.inbound.enabled) {
-      this.live.capture = {
-        mode: c.inbound.mode,
-        originalDst: originalDst!,
-        appAddress: c.inbound.appAddress,
-        listenerAddrs,
-        reservedPorts: reserved,
-        ports: () => this.live.inbound.ports,
-        localAddresses,
-        clock: this.clock,
-        logger: this.logger.child({ component: "inbound" }),
-        metrics: this.metrics,
-        connection: connDeps,
-        timeouts,
-      };
-    }
-    const inbound = this.live.capture
-      ? add("inbound", c.listeners.inbound, new InboundCaptureHandler(this.live.capture).handle)
-      : undefined;
-    const explicit = c.listeners.explicit.map((e, i) =>
-      add(
-        "explicit",
-        {
-          address: e.listen.address,
-          port: e.listen.port,
-          setting: `listeners.explicit[${i}].listen`,
-          maxConnections: e.maxConnections,
-          highWaterMark: c.limits.earlyDataBytes,
-        },
-        new OutboundHandler(
-          outboundOptions({
-            kind: "explicit",
-            explicit: { service: e.service, port: e.port },
-            listenerAddrs,
-            routes: this.routes!,
-            connector,
-            outboundPolicy: c.outboundPolicy,
-            clock: this.clock,
-            logger: this.logger.child({ component: "outbound", service: e.service }),
-            metrics: this.metrics,
-            connection: connDeps,
-            timeouts,
-            earlyDataBytes: c.limits.earlyDataBytes,
-          }),
-        ).handle,
-        `explicit[${i}]`,
-      ),
-    );
-
-    try {
-      const tunnelAddr = tunnel ? await tunnel.listen() : undefined;
-      const outboundAddr = outbound ? await outbound.listen() : undefined;
-      const inboundAddr = inbound ? await inbound.listen() : undefined;
-      const explicitAddrs: SocketAddr[] = [];
-      for (const l of explicit) explicitAddrs.push(await l.listen());
-      const sources: AdminSources = {
-        metrics: this.metrics,
-        readiness: () => this.readiness(),
-        config: () => this.config,
-        certs: () => this.certs(),
-        endpoints: () => (this.routes && isDiscovery(this.routes) ? this.routes.describe() : []),
-        explain: (q) => this.explain(q),
-        logLevel: () => logLevel(this.logger),
-        setLogLevel: (level) => setLogLevel(this.logger, level),
-      };
-      this.admin = new AdminServer({
-        address: c.listeners.admin.address,
-        port: c.listeners.admin.port,
-        logger: this.logger.child({ component: "admin" }),
+    const server = (at: { address: string; port: number }, role: "admin" | "metrics") =>
+      new AdminServer({
+        address: at.address,
+        port: at.port,
+        logger: this.logger.child({ component: role }),
         sources,
+        ...(role === "metrics" ? { role } : {}),
       });
-      const adminAddr = await this.admin.listen();
-      if (c.listeners.metrics.enabled) {
-        this.metricsServer = new AdminServer({
-          address: c.listeners.metrics.address,
-          port: c.listeners.metrics.port,
-          logger: this.logger.child({ component: "metrics" }),
-          sources,
-          role: "metrics",
-        });
-      }
-      const metricsAddr = await this.metricsServer?.listen();
-      // A peer may never be forwarded to any port of the sidecar itself (nor the CA's, when it is here).
-      for (const a of [tunnelAddr, outboundAddr, inboundAddr, adminAddr, metricsAddr, ...explicitAddrs]) {
-        if (a) reserved.push(a.port);
-      }
-      if (c.identity.ca) reserved.push(caPort(c.identity.ca.url));
-      this.addrs = {
-        admin: adminAddr,
-        metrics: metricsAddr,
-        tunnel: tunnelAddr,
-        outbound: outboundAddr,
-        inbound: inboundAddr,
-        explicit: explicitAddrs,
-      };
-    } catch (err) {
-      await this.stop();
-      throw err;
-    }
-    this.listenersUp = true;
-    this.publishReady();
-    this.logger.info(
-      {
-        admin: fmt(this.addrs.admin),
-        metrics: fmt(this.addrs.metrics),
-        tunnel: fmt(this.addrs.tunnel),
-        outbound: fmt(this.addrs.outbound),
-        inbound: fmt(this.addrs.inbound),
-        explicit: this.addrs.explicit.map(fmt),
-        ready: this.readiness().ready,
-      },
-      "sidecar listening",
-    );
-    return this.addrs;
+    this.admin = server(c.listeners.admin, "admin");
+    const admin = await this.admin.listen();
+    if (c.listeners.metrics.enabled) this.metricsServer = server(c.listeners.metrics, "metrics");
+    const metrics = await this.metricsServer?.listen();
+    // A peer may never be forwarded to any port of the sidecar itself (nor the CA's, when it is here).
+    const reserved = this.live.inbound.reservedPorts as number[];
+    for (const a of [tunnel, outbound, inbound, admin, metrics, ...explicit]) if (a) reserved.push(a.port);
+    if (c.identity.ca) reserved.push(caPort(c.identity.ca.url));
+    return { admin, metrics, tunnel, outbound, inbound, explicit };
   }
 
   /** `/explain` on the admin port: see explain.ts. Bad queries get 400 with what to ask instead. */
   explain(q: URLSearchParams): { status: number; body: unknown } {
-    const bad = (message: string) => ({ status: 400, body: { error: message } });
     if (!this.routes) return { status: 503, body: { error: "the sidecar has not started" } };
-    const ctx: ExplainContext = {
-      config: this.current,
-      routes: this.routes,
-      inbound: this.live.inbound,
-      listenerAddrs: this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined),
-      localIdentity: this.identity.current()?.id,
-      tracker: this.tracker,
-    };
-    const portParam = q.get("port");
-    // Decimal digits only: Number() would also take "1e3", "0x50" and " 80".
-    const port =
-      portParam === null ? undefined : /^\d{1,5}$/.test(portParam) ? Number(portParam) : Number.NaN;
-    if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
-      return bad(`port "${portParam}" is not a port (1-65535)`);
-    }
-    const peer = q.get("peer");
-    if (peer !== null) {
-      if (!/^spiffe:\/\/[^/\s]+(\/\S*)?$/.test(peer)) return bad(`peer "${peer}" is not a SPIFFE ID`);
-      if (port === undefined) return bad("peer needs port: /explain?peer=spiffe://...&port=8080");
-      return { status: 200, body: explainInbound(ctx, peer, port) };
-    }
-    const service = q.get("service");
-    if (service !== null)
-      return { status: 200, body: explainOutbound(ctx, { service, ...(port ? { port } : {}) }) };
-    const dst = q.get("dst");
-    if (dst !== null) {
-      const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(dst);
-      const p = m ? Number(m[3]) : 0;
-      const address = m ? (m[1] ?? m[2]!) : "";
-      if (!m || p < 1 || p > 65535 || isIP(address) === 0) {
-        return bad(`dst "${dst}" is not address:port (198.18.0.10:8080 or [fd00::1]:8080)`);
-      }
-      return { status: 200, body: explainOutbound(ctx, { dst: { address, port: p } }) };
-    }
-    return bad("ask /explain?dst=address:port, ?service=name[&port=n] or ?peer=spiffe://...&port=n");
+    return explainQuery(
+      {
+        config: this.current,
+        routes: this.routes,
+        inbound: this.live.inbound,
+        listenerAddrs: this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined),
+        localIdentity: this.identity.current()?.id,
+        tracker: this.tracker,
+      },
+      q,
+    );
   }
 
   /** The identity in use, for `/certs`. */

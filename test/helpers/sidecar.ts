@@ -13,7 +13,7 @@ import type { Config } from "../../src/config/schema.ts";
 import type { Clock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import type { RouteTable } from "../../src/discovery/types.ts";
-import { FileIdentitySource } from "../../src/proxy/identity/sources.ts";
+import { FileIdentitySource } from "../../src/proxy/identity/file-source.ts";
 import { Sidecar, type SidecarDeps } from "../../src/proxy/sidecar.ts";
 import { createTestCa } from "./ca.ts";
 import { type EventuallyOptions, eventually } from "./eventually.ts";
