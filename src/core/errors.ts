@@ -61,23 +61,11 @@ export class WeftError extends Error {
   readonly code: ErrorCode;
   /** A short, bounded, snake_case reason for metrics labels (e.g. `expired`, `untrusted_root`). */
   readonly reason: string;
-  /**
-   * The failure was already counted against its endpoint (outlier detection, failure metrics) through
-   * another connection: many connections that waited on one pooled session opening share its one
-   * failure. Whoever sees this still fails (or retries) the connection, but does not count it again.
-   */
-  readonly alreadyCounted: boolean;
-
-  constructor(
-    code: ErrorCode,
-    message: string,
-    options: { reason?: string; cause?: unknown; alreadyCounted?: boolean } = {},
-  ) {
+  constructor(code: ErrorCode, message: string, options: { reason?: string; cause?: unknown } = {}) {
     super(`${code}: ${message}`, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "WeftError";
     this.code = code;
     this.reason = options.reason ?? code.slice(2).toLowerCase();
-    this.alreadyCounted = options.alreadyCounted ?? false;
   }
 }
 

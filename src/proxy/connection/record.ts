@@ -9,65 +9,10 @@ import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
 import { formatAddr, type SocketAddr } from "../../discovery/types.ts";
 import type { SocketErrors } from "../capture/sockopt.ts";
-import { PEER_REASONS } from "../transport/answer.ts";
-import { type ByteSink, Splice, type SpliceEnd, type SpliceSide } from "./splice.ts";
+import { type CloseReason, spliceReason } from "./close-reasons.ts";
+import { type ByteSink, Splice, type SpliceSide } from "./splice.ts";
 
-/**
- * Every reason a connection can end with; also the `reason` label of `weft_tcp_connections_closed_total`.
- * `closed` is the normal end. Identity-verification failures carry the SVID verifier's own bounded reason
- * prefixed `svid_` (e.g. `svid_expired`); the README lists each with its meaning.
- */
-export const CLOSE_REASONS = [
-  "closed",
-  "idle_timeout",
-  "half_close_timeout",
-  "downstream_reset",
-  "upstream_reset",
-  "downstream_error",
-  "upstream_error",
-  "drained",
-  "shutdown",
-  "connection_limit",
-  "peer_limit",
-  // routing
-  "no_route",
-  "unknown_service",
-  "unknown_port",
-  "no_endpoint",
-  "loop",
-  "original_dst_failed",
-  // upstream connection
-  "upstream_connect_failed",
-  "upstream_timeout",
-  "upstream_handshake_failed",
-  "upstream_identity_mismatch",
-  "upstream_untrusted",
-  // the peer sidecar refused (its reason, see transport/answer.ts) or never answered
-  ...PEER_REASONS,
-  // tunnel (inbound mTLS)
-  "handshake_timeout",
-  "handshake_failed",
-  "not_tls",
-  "no_client_cert",
-  "bad_alpn",
-  "client_closed",
-  "proxy_header_timeout",
-  "proxy_header_truncated",
-  "proxy_header_malformed",
-  "proxy_header_unsupported",
-  "policy_denied",
-  "forbidden_port",
-  "port_not_allowed",
-  "destination_not_local",
-  "loopback_destination",
-  "app_connect_failed",
-  // inbound capture
-  "plaintext_refused",
-  // a bug in Weft: caught at the end of the connection's own path, this connection reset, nothing else
-  "internal_error",
-] as const;
-
-export type CloseReason = (typeof CLOSE_REASONS)[number] | `svid_${string}`;
+export { CLOSE_REASONS, type CloseReason, spliceReason } from "./close-reasons.ts";
 
 /** How far a connection got: useful in the access log of failed connections. */
 export type Phase =
@@ -93,22 +38,6 @@ export interface ConnectionDeps {
 interface Cell {
   sent: number;
   received: number;
-}
-
-const SPLICE_REASON: Record<SpliceEnd, CloseReason> = {
-  closed: "closed",
-  idle_timeout: "idle_timeout",
-  half_close_timeout: "half_close_timeout",
-  downstream_reset: "downstream_reset",
-  upstream_reset: "upstream_reset",
-  downstream_error: "downstream_error",
-  upstream_error: "upstream_error",
-  aborted: "shutdown",
-};
-
-/** The close reason for how a splice ended. */
-export function spliceReason(end: SpliceEnd): CloseReason {
-  return SPLICE_REASON[end];
 }
 
 /** What a handler knows that every splice of its connections needs. */

@@ -31,6 +31,7 @@ import {
   type SocketAddr,
 } from "../../discovery/types.ts";
 import { isLoop, type OriginalDstResolver } from "../capture/original-dst.ts";
+import { CountedElsewhere, upstreamCloseReason } from "../connection/close-reasons.ts";
 import {
   type CloseReason,
   type ConnectionDeps,
@@ -253,7 +254,7 @@ class OutboundConnection {
           const ep = lease.endpoint;
           if (reason !== "aborted") {
             // Many connections may share one failure (a pooled session opening): it is counted once.
-            const alreadyCounted = isWeftError(err) && err.alreadyCounted;
+            const alreadyCounted = err instanceof CountedElsewhere;
             if (!alreadyCounted) countFailure(o, lease, service.name, reason);
             o.logger.debug(
               {
@@ -375,7 +376,7 @@ class OutboundConnection {
   private failed(err: unknown): void {
     const { rec, client } = this;
     resetSide({ stream: client, raw: client });
-    rec.finish(this.forced ?? upstreamReason(err, client.destroyed), err);
+    rec.finish(this.forced ?? upstreamCloseReason(err, client.destroyed), err);
   }
 }
 
@@ -395,20 +396,6 @@ function countFailure(o: OutboundOptions, lease: EndpointLease, service: string,
  */
 function lostReporter(o: OutboundOptions, lease: EndpointLease, service: string): (err: WeftError) => void {
   return (err) => countFailure(o, lease, service, err.reason);
-}
-
-function upstreamReason(err: unknown, clientGone: boolean): CloseReason {
-  const reason = isWeftError(err) ? err.reason : "";
-  if (reason === "no_endpoint") return "no_endpoint";
-  if (reason === "connect_reset") return "upstream_reset";
-  if ((PEER_REASONS as readonly string[]).includes(reason)) return reason as PeerReason;
-  if (reason === "aborted" || (clientGone && !isWeftError(err))) return "downstream_reset";
-  if (reason.endsWith("_timeout") || (isWeftError(err) && err.code === "E_TIMEOUT"))
-    return "upstream_timeout";
-  if (reason === "identity_mismatch") return "upstream_identity_mismatch";
-  if (reason.startsWith("svid_")) return "upstream_untrusted";
-  if (reason.startsWith("handshake") || reason === "bad_alpn") return "upstream_handshake_failed";
-  return "upstream_connect_failed";
 }
 
 /**

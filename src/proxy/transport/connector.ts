@@ -13,9 +13,10 @@
 import net from "node:net";
 import tls from "node:tls";
 import type { Clock } from "../../core/clock.ts";
-import { isWeftError, WeftError } from "../../core/errors.ts";
+import { isWeftError, type WeftError } from "../../core/errors.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
 import { type Endpoint, formatAddr, type SocketAddr } from "../../discovery/types.ts";
+import { upstreamFailure as failure, type SvidFailure } from "../connection/close-reasons.ts";
 import type { SpliceSide } from "../connection/splice.ts";
 import { ALPN_WEFT2, peerRefusal, readStatus } from "./answer.ts";
 import { ALPN_WEFT, leafNotAfter, type PeerProof, peerChain, type TunnelTls } from "./tls-context.ts";
@@ -59,26 +60,6 @@ export interface Connector {
   connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream>;
   /** Release what the connector keeps between connections (pooled sessions), at shutdown. */
   close?(): void;
-}
-
-/**
- * Upstream failure reasons (labels of `weft_upstream_connect_failures_total`): connect_refused,
- * connect_reset (plaintext: accepted, then reset), connect_failed, connect_timeout, handshake_failed, handshake_timeout, bad_alpn, identity_mismatch,
- * svid_<verifier reason>, aborted, not_ready; keepalive_timeout for a pooled session that stopped
- * answering PING after it was opened; and the answer step's answer_timeout and `peer_*` refusals
- * (answer.ts `PEER_REASONS`).
- */
-function failure(reason: string, message: string, cause?: unknown): WeftError {
-  const code = reason.endsWith("_timeout")
-    ? "E_TIMEOUT"
-    : reason === "identity_mismatch"
-      ? "E_PEER_IDENTITY"
-      : reason.startsWith("handshake") || reason === "bad_alpn"
-        ? "E_TLS_HANDSHAKE"
-        : reason.startsWith("svid_")
-          ? "E_SVID"
-          : "E_CONNECT";
-  return new WeftError(code, message, { reason, cause });
 }
 
 function connectError(err: NodeJS.ErrnoException, where: string): WeftError {
@@ -269,7 +250,7 @@ export function dialMtls(
         try {
           peer = state.verifyChain(proof.chain, "server");
         } catch (err) {
-          const reason = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
+          const reason: SvidFailure = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
           fail(failure(reason, `${where} presented an unusable certificate: ${(err as Error).message}`, err));
           return;
         }

@@ -50,7 +50,36 @@ export interface ProxyHeader {
   readonly tlvs: readonly ProxyTlv[];
 }
 
-function fail(reason: string, message: string): never {
+/**
+ * Why a header is refused (the `reason` of its E_PROXY_HEADER / E_TIMEOUT error): bad bytes, a header that
+ * describes something other than a TCP stream, or a stream that ended, failed or stalled first.
+ */
+export const PROXY_HEADER_FAILURES = [
+  "bad_address",
+  "bad_command",
+  "bad_family",
+  "bad_port",
+  "bad_signature",
+  "bad_tlv",
+  "bad_version",
+  "local_with_family",
+  "missing_addresses",
+  "mixed_families",
+  "tlv_overflow",
+  "too_long",
+  "truncated_addresses",
+  "udp_transport",
+  "unix_family",
+  "unspec_family",
+  "v1_bad_address",
+  "v1_bad_line",
+  "truncated",
+  "closed",
+  "proxy_header_timeout",
+] as const;
+export type ProxyHeaderFailure = (typeof PROXY_HEADER_FAILURES)[number];
+
+function fail(reason: ProxyHeaderFailure, message: string): never {
   throw new WeftError("E_PROXY_HEADER", message, { reason });
 }
 

@@ -25,6 +25,7 @@ import type { Logger } from "../../core/log.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
 import { formatAddr, normalizeAddress } from "../../discovery/types.ts";
 import type { ConnectionSlots } from "../capture/listener.ts";
+import { proxyHeaderCloseReason } from "../connection/close-reasons.ts";
 import {
   type CloseReason,
   type ConnectionDeps,
@@ -550,7 +551,7 @@ class TunnelStream {
     } catch (err) {
       headerWait();
       if (rec.isFinished) return;
-      this.close(proxyHeaderReason(err), "reset", err);
+      this.close(proxyHeaderCloseReason(err), "reset", err);
       return;
     }
     headerWait();
@@ -726,20 +727,6 @@ function declaredPort(port: number, s: InboundSettings): string {
   const declared =
     s.ports.some((p) => p.port === port) || s.policy.rules.some((r) => r.ports?.includes(port) ?? false);
   return declared ? String(port) : "unknown";
-}
-
-/** PROXY v2 refusals of a well-formed header that describes something other than a TCP stream. */
-const UNSUPPORTED_HEADER = new Set(["udp_transport", "unix_family", "unspec_family", "local_with_family"]);
-
-function proxyHeaderReason(err: unknown): CloseReason {
-  if (isWeftError(err)) {
-    if (UNSUPPORTED_HEADER.has(err.reason)) return "proxy_header_unsupported";
-    if (err.code === "E_TIMEOUT" || err.reason.includes("timeout")) return "proxy_header_timeout";
-    if (err.reason.includes("truncated") || err.reason.includes("eof") || err.reason.includes("closed")) {
-      return "proxy_header_truncated";
-    }
-  }
-  return "proxy_header_malformed";
 }
 
 function noop(): void {}

@@ -17,7 +17,7 @@
  *   in `keepalive.timeoutMs` it is destroyed and counted once as a failure of its endpoint, and no new
  *   stream goes to it while the PING is outstanding (keepalive.ts).
  * - A session that cannot be opened is one upstream failure of that endpoint (outlier detection),
- *   however many connections waited on it (`alreadyCounted` on the errors of the others); a
+ *   however many connections waited on it (`CountedElsewhere` for the others); a
  *   session that dies takes its streams with it, and each of them ends as a reset.
  */
 import http2 from "node:http2";
@@ -27,6 +27,7 @@ import type { Clock, TimerHandle } from "../../../core/clock.ts";
 import { isWeftError, WeftError } from "../../../core/errors.ts";
 import type { Logger } from "../../../core/log.ts";
 import { formatAddr } from "../../../discovery/types.ts";
+import { CountedElsewhere } from "../../connection/close-reasons.ts";
 import { peerRefusal, readResponse } from "../answer.ts";
 import {
   type Connector,
@@ -392,7 +393,7 @@ function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
 
 /**
  * One failed opening is one failure of the endpoint, however many connections waited on it: the first
- * waiter to fail carries the error as it is (and counts it), the others get it marked `alreadyCounted`.
+ * waiter to fail carries the error as it is (and counts it), the others get it as `CountedElsewhere`.
  * A waiter that gave up (`aborted`: its client went away) counts nothing and leaves it to the others.
  */
 function countOnce(opening: Opening, err: unknown, where: string): unknown {
@@ -401,10 +402,10 @@ function countOnce(opening: Opening, err: unknown, where: string): unknown {
     opening.failureCounted = true;
     return err;
   }
-  return new WeftError(
+  return new CountedElsewhere(
     err.code,
     `the tunnel session opening to ${where} that this connection waited on failed (${err.reason}); another connection counted it`,
-    { reason: err.reason, cause: err, alreadyCounted: true },
+    { reason: err.reason, cause: err },
   );
 }
 
