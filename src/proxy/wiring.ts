@@ -9,7 +9,7 @@ import type { Config } from "../config/schema.ts";
 import type { Clock } from "../core/clock.ts";
 import { WeftError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
-import type { WeftMetrics } from "../core/metrics.ts";
+import type { Direction, WeftMetrics } from "../core/metrics.ts";
 import type { Probe } from "../discovery/health.ts";
 import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
 import { reclaimProcessMemory } from "../runtime/idle-reclaim.ts";
@@ -17,7 +17,7 @@ import { InboundCaptureHandler, type InboundCaptureOptions } from "./capture/inb
 import { Listener, type ListenerOptions } from "./capture/listener.ts";
 import { LinuxOriginalDst, type OriginalDstResolver } from "./capture/original-dst.ts";
 import type { SocketErrors } from "./capture/sockopt.ts";
-import type { ConnectionDeps, ConnectionTracker } from "./connection/record.ts";
+import { type ConnectionDeps, type ConnectionTracker, countRefused } from "./connection/record.ts";
 import type { LiveSettings, Mutable } from "./live-settings.ts";
 import { tunnelProbe } from "./outbound/health-probe.ts";
 import { OutboundHandler, type OutboundOptions } from "./outbound/outbound.ts";
@@ -142,6 +142,12 @@ export interface SidecarListeners {
   readonly tunnelHandler: TunnelHandler | undefined;
 }
 
+/** A listener's connection handler: takes each accepted socket, says how its connections are counted. */
+interface Handler {
+  readonly direction: Direction;
+  readonly handle: (socket: Socket) => void;
+}
+
 type ListenAt = Pick<ListenerOptions, "address" | "port" | "maxConnections" | "highWaterMark" | "setting">;
 
 /** Builds every enabled listener with its handler; they listen when the sidecar says so. */
@@ -152,21 +158,16 @@ export function createListeners(w: Wiring, parts: ListenerParts): SidecarListene
     all.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined);
   const originalDst = parts.originalDst ?? (captures(c) ? linuxOriginalDst() : undefined);
   const localAddresses = new LocalAddresses(w.clock);
-  const add = (name: string, at: ListenAt, onConnection: (s: Socket) => void, key = name): Listener => {
+  // A refused accept is counted as the connections of the listener's handler are.
+  const add = (name: string, at: ListenAt, handler: Handler, key = name): Listener => {
     const l = new Listener({
       name,
       ...at,
       clock: w.clock,
       logger: w.logger.child({ component: "listener", listener: name }),
-      onConnection,
-      onRefused: () => {
-        w.metrics.connectionsClosed.inc({
-          direction: name === "tunnel" ? "inbound" : name,
-          service: "unknown",
-          peer_identity: "none",
-          reason: "connection_limit",
-        });
-      },
+      onConnection: handler.handle,
+      onRefused: () =>
+        countRefused(w.connection, { direction: handler.direction, reason: "connection_limit" }),
     });
     all.push(l);
     w.live.listeners.set(key, l);
@@ -175,7 +176,10 @@ export function createListeners(w: Wiring, parts: ListenerParts): SidecarListene
 
   let tunnelHandler: TunnelHandler | undefined;
   const tunnel = c.listeners.tunnel.enabled
-    ? add("tunnel", c.listeners.tunnel, (s) => tunnelHandler!.handle(s))
+    ? add("tunnel", c.listeners.tunnel, {
+        direction: TunnelHandler.direction,
+        handle: (s) => tunnelHandler!.handle(s),
+      })
     : undefined;
   if (tunnel) {
     w.live.tunnel = tunnelOptions(w, parts, tunnel, localAddresses);
@@ -193,7 +197,7 @@ export function createListeners(w: Wiring, parts: ListenerParts): SidecarListene
     w.live.capture = captureOptions(w, originalDst!, listenerAddrs, localAddresses);
   }
   const inbound = w.live.capture
-    ? add("inbound", c.listeners.inbound, new InboundCaptureHandler(w.live.capture).handle)
+    ? add("inbound", c.listeners.inbound, new InboundCaptureHandler(w.live.capture))
     : undefined;
   const explicit = c.listeners.explicit.map((e, i) =>
     add(
@@ -272,7 +276,7 @@ function outboundHandler(
     "kind" | "explicit" | "originalDst" | "routes" | "connector" | "listenerAddrs"
   >,
   logBindings: Record<string, string> = {},
-): (s: Socket) => void {
+): Handler {
   const c = w.config;
   const options: Mutable<OutboundOptions> = {
     ...which,
@@ -285,7 +289,7 @@ function outboundHandler(
     earlyDataBytes: c.limits.earlyDataBytes,
   };
   w.live.outbound.push(options);
-  return new OutboundHandler(options).handle;
+  return new OutboundHandler(options);
 }
 
 function captureOptions(

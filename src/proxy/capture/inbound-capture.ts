@@ -10,7 +10,7 @@ import type { Socket } from "node:net";
 import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
-import type { WeftMetrics } from "../../core/metrics.ts";
+import type { Direction, WeftMetrics } from "../../core/metrics.ts";
 import { formatAddr, normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
 import {
   type CloseReason,
@@ -43,12 +43,15 @@ export interface InboundCaptureOptions {
 }
 
 export class InboundCaptureHandler {
+  /** What its connections (and refusals) are counted as. */
+  readonly direction: Direction = "inbound_plaintext";
+
   constructor(private readonly options: InboundCaptureOptions) {}
 
   readonly handle = (client: Socket): void => {
     const o = this.options;
     client.on("error", noop);
-    const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound_plaintext");
+    const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), this.direction);
     rec.src = { address: normalizeAddress(client.remoteAddress ?? ""), port: client.remotePort ?? 0 };
     let dst: SocketAddr;
     try {

@@ -285,11 +285,35 @@ export function containFailure(
     rec.finish("internal_error", err);
     return;
   }
-  deps.metrics.connectionsClosed.inc({
+  countRefused(deps, {
     direction: rec?.direction ?? where.direction ?? "inbound",
-    service: rec?.service ?? "unknown",
-    peer_identity: rec?.peer ?? where.peer ?? "none",
+    service: rec?.service,
+    peer: rec?.peer ?? where.peer,
     reason: "internal_error",
+  });
+}
+
+/**
+ * A connection that ended before it had a record (an accept over the listener's limit, a pooled stream
+ * refused by a limit, a failure with no live record): counted on `weft_tcp_connections_closed_total`
+ * as a record would count it, the direction the handler says, with no access-log line. With
+ * `ConnectionRecord.finish`, the only writer of that counter.
+ */
+export function countRefused(
+  deps: Pick<ConnectionDeps, "metrics">,
+  what: {
+    readonly direction: Direction;
+    readonly reason: CloseReason;
+    readonly service?: string;
+    /** The peer identity, when verified; `none` otherwise (a metric label only). */
+    readonly peer?: string;
+  },
+): void {
+  deps.metrics.connectionsClosed.inc({
+    direction: what.direction,
+    service: what.service ?? "unknown",
+    peer_identity: what.peer ?? "none",
+    reason: what.reason,
   });
 }
 

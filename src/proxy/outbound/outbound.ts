@@ -22,7 +22,7 @@ import { isIP, type Socket } from "node:net";
 import type { Clock } from "../../core/clock.ts";
 import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
-import type { WeftMetrics } from "../../core/metrics.ts";
+import type { Direction, WeftMetrics } from "../../core/metrics.ts";
 import {
   type EndpointLease,
   normalizeAddress,
@@ -69,7 +69,12 @@ export interface OutboundOptions {
 
 /** Handles connections accepted on an outbound or explicit listener; `handle` is `onConnection`. */
 export class OutboundHandler {
-  constructor(private readonly options: OutboundOptions) {}
+  /** What its connections (and refusals) are counted as: `outbound` or `explicit`. */
+  readonly direction: Direction;
+
+  constructor(private readonly options: OutboundOptions) {
+    this.direction = options.kind;
+  }
 
   readonly handle = (client: Socket): void => {
     const o = this.options;

@@ -22,7 +22,7 @@ import tls from "node:tls";
 import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
-import type { WeftMetrics } from "../../core/metrics.ts";
+import type { Direction, WeftMetrics } from "../../core/metrics.ts";
 import { formatAddr, normalizeAddress } from "../../discovery/types.ts";
 import type { ConnectionSlots } from "../capture/listener.ts";
 import { proxyHeaderCloseReason } from "../connection/close-reasons.ts";
@@ -31,6 +31,7 @@ import {
   type ConnectionDeps,
   ConnectionRecord,
   containFailure,
+  countRefused,
   spliceConnection,
 } from "../connection/record.ts";
 import { resetSide, type Splice, type SpliceSide } from "../connection/splice.ts";
@@ -121,6 +122,8 @@ const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Handles connections accepted on the tunnel port; `handle` is the listener's `onConnection`. */
 export class TunnelHandler {
+  /** What its connections (and refusals) are counted as. */
+  static readonly direction: Direction = "inbound";
   /** Pooled sessions accepted from peer sidecars and still open. */
   private readonly sessions = new Map<http2.ServerHttp2Session, tls.TLSSocket>();
   /** Set once the sessions were told to close: a session that completes its handshake later is too. */
@@ -400,12 +403,7 @@ class TunnelConnection {
     // §8.7), counted as the per-connection path counts a refused accept.
     if (o.slots && !o.slots.tryAcquire()) {
       stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
-      o.metrics.connectionsClosed.inc({
-        direction: "inbound",
-        service: "unknown",
-        peer_identity: peer,
-        reason: "connection_limit",
-      });
+      countRefused(o.connection, { direction: TunnelHandler.direction, peer, reason: "connection_limit" });
       o.logger.debug(
         { src: rec.src, peer_identity: peer, reason: "connection_limit" },
         "tunnel stream refused",
@@ -425,12 +423,7 @@ class TunnelConnection {
       if (!release || !headerSlot) {
         release?.();
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
-        o.metrics.connectionsClosed.inc({
-          direction: "inbound",
-          service: "unknown",
-          peer_identity: peer,
-          reason: "peer_limit",
-        });
+        countRefused(o.connection, { direction: TunnelHandler.direction, peer, reason: "peer_limit" });
         return;
       }
       stream.once("close", release);
