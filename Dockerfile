@@ -1,8 +1,9 @@
 # Weft image: the `weft` sidecar and `meshca`, compiled JavaScript on Node 24 LTS.
-# Stage 1 compiles src/ to dist/ with the dev dependencies, then drops them; the image gets dist/, bin/,
-# package.json and the production node_modules only (no TypeScript sources, no tsx, no compiler). It runs
-# as UID 1337 (which `weft iptables install` exempts from capture) and needs no writable path of its own,
-# so `readOnlyRootFilesystem: true` works. test/integration/image.test.ts runs these steps on the host.
+# Stage 1 compiles src/ to dist/ with the dev dependencies (and bundles the weft command into dist/weft/),
+# then drops them; the image gets dist/, bin/, package.json and the production node_modules only (no
+# TypeScript sources, no tsx, no compiler). It runs as UID 1337 (which `weft iptables install` exempts
+# from capture) and needs no writable path of its own, so `readOnlyRootFilesystem: true` works.
+# test/integration/image.test.ts runs these steps on the host.
 FROM node:24-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./

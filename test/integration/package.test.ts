@@ -48,7 +48,13 @@ test("npm pack, then the tarball installed offline into an empty folder: weft an
   for (const dep of Object.keys(pkg.dependencies)) {
     assert.ok(paths.includes(`node_modules/${dep}/package.json`), `${dep} is not bundled`);
   }
-  for (const p of ["bin/weft.js", "bin/meshca.js", "dist/cli/weft-main.js", "dist/cli/meshca-main.js"]) {
+  for (const p of [
+    "bin/weft.js",
+    "bin/meshca.js",
+    "dist/weft/weft.js",
+    "dist/cli/weft-main.js",
+    "dist/cli/meshca-main.js",
+  ]) {
     assert.ok(paths.includes(p), `the package lacks ${p}`);
   }
 
