@@ -214,9 +214,10 @@ export const configSchema = z.strictObject({
        * How this sidecar carries app connections to other sidecars: `per-connection` opens one mutual-TLS
        * connection per app connection (PROXY v2 header, then the bytes); `pooled` keeps one mutual-TLS
        * HTTP/2 session per peer sidecar and opens one CONNECT stream per app connection, so a new app
-       * connection costs no handshake. Tunnel listeners accept both (ALPN weft/1 or h2). Pooled is the
-       * default: against HAProxy and stunnel it is the transport that meets the new-connection and
-       * memory targets (docs/benchmarks.md); per-connection is for peers that only speak weft/1.
+       * connection costs no handshake. Tunnel listeners accept both (ALPN weft/3, weft/2, weft/1 or
+       * h2). Pooled is the default: against HAProxy and stunnel it is the transport that meets the
+       * new-connection and memory targets (docs/benchmarks.md); per-connection is for peers that do
+       * not speak h2.
        */
       transport: z.enum(["per-connection", "pooled"]).default("pooled"),
       /** Pooled: app connections carried by one session before another is opened to the same peer. */

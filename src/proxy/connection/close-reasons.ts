@@ -24,6 +24,8 @@ export const CLOSE_REASONS = [
   "upstream_reset",
   "downstream_error",
   "upstream_error",
+  // a weft/3 tunnel ended without its end frame (the peer sidecar died or was cut off): carried as a reset
+  "peer_truncated",
   "drained",
   "shutdown",
   "connection_limit",
@@ -84,6 +86,8 @@ const SPLICE_REASON: Record<SpliceEnd, CloseReason> = {
   upstream_reset: "upstream_reset",
   downstream_error: "downstream_error",
   upstream_error: "upstream_error",
+  peer_truncated: "peer_truncated",
+  peer_protocol_error: "peer_protocol_error",
   aborted: "shutdown",
 };
 

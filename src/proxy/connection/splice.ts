@@ -20,6 +20,11 @@
  *   `'end'` is checked against the kernel first (`wasReset`, SO_ERROR and TCP state): libuv reports EOF
  *   when a peer's last bytes and its RST arrive in one poll, and forwarding that as a FIN would make a
  *   truncated transfer look complete.
+ * - A truncated tunnel is carried as a reset: a `weft/3` tunnel side (`framed`, see frames.ts) says its
+ *   app's FIN with an end frame, which is forwarded as the FIN at once; a tunnel that ends without one
+ *   (a killed peer sidecar: its kernel sends a FIN for the process's sockets) resets the other side
+ *   (`peer_truncated`), and so does a byte after the end frame (`peer_protocol_error`). App bytes go
+ *   into the tunnel as frames, header and chunk in one write.
  * - An idle timer ends connections with no bytes either way; it is re-armed once per turn, not per chunk.
  * - Byte counts are plain numbers, added to the connection's `ByteSink`.
  */
@@ -27,6 +32,7 @@ import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Clock, TimerHandle } from "../../core/clock.ts";
 import { NO_SOCKET_ERRORS, type SocketErrors } from "../capture/sockopt.ts";
+import { END_FRAME, FrameReader, writeFramed } from "./frames.ts";
 
 /**
  * One side of a splice: the stream that carries bytes and the TCP socket under it (the same for plain
@@ -41,6 +47,8 @@ export interface SpliceSide {
   readonly reset?: () => void;
   /** Without a socket: whether the peer ended this stream with a reset (an HTTP/2 RST_STREAM). */
   readonly resetByPeer?: () => boolean;
+  /** A `weft/3` tunnel: its bytes are frames, and it must end with an end frame (frames.ts). */
+  readonly framed?: boolean;
 }
 
 /** Why a splice ended; the connection maps these onto its closed set of reasons. */
@@ -52,6 +60,10 @@ export type SpliceEnd =
   | "upstream_reset"
   | "downstream_error"
   | "upstream_error"
+  /** A framed tunnel ended without its end frame (frames.ts). */
+  | "peer_truncated"
+  /** A framed tunnel sent bytes after its end frame. */
+  | "peer_protocol_error"
   | "aborted";
 
 /** Where the splice adds byte counts (the connection record). */
@@ -118,25 +130,48 @@ class Pump {
   private corked = false;
   private waiting = false;
   private readonly src: Duplex;
+  private readonly dst: Duplex;
   /** Never below the destination's high-water mark: crossing it must have made write() return false. */
   private readonly limit: number;
+  /** The source is a framed tunnel: its frames are read here. */
+  private readonly frames: FrameReader | undefined;
+  /** The destination is a framed tunnel: chunks go out as frames. */
+  private readonly framedOut: boolean;
 
   constructor(
     private readonly owner: Splice,
     private readonly srcSide: SpliceSide,
-    private readonly dst: Duplex,
+    dstSide: SpliceSide,
     private readonly upload: boolean,
   ) {
     this.src = srcSide.stream;
-    this.limit = Math.max(MAX_BUFFERED, dst.writableHighWaterMark);
+    this.dst = dstSide.stream;
+    this.limit = Math.max(MAX_BUFFERED, this.dst.writableHighWaterMark);
+    this.frames = srcSide.framed ? new FrameReader() : undefined;
+    this.framedOut = dstSide.framed === true;
   }
 
-  readonly onData = (chunk: Buffer): void => {
+  readonly onData = (got: Buffer): void => {
+    let chunk = got;
+    const frames = this.frames;
+    if (frames) {
+      const bytes = frames.read(got);
+      if (frames.violated) {
+        this.owner.failFramed("peer_protocol_error");
+        return;
+      }
+      if (bytes === undefined) {
+        if (frames.ended) this.endFrame();
+        return;
+      }
+      chunk = bytes;
+    }
     const n = chunk.length;
     if (this.upload) this.owner.bytes.addReceived(n);
     else this.owner.bytes.addSent(n);
     this.owner.activity = true;
-    if (!this.corked && n >= FULL_CHUNK) {
+    // The size read, not the app bytes in it, says whether more is coming in this turn.
+    if (!this.corked && got.length >= FULL_CHUNK) {
       // A full chunk (a whole 16 KiB TLS record, or a big socket read) says more is coming in this
       // turn: gather the turn's chunks into one writev, flushed when the turn ends.
       this.corked = true;
@@ -145,14 +180,32 @@ class Pump {
     }
     // A short chunk while not corked is the end of what was there (a request, a reply): it goes out at
     // once, with no extra turn of the event loop.
-    this.dst.write(chunk);
+    if (this.framedOut) writeFramed(this.dst, chunk);
+    else this.dst.write(chunk);
     // A write that crosses the limit also returned false (the limit is at least the high-water mark),
     // so the destination will emit 'drain' once its buffer is empty.
     if (!this.waiting && this.dst.writableLength >= this.limit) {
       this.waiting = true;
       this.src.pause();
     }
+    if (frames?.ended) this.endFrame();
   };
+
+  /**
+   * The peer's end frame: its app's FIN, forwarded now. The source is kept reading (also when paused
+   * for backpressure: a destination that is ending emits no 'drain'), so the tunnel's own end is seen.
+   */
+  private endFrame(): void {
+    if (this.ended || this.owner.isDone) return;
+    this.eofSeen = true;
+    this.ended = true;
+    if (!this.dst.destroyed && !this.dst.writableEnded) this.dst.end();
+    if (this.waiting) {
+      this.waiting = false;
+      this.src.resume();
+    }
+    this.owner.halfClosed();
+  }
 
   readonly endTurn = (): void => {
     if (this.corked) {
@@ -186,9 +239,18 @@ class Pump {
       this.owner.resetFrom(this.upload ? "downstream" : "upstream");
       return;
     }
+    if (this.frames) {
+      // A framed tunnel: its FIN went on at the end frame; ending without one is a truncation.
+      if (!this.frames.ended) this.owner.failFramed("peer_truncated");
+      return;
+    }
     this.ended = true;
-    // Forward the FIN: end() flushes anything corked, then shuts down the write side.
-    if (!this.dst.destroyed && !this.dst.writableEnded) this.dst.end();
+    // Forward the FIN: end() flushes anything corked, then shuts down the write side (after the end
+    // frame, for a framed tunnel).
+    if (!this.dst.destroyed && !this.dst.writableEnded) {
+      if (this.framedOut) this.dst.end(END_FRAME);
+      else this.dst.end();
+    }
     this.owner.halfClosed();
   };
 
@@ -224,8 +286,8 @@ export class Splice {
   ) {
     this.bytes = options.bytes;
     this.socketErrors = options.socketErrors ?? NO_SOCKET_ERRORS;
-    this.up = new Pump(this, downstream, upstream.stream, true);
-    this.down = new Pump(this, upstream, downstream.stream, false);
+    this.up = new Pump(this, downstream, upstream, true);
+    this.down = new Pump(this, upstream, downstream, false);
     this.up.attach();
     this.down.attach();
     this.watch(downstream, "downstream");
@@ -286,6 +348,11 @@ export class Splice {
   /** Called by a pump whose source "ended" with a reset pending in the kernel. */
   resetFrom(name: "downstream" | "upstream"): void {
     this.fail(`${name}_reset`, undefined);
+  }
+
+  /** Called by a pump whose framed tunnel was cut short or broke the framing. */
+  failFramed(end: "peer_truncated" | "peer_protocol_error"): void {
+    this.fail(end, undefined);
   }
 
   /** Called by a pump when its source ended (a FIN was forwarded). */

@@ -6,15 +6,19 @@
  * at the limit the client is paused and TCP flow control holds it (`limits.earlyDataBytes`, also the
  * socket's high-water mark, so the whole connection holds at most twice that). A FIN from the client is
  * remembered, not forwarded: the splice carries it once the peer accepted (Splice sees `readableEnded`).
+ * To a `weft/3` tunnel (`framed`) the bytes go as frames (connection/frames.ts): the kept bytes as one
+ * frame after the preamble, later ones a frame each.
  */
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { framedConcat, writeFramed } from "../connection/frames.ts";
 import type { ByteSink } from "../connection/splice.ts";
 
 export class EarlyData {
   private chunks: Buffer[] = [];
   private size = 0;
   private target: Duplex | undefined;
+  private framed = false;
   private reading = false;
 
   constructor(
@@ -34,9 +38,17 @@ export class EarlyData {
     return this.size;
   }
 
-  /** Send `preamble` and every byte kept so far to `dst` in one write, and later bytes as they come. */
-  attach(dst: Duplex, preamble?: Buffer): void {
+  /**
+   * Send `preamble` and every byte kept so far to `dst` in one write, and later bytes as they come;
+   * `framed`: the bytes as frames (a weft/3 tunnel).
+   */
+  attach(dst: Duplex, preamble?: Buffer, framed = false): void {
     this.target = dst;
+    this.framed = framed;
+    if (framed) {
+      if (preamble || this.size > 0) dst.write(framedConcat(preamble, this.chunks));
+      return;
+    }
     const parts = preamble ? [preamble, ...this.chunks] : this.chunks;
     if (parts.length > 0) dst.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
   }
@@ -65,7 +77,10 @@ export class EarlyData {
     this.chunks.push(chunk);
     this.size += chunk.length;
     const t = this.target;
-    if (t && !t.destroyed) t.write(chunk);
+    if (t && !t.destroyed) {
+      if (this.framed) writeFramed(t, chunk);
+      else t.write(chunk);
+    }
     if (this.size >= this.limit) this.client.pause();
   };
 }

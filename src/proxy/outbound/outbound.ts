@@ -347,7 +347,7 @@ class OutboundConnection {
             tlvs: [{ type: PP2_TYPE_WEFT_SERVICE, value: Buffer.from(service.name, "utf8") }],
           })
         : undefined;
-      early.attach(upstream.side.stream, preamble);
+      early.attach(upstream.side.stream, preamble, upstream.side.framed);
       await upstream.answer(signal);
     } catch (err) {
       resetSide(upstream.side);

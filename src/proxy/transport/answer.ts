@@ -8,11 +8,14 @@
  * - Pooled (`h2`): the CONNECT response. `:status 200` = accepted; a refusal is a non-200 status plus
  *   `weft-refusal: <reason>`, sent with END_STREAM, after which the stream is closed (RST_STREAM
  *   NO_ERROR), so a client that does not wait for the answer still sees a reset, as it did before.
- * - Per-connection (`weft/2`): a 4-byte status message before any byte of the app,
- *   `0x57 0x46 <version 2> <code>`; code 0 = accepted, 1.. = the refusals below in order. After a
- *   refusal the server ends the TLS stream. `weft/1` (no status message, bytes flow at once, a refusal is
- *   a reset) stays accepted on both ends, so sidecars of different versions interoperate: the client
- *   offers `weft/2, weft/1` and the server prefers `weft/2`.
+ * - Per-connection (`weft/3`, `weft/2`): a 4-byte status message before any byte of the app,
+ *   `0x57 0x46 <version> <code>` (version 3 or 2, as the ALPN); code 0 = accepted, 1.. = the refusals
+ *   below in order. After a refusal the server ends the TLS stream. `weft/3` then frames the app's
+ *   bytes both ways, so that a tunnel cut short is told from the app's FIN (connection/frames.ts);
+ *   `weft/2` carries them raw. `weft/2` and `weft/1` (no status message, bytes flow at once, a refusal
+ *   is a reset) stay accepted on both ends, so sidecars of different versions interoperate (without
+ *   truncation detection): the client offers `weft/3, weft/2, weft/1` and the server prefers them in
+ *   that order.
  *
  * The reasons form a closed set on both ends: the server sends one of `REFUSALS`; the client maps what
  * it receives onto `PeerReason` (anything else is `peer_refused` or `peer_protocol_error`), so a hostile
@@ -24,6 +27,13 @@ import { isWeftError, WeftError } from "../../core/errors.ts";
 
 /** ALPN of the per-connection tunnel with the answer step (see the module comment). */
 export const ALPN_WEFT2 = "weft/2";
+/** ALPN of the per-connection tunnel with the answer step and framed bytes (see the module comment). */
+export const ALPN_WEFT3 = "weft/3";
+
+/** The status message's version byte for a per-connection ALPN with an answer step, else `undefined`. */
+export function statusVersion(alpn: string | false | null | undefined): 2 | 3 | undefined {
+  return alpn === ALPN_WEFT3 ? 3 : alpn === ALPN_WEFT2 ? 2 : undefined;
+}
 
 /** Why a server sidecar refused a tunnel stream (wire values; order = weft/2 status codes 1..). */
 export const REFUSALS = [
@@ -60,7 +70,6 @@ export type PeerReason = (typeof PEER_REASONS)[number];
 
 export const STATUS_MAGIC_0 = 0x57;
 export const STATUS_MAGIC_1 = 0x46;
-export const STATUS_VERSION = 2;
 export const STATUS_BYTES = 4;
 /** The `weft-refusal` header of a refused CONNECT. */
 export const REFUSAL_HEADER = "weft-refusal";
@@ -74,18 +83,18 @@ const H2_STATUS: Record<Refusal, number> = {
   internal_error: 500,
 };
 
-/** The weft/2 status message: accepted (`undefined`) or a refusal. */
-export function encodeStatus(refusal: Refusal | undefined): Buffer {
+/** The status message of `version` (weft/2, weft/3): accepted (`undefined`) or a refusal. */
+export function encodeStatus(refusal: Refusal | undefined, version: 2 | 3): Buffer {
   const code = refusal === undefined ? 0 : REFUSALS.indexOf(refusal) + 1;
-  return Buffer.from([STATUS_MAGIC_0, STATUS_MAGIC_1, STATUS_VERSION, code]);
+  return Buffer.from([STATUS_MAGIC_0, STATUS_MAGIC_1, version, code]);
 }
 
-/** Parse a weft/2 status message: `undefined` = accepted, else the client's reason. */
-export function decodeStatus(b: Buffer): PeerReason | undefined {
+/** Parse a status message of `version`: `undefined` = accepted, else the client's reason. */
+export function decodeStatus(b: Buffer, version: 2 | 3): PeerReason | undefined {
   if (b.length !== STATUS_BYTES || b[0] !== STATUS_MAGIC_0 || b[1] !== STATUS_MAGIC_1) {
     return "peer_protocol_error";
   }
-  if (b[2] !== STATUS_VERSION) return "peer_protocol_error";
+  if (b[2] !== version) return "peer_protocol_error";
   const code = b[3]!;
   if (code === 0) return undefined;
   const r = REFUSALS[code - 1];
@@ -193,13 +202,14 @@ function awaitAnswer(
 }
 
 /**
- * Read the weft/2 status message from `stream`: resolves with the client's reason (`undefined` =
+ * Read the status message of `version` from `stream`: resolves with the client's reason (`undefined` =
  * accepted). Bytes after the message (a server-speaks-first app) are put back and the stream is left
  * paused for the splice. Rejects with `peer_closed` when the stream ends or fails first, or with
  * `answer_timeout`/`aborted` when `signal` aborts.
  */
 export function readStatus(
   stream: Duplex,
+  version: 2 | 3,
   where: string,
   signal: AbortSignal,
 ): Promise<PeerReason | undefined> {
@@ -209,7 +219,7 @@ export function readStatus(
       got = got.length === 0 ? chunk : Buffer.concat([got, chunk]);
       if (got.length < STATUS_BYTES) return;
       stream.pause();
-      answered(decodeStatus(got.subarray(0, STATUS_BYTES)));
+      answered(decodeStatus(got.subarray(0, STATUS_BYTES), version));
       // After `answered` took the listeners off: the rest is the app's, for the splice.
       const rest = got.subarray(STATUS_BYTES);
       if (rest.length > 0) stream.unshift(rest);

@@ -1,7 +1,7 @@
 /**
  * The upstream seam of the outbound path: given an endpoint and the identity it must prove, give back a
  * connected duplex. `MtlsConnector` dials the endpoint's sidecar tunnel port with mutual TLS 1.3 (ALPN
- * `weft/1`, the shared SecureContext, a resumed session when one is kept for that endpoint) and checks
+ * `weft/3`, or `weft/2`/`weft/1` with an older peer (answer.ts); the shared SecureContext, a resumed session when one is kept for that endpoint) and checks
  * that the server's X.509-SVID verifies and names exactly the expected SPIFFE ID. One deadline, carried by
  * the caller's AbortSignal, covers TCP connect and handshake together. `connectTcp` is the plaintext dial
  * (endpoints without a sidecar, passthrough, the local app).
@@ -18,7 +18,7 @@ import type { WeftMetrics } from "../../core/metrics.ts";
 import { type Endpoint, formatAddr, type SocketAddr } from "../../discovery/types.ts";
 import { upstreamFailure as failure, type SvidFailure } from "../connection/close-reasons.ts";
 import type { SpliceSide } from "../connection/splice.ts";
-import { ALPN_WEFT2, peerRefusal, readStatus } from "./answer.ts";
+import { ALPN_WEFT2, ALPN_WEFT3, peerRefusal, readStatus, statusVersion } from "./answer.ts";
 import { ALPN_WEFT, leafNotAfter, type PeerProof, peerChain, type TunnelTls } from "./tls-context.ts";
 
 /** A connected upstream, ready for the PROXY header and the splice. */
@@ -138,17 +138,19 @@ export class MtlsConnector implements Connector {
   constructor(private readonly options: MtlsConnectorOptions) {}
 
   async connect(target: UpstreamTarget, signal: AbortSignal): Promise<Upstream> {
-    const v = await dialMtls(this.options, target, signal, [ALPN_WEFT2, ALPN_WEFT]);
+    const v = await dialMtls(this.options, target, signal, [ALPN_WEFT3, ALPN_WEFT2, ALPN_WEFT]);
     const where = formatAddr(target.endpoint.address, target.endpoint.tunnelPort);
+    const version = statusVersion(v.alpn);
     return {
       answer:
-        v.alpn === ALPN_WEFT2
+        version !== undefined
           ? async (answerSignal) => {
-              const refused = await readStatus(v.sock, where, answerSignal);
+              const refused = await readStatus(v.sock, version, where, answerSignal);
               if (refused) throw peerRefusal(refused, where);
             }
           : NO_ANSWER,
-      side: { stream: v.sock, raw: v.raw },
+      // weft/3 frames the app's bytes, so that a tunnel cut short is not taken for a FIN (frames.ts).
+      side: { stream: v.sock, raw: v.raw, framed: v.alpn === ALPN_WEFT3 },
       peerIdentity: v.peer,
       connectMs: v.connectMs,
       handshakeMs: v.handshakeMs,

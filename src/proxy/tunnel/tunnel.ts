@@ -36,7 +36,14 @@ import {
 } from "../connection/record.ts";
 import { resetSide, type Splice, type SpliceSide } from "../connection/splice.ts";
 import { appTarget, decideAppAddress, decideInbound, type InboundSettings } from "../outbound/route.ts";
-import { ALPN_WEFT2, encodeStatus, type Refusal, refusalHeaders } from "../transport/answer.ts";
+import {
+  ALPN_WEFT2,
+  ALPN_WEFT3,
+  encodeStatus,
+  type Refusal,
+  refusalHeaders,
+  statusVersion,
+} from "../transport/answer.ts";
 import { connectTcp } from "../transport/connector.ts";
 import type { SessionCertWatch } from "../transport/h2/cert-watch.ts";
 import { type KeepaliveSettings, SessionKeepalive } from "../transport/h2/keepalive.ts";
@@ -169,8 +176,9 @@ export class TunnelHandler {
       secureContext: o.tls.context(),
       requestCert: true,
       rejectUnauthorized: false,
-      // weft/2 first: the per-connection tunnel with the answer step (answer.ts); weft/1 for older peers.
-      ALPNProtocols: [ALPN_WEFT2, ALPN_WEFT, ALPN_H2],
+      // weft/3 first: the per-connection tunnel with the answer step and framed bytes (answer.ts,
+      // frames.ts); weft/2 and weft/1 for older peers.
+      ALPNProtocols: [ALPN_WEFT3, ALPN_WEFT2, ALPN_WEFT, ALPN_H2],
       allowHalfOpen: true,
     } as tls.TLSSocketOptions);
     new TunnelConnection(o, rec, raw, sock, this.sessions, () => this.draining).start();
@@ -272,7 +280,7 @@ class TunnelConnection {
     rec.handshakeMs = o.clock.monotonic() - this.started;
     sock.setNoDelay(true);
     const alpn = sock.alpnProtocol;
-    if (alpn !== ALPN_WEFT2 && alpn !== ALPN_WEFT && alpn !== ALPN_H2) {
+    if (alpn !== ALPN_WEFT3 && alpn !== ALPN_WEFT2 && alpn !== ALPN_WEFT && alpn !== ALPN_H2) {
       this.refuse("bad_alpn", "bad_alpn");
       return;
     }
@@ -301,8 +309,10 @@ class TunnelConnection {
       this.servePooled(peer, { chain, role: "client" });
       return;
     }
-    const side: SpliceSide = { stream: sock, raw: this.raw };
-    const answer = alpn === ALPN_WEFT2 ? statusAnswer(side, o.clock, o.timeouts.connect) : legacyAnswer(side);
+    const side: SpliceSide = { stream: sock, raw: this.raw, framed: alpn === ALPN_WEFT3 };
+    const version = statusVersion(alpn);
+    const answer =
+      version !== undefined ? statusAnswer(side, version, o.clock, o.timeouts.connect) : legacyAnswer(side);
     if (o.peerLimits) {
       // A per-connection tunnel is one of the peer's streams too.
       const release = o.peerLimits.openStream(peer);
@@ -444,7 +454,7 @@ class TunnelConnection {
 }
 
 /**
- * One tunnel stream after the peer is verified, whether it is a whole TLS connection (`weft/1`) or one
+ * One tunnel stream after the peer is verified, whether it is a whole TLS connection (`weft/1..3`) or one
  * CONNECT stream of a pooled session (`h2`): PROXY header -> policy -> app -> splice.
  */
 class TunnelStream {
@@ -668,13 +678,13 @@ function legacyAnswer(side: SpliceSide): TunnelAnswer {
 }
 
 /**
- * weft/2: the status message before the app's first byte. A refusal ends the TLS stream after it; what
+ * weft/2 and weft/3: the status message before the app's first byte. A refusal ends the TLS stream after it; what
  * the client already sent is read and dropped until it closes, so our close is a FIN, never a reset that
  * could overtake the status (bounded by `lingerMs`, then destroyed).
  */
-function statusAnswer(side: SpliceSide, clock: Clock, lingerMs: number): TunnelAnswer {
+function statusAnswer(side: SpliceSide, version: 2 | 3, clock: Clock, lingerMs: number): TunnelAnswer {
   return {
-    accept: () => side.stream.write(encodeStatus(undefined)),
+    accept: () => side.stream.write(encodeStatus(undefined, version)),
     refuse: (refusal) => {
       const s = side.stream;
       if (s.destroyed) return;
@@ -684,7 +694,7 @@ function statusAnswer(side: SpliceSide, clock: Clock, lingerMs: number): TunnelA
       }, lingerMs);
       s.once("close", () => timer.cancel());
       s.on("error", noop);
-      s.end(encodeStatus(refusal));
+      s.end(encodeStatus(refusal, version));
       s.resume();
     },
   };
