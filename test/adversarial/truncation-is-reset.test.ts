@@ -21,9 +21,8 @@ import { createHash } from "node:crypto";
 import net, { type Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import { MemoryLogger } from "../../src/core/log.ts";
-import { platformSocketErrors } from "../../src/proxy/capture/sockopt.ts";
-import { wasReset } from "../../src/proxy/connection/splice.ts";
 import { startClientFor, startServerProcess } from "../helpers/adversarial.ts";
+import { type ReadOutcome, readOutcome } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { eventually } from "../helpers/eventually.ts";
 import {
@@ -45,42 +44,6 @@ const KILL_AFTER = 2 * 1024 * 1024;
 /** An endless transfer stops here at the latest, so a test that goes wrong still ends. */
 const ENDLESS_CAP = 512 * 1024 * 1024;
 const CHUNK = Buffer.alloc(64 * 1024, 0x5a);
-
-const kernel = platformSocketErrors();
-
-interface Outcome {
-  /** `eof` (a FIN), `reset` (ECONNRESET, or an EOF the kernel knows was a reset), `error:<code>`. */
-  readonly end: string;
-  readonly bytes: number;
-  readonly sha256: string;
-}
-
-/**
- * Read `s` to its end; `onProgress` sees the byte count as it grows. An EOF is checked against the kernel
- * before it counts as a FIN.
- */
-function readToEnd(s: Socket, onProgress: (bytes: number) => void = () => {}): Promise<Outcome> {
-  return new Promise((resolve) => {
-    const hash = createHash("sha256");
-    let bytes = 0;
-    let done = false;
-    const finish = (end: string): void => {
-      if (done) return;
-      done = true;
-      resolve({ end, bytes, sha256: hash.digest("hex") });
-    };
-    s.on("data", (d: Buffer) => {
-      bytes += d.length;
-      hash.update(d);
-      onProgress(bytes);
-    });
-    s.once("end", () => finish(wasReset(kernel, { stream: s, raw: s }) ? "reset" : "eof"));
-    s.on("error", (err: NodeJS.ErrnoException) =>
-      finish(err.code === "ECONNRESET" ? "reset" : `error:${err.code ?? err.message}`),
-    );
-    s.once("close", () => finish("close without end"));
-  });
-}
 
 /** Write `total` bytes (or until the socket fails) with backpressure; resolves with the sha256 written. */
 async function writeBytes(s: Socket, total: number, end: boolean): Promise<string> {
@@ -112,7 +75,7 @@ async function writeBytes(s: Socket, total: number, end: boolean): Promise<strin
  * (it is added to `uploads`), answered with `ok` and a FIN.
  */
 interface Upload {
-  outcome: Promise<Outcome>;
+  outcome: Promise<ReadOutcome>;
   /** Bytes read so far. */
   bytes: number;
 }
@@ -129,14 +92,14 @@ async function startApp(t: TestContext): Promise<{ port: number; uploads: Upload
       if (mode === "U") {
         s.pause();
         const rest = first.subarray(1);
-        const up: Upload = { outcome: Promise.resolve({ end: "", bytes: 0, sha256: "" }), bytes: 0 };
-        const out = readToEnd(s, (n) => {
+        const up: { outcome?: Promise<ReadOutcome>; bytes: number } = { bytes: 0 };
+        const out = readOutcome(s, (n) => {
           up.bytes = n;
         });
         up.outcome = out;
         if (rest.length > 0) s.unshift(rest);
         s.resume();
-        uploads.push(up);
+        uploads.push(up as Upload);
         void out.then((o) => {
           if (o.end === "eof" && !s.destroyed) s.end("ok");
         });
@@ -193,7 +156,7 @@ for (const transport of TRANSPORTS) {
     const ok = await dial(client.port);
     ok.write("D");
     ok.end();
-    const complete = await readToEnd(ok);
+    const complete = await readOutcome(ok);
     assert.equal(complete.end, "eof", "a complete download ends with a FIN");
     assert.equal(complete.bytes, COMPLETE_BYTES);
     ok.destroy();
@@ -201,7 +164,7 @@ for (const transport of TRANSPORTS) {
     const s = await dial(client.port);
     s.write("E");
     let killed = false;
-    const outcome = await readToEnd(s, (bytes) => {
+    const outcome = await readOutcome(s, (bytes) => {
       if (!killed && bytes >= KILL_AFTER) {
         killed = true;
         server.weft.child.kill("SIGKILL");
@@ -264,7 +227,7 @@ for (const transport of TRANSPORTS) {
 
     // A complete upload first: the app gets every byte and a clean FIN, and answers after it.
     const ok = await dial(port);
-    const answer = readToEnd(ok);
+    const answer = readOutcome(ok);
     ok.write("U");
     const sent = await writeBytes(ok, COMPLETE_BYTES, true);
     const replied = await answer;

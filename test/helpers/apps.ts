@@ -7,6 +7,8 @@
 import { createHash, randomBytes } from "node:crypto";
 import net, { type Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { platformSocketErrors } from "../../src/proxy/capture/sockopt.ts";
+import { wasReset } from "../../src/proxy/connection/splice.ts";
 
 export interface App {
   readonly address: string;
@@ -124,6 +126,43 @@ export function hashUntilEnd(stream: Duplex): Promise<{ sha256: string; bytes: n
     });
     stream.once("end", () => resolve({ sha256: hash.digest("hex"), bytes }));
     stream.once("error", reject);
+  });
+}
+
+/** How a read to the end went: `eof` (a FIN), `reset`, `error:<code>`, or `close without end`. */
+export interface ReadOutcome {
+  readonly end: string;
+  readonly bytes: number;
+  readonly sha256: string;
+}
+
+const kernel = platformSocketErrors();
+
+/**
+ * Read `s` to its end, counting and hashing (`onProgress` sees the count grow); never rejects. An EOF is
+ * checked against the kernel before it counts as a FIN, as the splice does: libuv reports EOF when the
+ * last bytes and an RST arrive in one poll.
+ */
+export function readOutcome(s: Socket, onProgress: (bytes: number) => void = () => {}): Promise<ReadOutcome> {
+  return new Promise((resolve) => {
+    const hash = createHash("sha256");
+    let bytes = 0;
+    let done = false;
+    const finish = (end: string): void => {
+      if (done) return;
+      done = true;
+      resolve({ end, bytes, sha256: hash.digest("hex") });
+    };
+    s.on("data", (d: Buffer) => {
+      bytes += d.length;
+      hash.update(d);
+      onProgress(bytes);
+    });
+    s.once("end", () => finish(wasReset(kernel, { stream: s, raw: s }) ? "reset" : "eof"));
+    s.on("error", (err: NodeJS.ErrnoException) =>
+      finish(err.code === "ECONNRESET" ? "reset" : `error:${err.code ?? err.message}`),
+    );
+    s.once("close", () => finish("close without end"));
   });
 }
 
