@@ -102,8 +102,7 @@ test("weft/3: status 57 46 03 00, then the app's bytes in frames; the end frame 
   const reply: Buffer[] = [];
   await new Promise<void>((resolve) => {
     s.on("data", (d: Buffer) => {
-      const b = reader.read(d);
-      if (b) reply.push(b);
+      reply.push(...reader.read(d));
     });
     s.once("end", resolve);
     s.resume();

@@ -16,8 +16,10 @@
  * with the chunk in one write so both go into one TLS record: a small chunk copied behind its header, a
  * large one under one cork (Node's TLS layer copies a corked batch into one SSL_write). The reader never buffers a frame: it parses headers (at most 3 bytes of a split
  * header kept) and hands on subarrays of what it was given, so a frame's length bounds nothing in
- * memory, and a chunk's app bytes are handed on in one buffer (a copy only when a chunk holds pieces of
- * several frames), so a peer that sends tiny frames costs one write per chunk, not one per frame.
+ * memory. A chunk that holds pieces of a few frames gives those pieces (no copy: a 16 KiB record that
+ * spans two frames costs two writes under the splice's cork, not a 16 KiB allocation); past
+ * `MAX_PIECES` they are joined into one buffer, so a peer that sends tiny frames costs one write per
+ * chunk, not one per frame.
  */
 import type { Writable } from "node:stream";
 
@@ -70,6 +72,10 @@ export function framedConcat(preamble: Buffer | undefined, chunks: readonly Buff
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
 }
 
+/** More app-byte pieces than this in one chunk are joined into one buffer (tiny frames). */
+const MAX_PIECES = 4;
+const NONE: readonly Buffer[] = [];
+
 /** Reads one direction of frames; see the module comment. */
 export class FrameReader {
   /** The end frame was read: the peer's app sent its FIN. */
@@ -81,27 +87,27 @@ export class FrameReader {
   /** A header split across chunks: its first bytes. */
   private readonly head = Buffer.alloc(FRAME_HEADER_BYTES);
   private headLen = 0;
+  /** The pieces of the last chunk read (reused: valid until the next `read`). */
+  private readonly pieces: Buffer[] = [];
 
   /**
-   * The app bytes in `chunk` (a subarray of it when they are one run, else one copy), or `undefined` if
-   * it held only framing. Sets `ended` at the end frame and `violated` on any byte after it.
+   * The app bytes in `chunk`, as subarrays of it (at most `MAX_PIECES`, else joined into one copy), in
+   * order; empty if it held only framing. The array is reused: consume it before the next call. Sets
+   * `ended` at the end frame and `violated` on any byte after it.
    */
-  read(chunk: Buffer): Buffer | undefined {
+  read(chunk: Buffer): readonly Buffer[] {
     if (this.ended) {
       if (chunk.length > 0) this.violated = true;
-      return undefined;
+      return NONE;
     }
+    const pieces = this.pieces;
+    pieces.length = 0;
     const n = chunk.length;
     let i = 0;
-    let first: Buffer | undefined;
-    let more: Buffer[] | undefined;
     while (i < n) {
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, n - i);
-        const piece = take === n ? chunk : chunk.subarray(i, i + take);
-        if (first === undefined) first = piece;
-        else if (more === undefined) more = [first, piece];
-        else more.push(piece);
+        pieces.push(take === n ? chunk : chunk.subarray(i, i + take));
         this.remaining -= take;
         i += take;
         continue;
@@ -126,6 +132,11 @@ export class FrameReader {
       }
       this.remaining = len;
     }
-    return more ? Buffer.concat(more) : first;
+    if (pieces.length > MAX_PIECES) {
+      const joined = Buffer.concat(pieces);
+      pieces.length = 0;
+      pieces.push(joined);
+    }
+    return pieces;
   }
 }

@@ -152,26 +152,28 @@ class Pump {
   }
 
   readonly onData = (got: Buffer): void => {
-    let chunk = got;
     const frames = this.frames;
-    if (frames) {
-      const bytes = frames.read(got);
-      if (frames.violated) {
-        this.owner.failFramed("peer_protocol_error");
-        return;
-      }
-      if (bytes === undefined) {
-        if (frames.ended) this.endFrame();
-        return;
-      }
-      chunk = bytes;
+    if (!frames) {
+      this.forward(got, got.length);
+      return;
     }
+    const parts = frames.read(got);
+    if (frames.violated) {
+      this.owner.failFramed("peer_protocol_error");
+      return;
+    }
+    for (let i = 0; i < parts.length; i++) this.forward(parts[i]!, got.length);
+    if (frames.ended) this.endFrame();
+  };
+
+  /** Count and write one chunk of app bytes; `readSize` is what the source read (says if more is coming). */
+  private forward(chunk: Buffer, readSize: number): void {
     const n = chunk.length;
     if (this.upload) this.owner.bytes.addReceived(n);
     else this.owner.bytes.addSent(n);
     this.owner.activity = true;
     // The size read, not the app bytes in it, says whether more is coming in this turn.
-    if (!this.corked && got.length >= FULL_CHUNK) {
+    if (!this.corked && readSize >= FULL_CHUNK) {
       // A full chunk (a whole 16 KiB TLS record, or a big socket read) says more is coming in this
       // turn: gather the turn's chunks into one writev, flushed when the turn ends.
       this.corked = true;
@@ -188,8 +190,7 @@ class Pump {
       this.waiting = true;
       this.src.pause();
     }
-    if (frames?.ended) this.endFrame();
-  };
+  }
 
   /**
    * The peer's end frame: its app's FIN, forwarded now. The source is kept reading (also when paused
