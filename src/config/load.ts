@@ -5,7 +5,7 @@
 import { readFile } from "node:fs/promises";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseYaml, YAMLParseError } from "yaml";
-import type { z } from "zod";
+import type * as z from "zod";
 import { errorMessage, WeftError } from "../core/errors.ts";
 import { type Config, configSchema } from "./schema.ts";
 

@@ -4,7 +4,7 @@
  * `64KiB` (or bytes) and are bytes. Unknown keys are errors, so a typo never silently does nothing.
  */
 import { isIP } from "node:net";
-import { z } from "zod";
+import * as z from "zod";
 import { KEY_ALGORITHMS } from "../ca/key-policy.ts";
 import { LOG_LEVELS } from "../core/log.ts";
 import {

@@ -4,7 +4,7 @@
  * written. Durations are written as `30s`/`5m` (or milliseconds) and come out as milliseconds.
  */
 import { isIP } from "node:net";
-import { z } from "zod";
+import * as z from "zod";
 import { parseDuration } from "./units.ts";
 
 export const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
