@@ -11,17 +11,18 @@ import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
+import { noop } from "../../core/noop.ts";
 import { formatAddr, normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
+import { ConnectionCloser } from "../connection/lifecycle.ts";
 import {
   type CloseReason,
   type ConnectionDeps,
   ConnectionRecord,
   containFailure,
-  spliceConnection,
 } from "../connection/record.ts";
 import { resetSide } from "../connection/splice.ts";
 import { decideAppAddress } from "../outbound/route.ts";
-import { connectTcp } from "../transport/connector.ts";
+import { connectWithDeadline } from "../transport/connector.ts";
 import type { LocalAddressSet } from "../tunnel/local-addresses.ts";
 import { isLoop, type OriginalDstResolver } from "./original-dst.ts";
 
@@ -108,48 +109,28 @@ export class InboundCaptureHandler {
   private async pass(rec: ConnectionRecord, client: Socket, target: SocketAddr): Promise<void> {
     const o = this.options;
     const ctl = new AbortController();
-    let forced: CloseReason | undefined;
-    rec.closer = (reason) => {
-      forced = reason;
-      ctl.abort(new WeftError("E_CONNECT", reason));
-    };
-    const timer = o.clock.setTimeout(
-      () => ctl.abort(new WeftError("E_TIMEOUT", "connect deadline")),
-      o.timeouts.connect,
-    );
-    const onGone = (): void => ctl.abort(new WeftError("E_CONNECT", "client went away"));
-    client.once("close", onGone);
+    const closer = new ConnectionCloser(rec, (reason) => ctl.abort(new WeftError("E_CONNECT", reason)));
     rec.phase = "connecting";
     let app: Socket;
     try {
-      app = await connectTcp(target, ctl.signal);
+      app = await connectWithDeadline(target, {
+        clock: o.clock,
+        timeoutMs: o.timeouts.connect,
+        signal: ctl.signal,
+        other: client,
+      });
     } catch (err) {
       resetSide({ stream: client, raw: client });
       const appReset = isWeftError(err) && err.reason === "connect_reset";
       rec.finish(
-        forced ??
+        closer.forced ??
           (client.destroyed ? "downstream_reset" : appReset ? "upstream_reset" : "app_connect_failed"),
         err,
       );
       return;
-    } finally {
-      timer.cancel();
-      client.removeListener("close", onGone);
     }
     rec.endpoint = formatAddr(target.address, target.port);
     rec.phase = "streaming";
-    const splice = spliceConnection(
-      rec,
-      { stream: client, raw: client },
-      { stream: app, raw: app },
-      o,
-      () => forced,
-    );
-    rec.closer = (reason) => {
-      forced = reason;
-      splice.abort("aborted");
-    };
+    closer.splice({ stream: client, raw: client }, { stream: app, raw: app }, o);
   }
 }
-
-function noop(): void {}

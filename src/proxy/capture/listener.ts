@@ -11,6 +11,7 @@ import net, { type Socket } from "node:net";
 import type { Clock, TimerHandle } from "../../core/clock.ts";
 import { listenError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
+import { noop } from "../../core/noop.ts";
 import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
 
 const ACCEPT_BACKOFF_MIN_MS = 10;
@@ -196,5 +197,3 @@ export class Listener implements ConnectionSlots {
     });
   }
 }
-
-function noop(): void {}

@@ -31,6 +31,7 @@
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Clock, TimerHandle } from "../../core/clock.ts";
+import { noop } from "../../core/noop.ts";
 import { NO_SOCKET_ERRORS, type SocketErrors } from "../capture/sockopt.ts";
 import { END_FRAME, FrameReader, writeFramed } from "./frames.ts";
 
@@ -421,5 +422,3 @@ export function wasReset(probe: SocketErrors, side: SpliceSide): boolean {
   if (probe.pending(side.raw) !== 0) return true;
   return !side.stream.writableEnded && probe.tcpState(side.raw) === TCP_CLOSE;
 }
-
-function noop(): void {}

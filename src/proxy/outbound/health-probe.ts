@@ -11,6 +11,7 @@
 import { isIPv6 } from "node:net";
 import type { Clock } from "../../core/clock.ts";
 import { WeftError } from "../../core/errors.ts";
+import { noop } from "../../core/noop.ts";
 import { type Probe, tcpProbe } from "../../discovery/health.ts";
 import { resetSide } from "../connection/splice.ts";
 import type { Connector, Upstream } from "../transport/connector.ts";
@@ -58,5 +59,3 @@ function close(up: Upstream, clock: Clock, lingerMs: number): void {
   s.resume();
   s.end();
 }
-
-function noop(): void {}

@@ -23,6 +23,7 @@ import type { Clock } from "../../core/clock.ts";
 import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
+import { noop } from "../../core/noop.ts";
 import {
   type EndpointLease,
   normalizeAddress,
@@ -32,16 +33,17 @@ import {
 } from "../../discovery/types.ts";
 import { isLoop, type OriginalDstResolver } from "../capture/original-dst.ts";
 import { CountedElsewhere, upstreamCloseReason } from "../connection/close-reasons.ts";
-import {
-  type CloseReason,
-  type ConnectionDeps,
-  ConnectionRecord,
-  containFailure,
-  spliceConnection,
-} from "../connection/record.ts";
+import { ConnectionCloser } from "../connection/lifecycle.ts";
+import { type ConnectionDeps, ConnectionRecord, containFailure } from "../connection/record.ts";
 import { resetSide, type Splice } from "../connection/splice.ts";
 import { countsAgainstEndpoint, mayRetry, PEER_REASONS, type PeerReason } from "../transport/answer.ts";
-import { type Connector, connectTcp, NO_ANSWER, type Upstream } from "../transport/connector.ts";
+import {
+  type Connector,
+  connectTcp,
+  connectWithDeadline,
+  NO_ANSWER,
+  type Upstream,
+} from "../transport/connector.ts";
 import { encodeProxyV2, PP2_TYPE_WEFT_SERVICE } from "../transport/proxy-protocol.ts";
 import { EarlyData } from "./early-data.ts";
 import { decideOutbound, endpointAppPort, type OutboundRoute } from "./route.ts";
@@ -144,7 +146,7 @@ export class OutboundHandler {
 class OutboundConnection {
   private readonly controller = new AbortController();
   private splice: Splice | undefined;
-  private forced: CloseReason | undefined;
+  private readonly closer: ConnectionCloser;
   private lease: EndpointLease | undefined;
   private upstream: Upstream | undefined;
 
@@ -153,7 +155,9 @@ class OutboundConnection {
     private readonly rec: ConnectionRecord,
     private readonly client: Socket,
   ) {
-    rec.closer = (reason) => this.abort(reason);
+    this.closer = new ConnectionCloser(rec, (reason) =>
+      this.controller.abort(new WeftError("E_CONNECT", `connection ${reason}`)),
+    );
     // A client that resets while we dial: stop dialling.
     client.on("error", this.onClientGone);
     client.once("close", this.onClientGone);
@@ -171,28 +175,18 @@ class OutboundConnection {
     if (this.upstream) resetSide(this.upstream.side);
   }
 
-  private abort(reason: CloseReason): void {
-    if (this.splice) {
-      this.forced = reason;
-      this.splice.abort("aborted");
-      return;
-    }
-    this.forced = reason;
-    this.controller.abort(new WeftError("E_CONNECT", `connection ${reason}`));
-  }
-
   async passthrough(dst: SocketAddr): Promise<void> {
     const { o, rec } = this;
     rec.open("passthrough");
     rec.endpoint = `${dst.address}:${dst.port}`;
     rec.phase = "connecting";
-    const timer = o.clock.setTimeout(
-      () => this.controller.abort(new WeftError("E_TIMEOUT", "connect deadline")),
-      o.timeouts.connect,
-    );
     const t0 = o.clock.monotonic();
     try {
-      const up = await connectTcp(dst, this.controller.signal);
+      const up = await connectWithDeadline(dst, {
+        clock: o.clock,
+        timeoutMs: o.timeouts.connect,
+        signal: this.controller.signal,
+      });
       rec.connectMs = o.clock.monotonic() - t0;
       this.startSplice({
         side: { stream: up, raw: up },
@@ -205,8 +199,6 @@ class OutboundConnection {
       });
     } catch (err) {
       this.failed(err);
-    } finally {
-      timer.cancel();
     }
   }
 
@@ -368,20 +360,15 @@ class OutboundConnection {
     client.removeListener("close", this.onClientGone);
     rec.setPeer(up.peerIdentity);
     rec.phase = "streaming";
-    this.splice = spliceConnection(
-      rec,
-      { stream: client, raw: client },
-      up.side,
-      o,
-      () => this.forced,
-      () => this.lease?.release(),
+    this.splice = this.closer.splice({ stream: client, raw: client }, up.side, o, () =>
+      this.lease?.release(),
     );
   }
 
   private failed(err: unknown): void {
     const { rec, client } = this;
     resetSide({ stream: client, raw: client });
-    rec.finish(this.forced ?? upstreamCloseReason(err, client.destroyed), err);
+    rec.finish(this.closer.forced ?? upstreamCloseReason(err, client.destroyed), err);
   }
 }
 
@@ -414,5 +401,3 @@ export function sourceFor(src: SocketAddr | undefined, endpointAddress: string):
   if (!src || isIP(src.address) !== want) return unspecified;
   return src;
 }
-
-function noop(): void {}

@@ -24,6 +24,7 @@
 import http2 from "node:http2";
 import type { Duplex } from "node:stream";
 import { isWeftError, WeftError } from "../../core/errors.ts";
+import { noop } from "../../core/noop.ts";
 
 /** ALPN of the per-connection tunnel with the answer step (see the module comment). */
 export const ALPN_WEFT2 = "weft/2";
@@ -263,5 +264,3 @@ export function readResponse(
     };
   });
 }
-
-function noop(): void {}

@@ -13,7 +13,7 @@
 import net from "node:net";
 import tls from "node:tls";
 import type { Clock } from "../../core/clock.ts";
-import { isWeftError, type WeftError } from "../../core/errors.ts";
+import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
 import { type Endpoint, formatAddr, type SocketAddr } from "../../discovery/types.ts";
 import { upstreamFailure as failure, type SvidFailure } from "../connection/close-reasons.ts";
@@ -99,6 +99,33 @@ export function connectTcp(addr: SocketAddr, signal: AbortSignal): Promise<net.S
     socket.once("error", onError);
     signal.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/**
+ * `connectTcp` within `timeoutMs` (then `connect_timeout`), abandoned (`aborted`) when `signal` aborts
+ * or `other` (the side that waits for this connection) closes first.
+ */
+export async function connectWithDeadline(
+  addr: SocketAddr,
+  o: { clock: Clock; timeoutMs: number; signal?: AbortSignal; other?: NodeJS.EventEmitter },
+): Promise<net.Socket> {
+  const ctl = new AbortController();
+  const timer = o.clock.setTimeout(
+    () => ctl.abort(new WeftError("E_TIMEOUT", "connect deadline")),
+    o.timeoutMs,
+  );
+  const onOuter = (): void => ctl.abort(o.signal?.reason);
+  const onGone = (): void => ctl.abort(new WeftError("E_CONNECT", "the other side went away"));
+  if (o.signal?.aborted) onOuter();
+  o.signal?.addEventListener("abort", onOuter, { once: true });
+  o.other?.once("close", onGone);
+  try {
+    return await connectTcp(addr, ctl.signal);
+  } finally {
+    timer.cancel();
+    o.signal?.removeEventListener("abort", onOuter);
+    o.other?.removeListener("close", onGone);
+  }
 }
 
 function abortError(signal: AbortSignal, phase: "connect" | "handshake", where: string): WeftError {

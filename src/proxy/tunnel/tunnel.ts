@@ -23,16 +23,17 @@ import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
+import { noop } from "../../core/noop.ts";
 import { formatAddr, normalizeAddress } from "../../discovery/types.ts";
 import type { ConnectionSlots } from "../capture/listener.ts";
 import { proxyHeaderCloseReason } from "../connection/close-reasons.ts";
+import { ConnectionCloser } from "../connection/lifecycle.ts";
 import {
   type CloseReason,
   type ConnectionDeps,
   ConnectionRecord,
   containFailure,
   countRefused,
-  spliceConnection,
 } from "../connection/record.ts";
 import { resetSide, type Splice, type SpliceSide } from "../connection/splice.ts";
 import { appTarget, decideAppAddress, decideInbound, type InboundSettings } from "../outbound/route.ts";
@@ -44,7 +45,7 @@ import {
   refusalHeaders,
   statusVersion,
 } from "../transport/answer.ts";
-import { connectTcp } from "../transport/connector.ts";
+import { connectWithDeadline } from "../transport/connector.ts";
 import type { SessionCertWatch } from "../transport/h2/cert-watch.ts";
 import { type KeepaliveSettings, SessionKeepalive } from "../transport/h2/keepalive.ts";
 import {
@@ -458,10 +459,9 @@ class TunnelConnection {
  * CONNECT stream of a pooled session (`h2`): PROXY header -> policy -> app -> splice.
  */
 class TunnelStream {
-  private timer: { cancel(): void } | undefined;
   private appSocket: Socket | undefined;
   private splice: Splice | undefined;
-  private forced: CloseReason | undefined;
+  private readonly closer: ConnectionCloser;
 
   constructor(
     private readonly o: TunnelOptions,
@@ -471,7 +471,9 @@ class TunnelStream {
     private readonly answer: TunnelAnswer,
     /** The peer's header-wait slot, when the caller took it already (pooled streams, see onStream). */
     private readonly headerSlot?: () => void,
-  ) {}
+  ) {
+    this.closer = new ConnectionCloser(rec, (reason) => this.close(reason, "reset"));
+  }
 
   private readonly onEarlyError = (err: NodeJS.ErrnoException): void => {
     if (!this.rec.isFinished) this.close("downstream_reset", "destroy", err);
@@ -488,7 +490,6 @@ class TunnelStream {
    * `refusal` as its answer (and retries elsewhere).
    */
   private refuse(reason: CloseReason, refusal: Refusal, err?: unknown): void {
-    this.timer?.cancel();
     this.rec.finish(reason, err);
     this.down.stream.removeListener("error", this.onEarlyError);
     this.down.stream.removeListener("close", this.onEarlyClose);
@@ -496,11 +497,10 @@ class TunnelStream {
     this.answer.refuse(refusal);
   }
 
+  /** Before the splice: finish the record, close the stream (and the app socket, if any). */
   private close(reason: CloseReason, how: "reset" | "destroy", err?: unknown): void {
-    this.timer?.cancel();
     if (this.splice) {
-      this.forced = reason;
-      this.splice.abort("aborted");
+      this.closer.abort(reason);
       return;
     }
     // Record first: resetting a socket can emit its close synchronously, and the record keeps the
@@ -532,7 +532,6 @@ class TunnelStream {
   private async start(): Promise<void> {
     const { o, rec, down, peer } = this;
     const stream = down.stream;
-    rec.closer = (reason) => this.close(reason, "reset");
     stream.on("error", this.onEarlyError);
     stream.once("close", this.onEarlyClose);
 
@@ -613,20 +612,14 @@ class TunnelStream {
       rule: decided.rule,
     });
     rec.phase = "connecting";
-    const controller = new AbortController();
-    const deadline = o.clock.setTimeout(
-      () => controller.abort(new WeftError("E_TIMEOUT", "app connect deadline")),
-      o.timeouts.connect,
-    );
-    this.timer = deadline;
-    // While connecting to the app, a peer that goes away aborts the connect.
-    const abortOnClose = (): void => controller.abort(new WeftError("E_CONNECT", "peer went away"));
-    stream.once("close", abortOnClose);
     let app: Socket;
     try {
-      app = await connectTcp({ address: where.address, port }, controller.signal);
+      // While connecting to the app, a peer that goes away aborts the connect.
+      app = await connectWithDeadline(
+        { address: where.address, port },
+        { clock: o.clock, timeoutMs: o.timeouts.connect, other: stream },
+      );
     } catch (err) {
-      deadline.cancel();
       if (rec.isFinished) return;
       if (isWeftError(err) && err.reason === "connect_reset") {
         // The app accepted and reset before our connect completed (connector.ts): it saw
@@ -641,10 +634,7 @@ class TunnelStream {
       const refused = isWeftError(err) && err.reason === "connect_refused";
       this.refuse("app_connect_failed", refused ? "app_refused" : "app_unreachable", err);
       return;
-    } finally {
-      stream.removeListener("close", abortOnClose);
     }
-    deadline.cancel();
     this.appSocket = app;
     if (rec.isFinished || stream.destroyed) {
       app.destroy();
@@ -661,7 +651,7 @@ class TunnelStream {
     stream.removeListener("close", this.onEarlyClose);
     // The app accepted: so does the peer, and only now (answer.ts).
     this.answer.accept();
-    this.splice = spliceConnection(rec, down, { stream: app, raw: app }, o, () => this.forced);
+    this.splice = this.closer.splice(down, { stream: app, raw: app }, o);
   }
 }
 
@@ -731,5 +721,3 @@ function declaredPort(port: number, s: InboundSettings): string {
     s.ports.some((p) => p.port === port) || s.policy.rules.some((r) => r.ports?.includes(port) ?? false);
   return declared ? String(port) : "unknown";
 }
-
-function noop(): void {}

@@ -26,6 +26,7 @@ import type tls from "node:tls";
 import type { Clock, TimerHandle } from "../../../core/clock.ts";
 import { isWeftError, WeftError } from "../../../core/errors.ts";
 import type { Logger } from "../../../core/log.ts";
+import { noop } from "../../../core/noop.ts";
 import { formatAddr } from "../../../discovery/types.ts";
 import { CountedElsewhere } from "../../connection/close-reasons.ts";
 import { peerRefusal, readResponse } from "../answer.ts";
@@ -419,5 +420,3 @@ function abortReason(signal: AbortSignal): WeftError {
   }
   return new WeftError("E_CONNECT", "tunnel session abandoned", { reason: "aborted", cause: r });
 }
-
-function noop(): void {}
