@@ -11,8 +11,7 @@
  * malloc_trim(0), which returns free pages of every arena to the kernel. So a sidecar pays one GC and
  * one trim per burst of traffic followed by 20 s of quiet, never one under load; the pause (tens of
  * milliseconds) falls in a moment with no traffic. The price is the next burst's first pages: they are
- * faulted in again (in one quick bench, 28 000 → 149 000 page faults per GiB over a 256 MiB transfer
- * that came after a quiet spell), which is why the quiet period is 20 s and not shorter.
+ * faulted in again (docs/benchmarks.md), which is why the quiet period is 20 s and not shorter.
  */
 
 import { setFlagsFromString } from "node:v8";

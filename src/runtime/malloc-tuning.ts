@@ -1,12 +1,9 @@
 /**
  * glibc malloc settings for the sidecar process. A proxy allocates and frees buffers of 16 to 256 KiB at
- * a high rate (a socket read, a TLS record's plaintext, the copy Node makes of a multi-buffer write).
- * With glibc's defaults, a free that leaves more than 128 KiB at the top of the heap gives it back to
- * the kernel (trim), and an allocation above the dynamic mmap threshold gets pages of its own; the next
- * allocations fault those pages in again. Measured on a bulk transfer through a pair of sidecars: 6 000
- * to 60 000 page faults per GiB, and on a virtual machine with shadow page tables each fault is dear
- * (removing them took per-connection CPU per GiB from 3 000–3 300 ms to 2 200–3 000, pooled from
- * 3 500–3 900 to 3 300–3 400). So the sidecar keeps freed memory for reuse:
+ * a high rate. With glibc's defaults, freed memory at the top of the heap goes back to the kernel and
+ * large buffers get pages of their own, so the next allocations fault those pages in again, which is
+ * dear on a virtual machine (figures: docs/benchmarks.md, "What limits Weft", page faults). So the
+ * sidecar keeps freed memory for reuse:
  *
  * - M_MMAP_THRESHOLD 4 MiB: buffers of the data path come from the heap, not from mmap (this also
  *   turns off glibc's sliding threshold);

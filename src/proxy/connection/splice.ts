@@ -5,9 +5,8 @@
  * - Backpressure is exact and bounded: a direction pauses its source as soon as the destination holds
  *   `MAX_BUFFERED` (256 KiB) not yet taken by the kernel, and resumes on `'drain'`. So a slow
  *   reader never makes the proxy buffer more than that (plus one read) per direction. Pausing on
- *   `write() === false` instead would pause after every single 16 KiB TLS record (a stream's default
- *   high-water mark is 16 KiB, and a write of that size always returns false): strace showed one
- *   readStop/readStart pair (epoll_ctl) and one event-loop turn per record, which capped throughput.
+ *   `write() === false` instead would pause after every 16 KiB TLS record (a stream's default
+ *   high-water mark), one event-loop turn per record (docs/benchmarks.md, earlier fixes).
  * - Writes are batched per event-loop turn when a turn brings many chunks: a full chunk (8 KiB or more:
  *   a TLS record's plaintext, an HTTP/2 slice of one, a big socket read) corks the destination until
  *   the turn ends (`setImmediate`), so the records of one read go out in one `writev`. A short chunk while not corked is written at once and
@@ -92,8 +91,8 @@ const MAX_BUFFERED = 256 * 1024;
 /**
  * A chunk this big says more is coming in this turn. Node's TLS layer hands over one record's plaintext
  * (16 KiB) at a time, and an HTTP/2 stream a slice of a record (16 KiB less the 9-byte frame headers):
- * both must count as full, or each record becomes a write() of its own (measured: the receiving
- * sidecar of a pooled tunnel spent 3.0 CPU s/GiB with a 16 KiB threshold and 2.0 with 8 KiB).
+ * both must count as full, or each record becomes a write() of its own (docs/benchmarks.md, earlier
+ * fixes on the data path).
  */
 const FULL_CHUNK = 8 * 1024;
 
