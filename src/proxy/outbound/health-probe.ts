@@ -4,7 +4,8 @@
  * whichever the sidecar uses, with the same mTLS identity check) to the endpoint's tunnel port, a PROXY
  * header naming the endpoint's app port, and the peer's answer (answer.ts): the check passes only when
  * the peer says its app accepted. A live sidecar in front of a dead app fails it, which a TCP connect to
- * the tunnel port never did. The tunnel is then ended (FIN to the app, as a TCP check that closes),
+ * the tunnel port never did. The tunnel is then ended (FIN to the app, as a TCP check that closes; on
+ * weft/3 the end frame, so the peer does not read it as a truncation),
  * and reset if it is still open after the check's timeout. Endpoints without a sidecar get a TCP connect
  * to the app port.
  */
@@ -13,6 +14,7 @@ import type { Clock } from "../../core/clock.ts";
 import { WeftError } from "../../core/errors.ts";
 import { noop } from "../../core/noop.ts";
 import { type Probe, tcpProbe } from "../../discovery/health.ts";
+import { END_FRAME } from "../connection/frames.ts";
 import { resetSide } from "../connection/splice.ts";
 import type { Connector, Upstream } from "../transport/connector.ts";
 import { encodeProxyV2, PP2_TYPE_WEFT_SERVICE } from "../transport/proxy-protocol.ts";
@@ -57,5 +59,8 @@ function close(up: Upstream, clock: Clock, lingerMs: number): void {
   const timer = clock.setTimeout(() => resetSide(up.side), lingerMs);
   s.once("close", () => timer.cancel());
   s.resume();
-  s.end();
+  // weft/3: the end frame is the FIN; a tunnel that ends without it is a truncation, which the peer
+  // carries to its app as a reset (frames.ts).
+  if (up.side.framed) s.end(END_FRAME);
+  else s.end();
 }
