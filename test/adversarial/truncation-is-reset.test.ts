@@ -75,9 +75,9 @@ async function writeBytes(s: Socket, total: number, end: boolean): Promise<strin
  * (it is added to `uploads`), answered with `ok` and a FIN.
  */
 interface Upload {
-  outcome: Promise<ReadOutcome>;
+  readonly outcome: Promise<ReadOutcome>;
   /** Bytes read so far. */
-  bytes: number;
+  readonly progress: { bytes: number };
 }
 
 async function startApp(t: TestContext): Promise<{ port: number; uploads: Upload[] }> {
@@ -92,14 +92,13 @@ async function startApp(t: TestContext): Promise<{ port: number; uploads: Upload
       if (mode === "U") {
         s.pause();
         const rest = first.subarray(1);
-        const up: { outcome?: Promise<ReadOutcome>; bytes: number } = { bytes: 0 };
+        const progress = { bytes: 0 };
         const out = readOutcome(s, (n) => {
-          up.bytes = n;
+          progress.bytes = n;
         });
-        up.outcome = out;
         if (rest.length > 0) s.unshift(rest);
         s.resume();
-        uploads.push(up as Upload);
+        uploads.push({ outcome: out, progress });
         void out.then((o) => {
           if (o.end === "eof" && !s.destroyed) s.end("ok");
         });
@@ -249,8 +248,8 @@ for (const transport of TRANSPORTS) {
     // The app's reader counts as it goes: kill once it has KILL_AFTER bytes (polled; bounded).
     const upload = app.uploads[1]!;
     await eventually(
-      () => `the app received ${KILL_AFTER} B of the upload (has ${upload.bytes} B)`,
-      () => upload.bytes >= KILL_AFTER,
+      () => `the app received ${KILL_AFTER} B of the upload (has ${upload.progress.bytes} B)`,
+      () => upload.progress.bytes >= KILL_AFTER,
       { timeoutMs: 30_000 },
     );
     weft.child.kill("SIGKILL");
