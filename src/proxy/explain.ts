@@ -11,6 +11,7 @@ import { isIP } from "node:net";
 import type { Config } from "../config/schema.ts";
 import {
   type Discovery,
+  type Endpoint,
   type EndpointStatus,
   formatAddr,
   type RouteTable,
@@ -133,18 +134,7 @@ export function explainOutbound(
   const status = isDiscovery(ctx.routes)
     ? ctx.routes.describe().find((s) => s.name === service.name)
     : undefined;
-  const byKey = new Map((status?.endpoints ?? []).map((e) => [e.key, e]));
-  const endpoints: ExplainedEndpoint[] = service.endpoints.map((e) => ({
-    ...byKey.get(e.key),
-    key: e.key,
-    address: e.address,
-    port: e.port,
-    tunnelPort: e.tunnelPort,
-    identity: e.identity,
-    sidecar: e.sidecar,
-    weight: e.weight,
-    state: byKey.get(e.key)?.state ?? "healthy",
-  }));
+  const endpoints = explainEndpoints(service.endpoints, status?.endpoints ?? []);
   const usable = endpoints.filter((e) => e.state === "healthy" || e.state === "probation").length;
   const detail =
     endpoints.length === 0
@@ -176,6 +166,25 @@ export function explainOutbound(
         (e.dst === dstKey || e.service === service.name),
     ),
   };
+}
+
+/** A service's endpoints with the state discovery holds for each (healthy when it holds none). */
+function explainEndpoints(
+  endpoints: readonly Endpoint[],
+  states: readonly EndpointStatus[],
+): ExplainedEndpoint[] {
+  const byKey = new Map(states.map((e) => [e.key, e]));
+  return endpoints.map((e) => ({
+    ...byKey.get(e.key),
+    key: e.key,
+    address: e.address,
+    port: e.port,
+    tunnelPort: e.tunnelPort,
+    identity: e.identity,
+    sidecar: e.sidecar,
+    weight: e.weight,
+    state: byKey.get(e.key)?.state ?? "healthy",
+  }));
 }
 
 /** Inbound: would `peer` be let through to local `port`, by which rule, and to where. */

@@ -247,27 +247,8 @@ class OutboundConnection {
         } catch (err) {
           lastErr = err;
           early.detach();
-          const reason = isWeftError(err) ? err.reason : "connect_failed";
-          const ep = lease.endpoint;
-          if (reason !== "aborted") {
-            // Many connections may share one failure (a pooled session opening): it is counted once.
-            const alreadyCounted = err instanceof CountedElsewhere;
-            if (!alreadyCounted) countFailure(o, lease, service.name, reason);
-            o.logger.debug(
-              {
-                conn_id: rec.id,
-                endpoint: ep.key,
-                attempt,
-                reason,
-                already_counted: alreadyCounted,
-                early_bytes: early.bytes,
-                err: errorMessage(err),
-              },
-              "upstream attempt failed",
-            );
-          }
-          lease.release();
-          exclude.add(ep.key);
+          const reason = this.attemptFailed(err, lease, service.name, { attempt, earlyBytes: early.bytes });
+          exclude.add(lease.endpoint.key);
           if (!mayRetry(reason)) break;
         } finally {
           timer.cancel();
@@ -292,6 +273,38 @@ class OutboundConnection {
     }
     this.upstream = upstream;
     this.startSplice(upstream);
+  }
+
+  /**
+   * A failed attempt: counted against its endpoint (once, however many connections shared it; not at
+   * all when the client gave up), logged, its lease released. Returns the failure's reason.
+   */
+  private attemptFailed(
+    err: unknown,
+    lease: EndpointLease,
+    service: string,
+    at: { attempt: number; earlyBytes: number },
+  ): string {
+    const reason = isWeftError(err) ? err.reason : "connect_failed";
+    if (reason !== "aborted") {
+      // Many connections may share one failure (a pooled session opening): it is counted once.
+      const alreadyCounted = err instanceof CountedElsewhere;
+      if (!alreadyCounted) countFailure(this.o, lease, service, reason);
+      this.o.logger.debug(
+        {
+          conn_id: this.rec.id,
+          endpoint: lease.endpoint.key,
+          attempt: at.attempt,
+          reason,
+          already_counted: alreadyCounted,
+          early_bytes: at.earlyBytes,
+          err: errorMessage(err),
+        },
+        "upstream attempt failed",
+      );
+    }
+    lease.release();
+    return reason;
   }
 
   /**

@@ -217,15 +217,7 @@ export function dialMtls(
     let connectMs: number | undefined;
     let settled = false;
     const kept = state.session(where, target.expectedIdentity);
-    const raw = net.connect({ host: ep.address, port: ep.tunnelPort, allowHalfOpen: true, noDelay: true });
-    const sock = tls.connect({
-      socket: raw,
-      secureContext: context,
-      ALPNProtocols: [...alpns],
-      rejectUnauthorized: false,
-      session: kept,
-      allowHalfOpen: true,
-    } as tls.ConnectionOptions);
+    const { raw, sock } = openTls(ep, context, alpns, kept);
     const fail = (err: WeftError): void => {
       if (settled) return;
       settled = true;
@@ -238,15 +230,8 @@ export function dialMtls(
     };
     const onAbort = (): void =>
       fail(abortError(signal, connectMs === undefined ? "connect" : "handshake", where));
-    const onError = (err: NodeJS.ErrnoException): void => {
-      if (connectMs === undefined && err.code?.startsWith("E") && !err.code.startsWith("ERR_")) {
-        fail(connectError(err, where));
-      } else {
-        fail(
-          failure("handshake_failed", `TLS handshake with ${where} failed: ${err.code ?? err.message}`, err),
-        );
-      }
-    };
+    const onError = (err: NodeJS.ErrnoException): void =>
+      fail(dialError(err, connectMs !== undefined, where));
     raw.once("connect", () => {
       connectMs = clock.monotonic() - t0;
     });
@@ -267,31 +252,12 @@ export function dialMtls(
         return;
       }
       const resumed = sock.isSessionReused();
-      let peer: string;
-      let proof: PeerProof | undefined;
-      let peerNotAfter: number;
-      if (resumed && kept) {
-        // A resumed session carries no server certificate; it was verified in the full handshake.
-        peer = target.expectedIdentity;
-        peerNotAfter = state.sessionNotAfter(where) ?? Number.POSITIVE_INFINITY;
-      } else {
-        proof = { chain: peerChain(sock), role: "server" };
-        try {
-          peer = state.verifyChain(proof.chain, "server");
-        } catch (err) {
-          const reason: SvidFailure = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
-          fail(failure(reason, `${where} presented an unusable certificate: ${(err as Error).message}`, err));
-          return;
-        }
-        if (peer !== target.expectedIdentity) {
-          fail(
-            failure("identity_mismatch", `${where} presented ${peer}, expected ${target.expectedIdentity}`),
-          );
-          return;
-        }
-        const notAfter = leafNotAfter(proof.chain);
-        peerNotAfter = notAfter;
-        sock.once("session", (session: Buffer) => state.keepSession(where, peer, session, notAfter, context));
+      let proved: ServerProof;
+      try {
+        proved = serverProof(state, sock, { where, expected: target.expectedIdentity, kept, context });
+      } catch (err) {
+        fail(err as WeftError);
+        return;
       }
       settled = true;
       signal.removeEventListener("abort", onAbort);
@@ -301,18 +267,74 @@ export function dialMtls(
         { direction: "outbound", resumed: String(resumed) },
         handshakeMs / 1000,
       );
-      resolve({
-        sock,
-        raw,
-        peer,
-        connectMs: connectMs ?? 0,
-        handshakeMs,
-        resumed,
-        context,
-        alpn,
-        peerNotAfter,
-        proof,
-      });
+      resolve({ sock, raw, ...proved, connectMs: connectMs ?? 0, handshakeMs, resumed, context, alpn });
     });
   });
+}
+
+/**
+ * The TCP connection to the endpoint's tunnel port and the TLS client over it. The server's certificate
+ * is checked by Weft after the handshake (`serverProof`), not by OpenSSL, so a refusal has its reason.
+ */
+function openTls(
+  ep: Endpoint,
+  context: tls.SecureContext,
+  alpns: readonly string[],
+  kept: Buffer | undefined,
+): { raw: net.Socket; sock: tls.TLSSocket } {
+  const raw = net.connect({ host: ep.address, port: ep.tunnelPort, allowHalfOpen: true, noDelay: true });
+  const sock = tls.connect({
+    socket: raw,
+    secureContext: context,
+    ALPNProtocols: [...alpns],
+    rejectUnauthorized: false,
+    session: kept,
+    allowHalfOpen: true,
+  } as tls.ConnectionOptions);
+  return { raw, sock };
+}
+
+/** A socket error while dialling: a connect failure (errno) before TCP was up, else the handshake's. */
+function dialError(err: NodeJS.ErrnoException, connected: boolean, where: string): WeftError {
+  if (!connected && err.code?.startsWith("E") && !err.code.startsWith("ERR_"))
+    return connectError(err, where);
+  return failure("handshake_failed", `TLS handshake with ${where} failed: ${err.code ?? err.message}`, err);
+}
+
+/** Who the server proved, and until when. */
+interface ServerProof {
+  readonly peer: string;
+  readonly proof: PeerProof | undefined;
+  readonly peerNotAfter: number;
+}
+
+/**
+ * The identity the server proved after the handshake: the expected one for a session resumed from a
+ * full handshake that verified it, else its chain verified against the bundle and naming exactly the
+ * expected identity (then the session is kept for resumption). Throws the upstream failure.
+ */
+function serverProof(
+  state: TunnelTls,
+  sock: tls.TLSSocket,
+  o: { where: string; expected: string; kept: Buffer | undefined; context: tls.SecureContext },
+): ServerProof {
+  if (sock.isSessionReused() && o.kept) {
+    // A resumed session carries no server certificate; it was verified in the full handshake.
+    const peerNotAfter = state.sessionNotAfter(o.where) ?? Number.POSITIVE_INFINITY;
+    return { peer: o.expected, proof: undefined, peerNotAfter };
+  }
+  const proof: PeerProof = { chain: peerChain(sock), role: "server" };
+  let peer: string;
+  try {
+    peer = state.verifyChain(proof.chain, "server");
+  } catch (err) {
+    const reason: SvidFailure = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
+    throw failure(reason, `${o.where} presented an unusable certificate: ${(err as Error).message}`, err);
+  }
+  if (peer !== o.expected) {
+    throw failure("identity_mismatch", `${o.where} presented ${peer}, expected ${o.expected}`);
+  }
+  const notAfter = leafNotAfter(proof.chain);
+  sock.once("session", (session: Buffer) => state.keepSession(o.where, peer, session, notAfter, o.context));
+  return { peer, proof, peerNotAfter: notAfter };
 }
