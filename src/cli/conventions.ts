@@ -156,15 +156,8 @@ const PATH_PLACEHOLDER = /<[^>]*(file|dir|path|\.pem|\.p12|\.csr)[^>]*>/i;
 
 const shellWord = (s: string) => (/^[A-Za-z0-9_./:=@+-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);
 
-/**
- * A completion script for `program`: subcommands, then each command's options; an option's fixed
- * values (`--backend auto|nft|legacy`), files for any other option value, fixed argument values
- * (`completion bash|zsh`). One table in shell `case` form, walked by a bash or a zsh function.
- */
-export function completionScript(program: Command, shell: "bash" | "zsh"): string {
-  const name = program.name();
-  const fn = `_${name.replaceAll(/[^A-Za-z0-9_]/g, "_")}`;
-  const nodes = completionTree(program);
+/** The shell functions that answer from the command tree: subcommands, options, argument choices, values. */
+function completionTables(fn: string, nodes: Node[]): string {
   const arm = (path: string, body: string) => `    ${path === "" ? "''" : shellWord(path)}) ${body} ;;`;
   const table = (what: string, pick: (n: Node) => string[] | undefined) =>
     [
@@ -190,12 +183,23 @@ export function completionScript(program: Command, shell: "bash" | "zsh"): strin
     "  esac",
     "}",
   ].join("\n");
-  const data = [
+  return [
     table("subcommands", (n) => n.subcommands),
     table("options", (n) => n.options),
     table("argchoices", (n) => (n.argChoices ? [...n.argChoices] : undefined)),
     valueTable,
   ].join("\n");
+}
+
+/**
+ * A completion script for `program`: subcommands, then each command's options; an option's fixed
+ * values (`--backend auto|nft|legacy`), files for any other option value, fixed argument values
+ * (`completion bash|zsh`). One table in shell `case` form, walked by a bash or a zsh function.
+ */
+export function completionScript(program: Command, shell: "bash" | "zsh"): string {
+  const name = program.name();
+  const fn = `_${name.replaceAll(/[^A-Za-z0-9_]/g, "_")}`;
+  const data = completionTables(fn, completionTree(program));
   // The command path: the words before the cursor that name a subcommand of the path so far.
   // (Not `path`: in zsh that is the PATH array.)
   /** A shell parameter expansion, `${name}` in the script (not a placeholder of this template). */

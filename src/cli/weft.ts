@@ -123,6 +123,14 @@ ${EXIT_CODES}`,
 
   registerExplain(program, deps, EXIT_CODES);
 
+  registerIptables(program, deps);
+  registerKubernetesCommands(program, deps, EXIT_CODES);
+  applyConventions(program, deps.stdout);
+  return program;
+}
+
+/** `weft iptables install|uninstall|print`: the capture rules, with every port and exclusion as an option. */
+function registerIptables(program: Command, deps: WeftDeps): void {
   const ipt = program
     .command("iptables")
     .description("install, remove or print the iptables rules that redirect a pod's TCP to the sidecar");
@@ -173,30 +181,7 @@ ${EXIT_CODES}`,
     const cmd = common(ipt.command(action).description(`${action} Weft's nat rules`));
     if (action === "print") cmd.addOption(jsonOption());
     cmd.action(async (o: Record<string, string | boolean>) => {
-      const num = (k: string) => {
-        const n = Number(o[k]);
-        if (!Number.isInteger(n) || n < 0 || n > 65535)
-          throw new WeftError("E_USAGE", `--${k} "${o[k]}" is not a number`);
-        return n;
-      };
-      const include = String(o.includeInboundPorts);
-      const options: Partial<IptablesOptions> = {
-        proxyUid: num("proxyUid"),
-        outboundPort: num("outboundPort"),
-        inboundPort: num("inboundPort"),
-        tunnelPort: num("tunnelPort"),
-        adminPort: num("adminPort"),
-        metricsPort: num("metricsPort"),
-        excludeOutboundPorts: ports(String(o.excludeOutboundPorts)),
-        excludeInboundPorts: ports(String(o.excludeInboundPorts)),
-        excludeOutboundCidrs: String(o.excludeOutboundCidrs)
-          .split(",")
-          .map((c) => c.trim())
-          .filter(Boolean),
-        includeInbound: include === "*" ? "*" : ports(include),
-        ipv6: o.ipv6 !== false,
-        backend: o.backend as IptablesBackend,
-      };
+      const options = iptablesOptions(o);
       if (o.json) {
         const rules = buildRules(options);
         writeJson(deps.stdout, { ipv4: rules.v4, ipv6: rules.v6 || null });
@@ -205,9 +190,34 @@ ${EXIT_CODES}`,
       deps.stdout.write(await runIptablesCommand(action, options));
     });
   }
-  registerKubernetesCommands(program, deps, EXIT_CODES);
-  applyConventions(program, deps.stdout);
-  return program;
+}
+
+/** The rules' options from the command line; E_USAGE for a port that is not one. */
+function iptablesOptions(o: Record<string, string | boolean>): Partial<IptablesOptions> {
+  const num = (k: string) => {
+    const n = Number(o[k]);
+    if (!Number.isInteger(n) || n < 0 || n > 65535)
+      throw new WeftError("E_USAGE", `--${k} "${o[k]}" is not a number`);
+    return n;
+  };
+  const include = String(o.includeInboundPorts);
+  return {
+    proxyUid: num("proxyUid"),
+    outboundPort: num("outboundPort"),
+    inboundPort: num("inboundPort"),
+    tunnelPort: num("tunnelPort"),
+    adminPort: num("adminPort"),
+    metricsPort: num("metricsPort"),
+    excludeOutboundPorts: ports(String(o.excludeOutboundPorts)),
+    excludeInboundPorts: ports(String(o.excludeInboundPorts)),
+    excludeOutboundCidrs: String(o.excludeOutboundCidrs)
+      .split(",")
+      .map((c) => c.trim())
+      .filter(Boolean),
+    includeInbound: include === "*" ? "*" : ports(include),
+    ipv6: o.ipv6 !== false,
+    backend: o.backend as IptablesBackend,
+  };
 }
 
 /** config/load.ts's ConfigError, known without loading that module (and zod with it). */

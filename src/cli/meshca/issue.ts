@@ -18,7 +18,7 @@ import {
 } from "./context.ts";
 
 export function registerIssue(program: Command, ctx: MeshcaContext): void {
-  const { deps, out, path, loadCa, dirOption } = ctx;
+  const { dirOption } = ctx;
   program
     .command("issue")
     .description("make a key and a leaf certificate for a workload identity (key written 0600)")
@@ -55,7 +55,7 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
       ]),
     )
     .action(
-      async (opts: {
+      (opts: {
         id?: string;
         ns?: string;
         sa?: string;
@@ -67,67 +67,7 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
         dir: string;
         json?: boolean;
         owner?: string;
-      }) => {
-        const owner = opts.owner === undefined ? undefined : parseOwner(opts.owner);
-        const { store, ca } = await loadCa(opts.dir);
-        const id = identityFromOptions(opts, ca.trustDomain);
-        const name = opts.name ?? defaultName(id);
-        if (!/^[A-Za-z0-9._-]{1,128}$/.test(name) || name === "." || name === "..") {
-          throw usage(`--name "${name}" may only hold letters, digits, ".", "_" and "-"`);
-        }
-        const files = opts.out ? flatPaths(path(opts.out)) : issuedPaths(path(opts.dir), name);
-        if (!opts.force) {
-          for (const f of Object.values(files)) {
-            if (await fileExists(f)) {
-              throw new WeftError("E_EXISTS", `${f} exists; pass --force to replace the identity's files`);
-            }
-          }
-        }
-        const identity = await ca.issue({
-          id,
-          ...(opts.ttl ? { ttlMs: opts.ttl } : {}),
-          keyAlgorithm: opts.keyAlg,
-        });
-        await ctx.recordIssued(opts.dir, ca, identity);
-        const written = opts.out
-          ? await writeFlat(path(opts.out), identity)
-          : await store.writeIssued(name, identity, { force: Boolean(opts.force) });
-        if (owner) {
-          // The folder (0700) and the files (key 0600) become the workload's: a sidecar running as UID
-          // 1337 cannot read what root wrote, and says only "permission denied".
-          try {
-            await chown(dirname(written.keyPath), owner.uid, owner.gid);
-            for (const f of [written.keyPath, written.certPath, written.chainPath, written.bundlePath]) {
-              await chown(f, owner.uid, owner.gid);
-            }
-          } catch (err) {
-            throw new WeftError(
-              "E_IO",
-              `cannot hand the identity to ${owner.uid}:${owner.gid} (--owner needs root): ${errorMessage(err)}`,
-            );
-          }
-        }
-        const result = {
-          spiffeId: identity.id.toString(),
-          serial: identity.serial,
-          notAfter: identity.notAfter.toISOString(),
-          files: {
-            key: written.keyPath,
-            cert: written.certPath,
-            chain: written.chainPath,
-            bundle: written.bundlePath,
-          },
-        };
-        ctx.emit(opts.json, result, () => {
-          out(`issued ${result.spiffeId}`);
-          out(`  serial:     ${result.serial}`);
-          out(`  not after:  ${result.notAfter} (${countdown(identity.notAfter, deps.clock.now())})`);
-          out(`  key:        ${written.keyPath}`);
-          out(`  cert:       ${written.certPath}`);
-          out(`  chain:      ${written.chainPath}`);
-          out(`  bundle:     ${written.bundlePath}`);
-        });
-      },
+      }) => issue(ctx, opts),
     );
 }
 
@@ -195,4 +135,82 @@ function flatPaths(dir: string): WrittenIdentity {
 async function writeFlat(dir: string, identity: IssuedIdentity): Promise<WrittenIdentity> {
   // The CLI checked for existing files (and --force) before issuing.
   return writeIdentityDir(dir, identity, { force: true });
+}
+
+async function issue(
+  ctx: MeshcaContext,
+  opts: {
+    id?: string;
+    ns?: string;
+    sa?: string;
+    ttl?: number;
+    keyAlg: KeyAlgorithm;
+    out?: string;
+    name?: string;
+    force?: boolean;
+    dir: string;
+    json?: boolean;
+    owner?: string;
+  },
+): Promise<void> {
+  const { deps, out, path, loadCa } = ctx;
+  const owner = opts.owner === undefined ? undefined : parseOwner(opts.owner);
+  const { store, ca } = await loadCa(opts.dir);
+  const id = identityFromOptions(opts, ca.trustDomain);
+  const name = opts.name ?? defaultName(id);
+  if (!/^[A-Za-z0-9._-]{1,128}$/.test(name) || name === "." || name === "..") {
+    throw usage(`--name "${name}" may only hold letters, digits, ".", "_" and "-"`);
+  }
+  const files = opts.out ? flatPaths(path(opts.out)) : issuedPaths(path(opts.dir), name);
+  if (!opts.force) {
+    for (const f of Object.values(files)) {
+      if (await fileExists(f)) {
+        throw new WeftError("E_EXISTS", `${f} exists; pass --force to replace the identity's files`);
+      }
+    }
+  }
+  const identity = await ca.issue({
+    id,
+    ...(opts.ttl ? { ttlMs: opts.ttl } : {}),
+    keyAlgorithm: opts.keyAlg,
+  });
+  await ctx.recordIssued(opts.dir, ca, identity);
+  const written = opts.out
+    ? await writeFlat(path(opts.out), identity)
+    : await store.writeIssued(name, identity, { force: Boolean(opts.force) });
+  if (owner) {
+    // The folder (0700) and the files (key 0600) become the workload's: a sidecar running as UID
+    // 1337 cannot read what root wrote, and says only "permission denied".
+    try {
+      await chown(dirname(written.keyPath), owner.uid, owner.gid);
+      for (const f of [written.keyPath, written.certPath, written.chainPath, written.bundlePath]) {
+        await chown(f, owner.uid, owner.gid);
+      }
+    } catch (err) {
+      throw new WeftError(
+        "E_IO",
+        `cannot hand the identity to ${owner.uid}:${owner.gid} (--owner needs root): ${errorMessage(err)}`,
+      );
+    }
+  }
+  const result = {
+    spiffeId: identity.id.toString(),
+    serial: identity.serial,
+    notAfter: identity.notAfter.toISOString(),
+    files: {
+      key: written.keyPath,
+      cert: written.certPath,
+      chain: written.chainPath,
+      bundle: written.bundlePath,
+    },
+  };
+  ctx.emit(opts.json, result, () => {
+    out(`issued ${result.spiffeId}`);
+    out(`  serial:     ${result.serial}`);
+    out(`  not after:  ${result.notAfter} (${countdown(identity.notAfter, deps.clock.now())})`);
+    out(`  key:        ${written.keyPath}`);
+    out(`  cert:       ${written.certPath}`);
+    out(`  chain:      ${written.chainPath}`);
+    out(`  bundle:     ${written.bundlePath}`);
+  });
 }

@@ -25,7 +25,7 @@ interface ServeOptions {
 }
 
 export function registerServe(program: Command, ctx: MeshcaContext): void {
-  const { deps, out, loadCa, tokenStore, dirOption } = ctx;
+  const { dirOption } = ctx;
   program
     .command("serve")
     .description("run the CA server: sign CSRs for join tokens, renew over mTLS, serve the bundle")
@@ -58,54 +58,56 @@ export function registerServe(program: Command, ctx: MeshcaContext): void {
         "curl --cacert certs/bundle.pem https://127.0.0.1:15443/v1/bundle",
       ]),
     )
-    .action(async (opts: ServeOptions) => {
-      const listen = parseListenAddress(opts.listen);
-      const metricsListen =
-        opts.metricsListen === undefined ? undefined : parseListenAddress(opts.metricsListen);
-      const { ca } = await loadCa(opts.dir);
-      if ((listen.host === "0.0.0.0" || listen.host === "::") && !opts.san?.length) {
-        const names = serverSans(listen.host);
-        ctx.err(
-          `meshca: warning: listening on ${listen.host} without --san: the server certificate names only ${[...names.dnsNames, ...names.ipAddresses].join(", ")}, ` +
-            "so sidecars on other hosts fail its host name check; add --san <dns-name-or-ip> for each name they use",
-        );
-      }
-      const kube = opts.kubernetes
-        ? await startKubeJoin(
-            {
-              trustDomain: ca.trustDomain,
-              audience: opts.kubeAudience,
-              ...(opts.kubeconfig ? { kubeconfig: resolve(deps.cwd, opts.kubeconfig) } : {}),
-            },
-            deps,
-          )
-        : undefined;
-      const server = await createCaServer({
-        ...(kube ? { kubeJoin: kube.join } : {}),
-        ca,
-        tokens: tokenStore(opts.dir, ca.trustDomain),
-        serials: ctx.serialStore(opts.dir),
-        logger: deps.logger,
-        clock: deps.clock,
-        listen,
-        ...(opts.san ? { sans: opts.san } : {}),
-        ...(opts.leafTtl ? { leafTtlMs: opts.leafTtl } : {}),
-        ...(opts.maxConnectionsPerAddress ? { maxConnectionsPerAddress: opts.maxConnectionsPerAddress } : {}),
-        ...(metricsListen ? { metricsListen } : {}),
-        // After `meshca rotate` the new intermediate and bundle are picked up without a restart.
-        loadCa: async () => {
-          const loaded = (await loadCa(opts.dir)).ca;
-          loaded.checkConsistent();
-          return loaded;
+    .action((opts: ServeOptions) => serve(ctx, opts));
+}
+
+async function serve(ctx: MeshcaContext, opts: ServeOptions): Promise<void> {
+  const { deps, out, loadCa, tokenStore } = ctx;
+  const listen = parseListenAddress(opts.listen);
+  const metricsListen = opts.metricsListen === undefined ? undefined : parseListenAddress(opts.metricsListen);
+  const { ca } = await loadCa(opts.dir);
+  if ((listen.host === "0.0.0.0" || listen.host === "::") && !opts.san?.length) {
+    const names = serverSans(listen.host);
+    ctx.err(
+      `meshca: warning: listening on ${listen.host} without --san: the server certificate names only ${[...names.dnsNames, ...names.ipAddresses].join(", ")}, ` +
+        "so sidecars on other hosts fail its host name check; add --san <dns-name-or-ip> for each name they use",
+    );
+  }
+  const kube = opts.kubernetes
+    ? await startKubeJoin(
+        {
+          trustDomain: ca.trustDomain,
+          audience: opts.kubeAudience,
+          ...(opts.kubeconfig ? { kubeconfig: resolve(deps.cwd, opts.kubeconfig) } : {}),
         },
-      });
-      out(`serving ${ca.trustDomain} at ${server.url}`);
-      deps.onServing?.({ url: server.url, port: server.port });
-      try {
-        await deps.waitForShutdown();
-      } finally {
-        await server.close();
-        kube?.close();
-      }
-    });
+        deps,
+      )
+    : undefined;
+  const server = await createCaServer({
+    ...(kube ? { kubeJoin: kube.join } : {}),
+    ca,
+    tokens: tokenStore(opts.dir, ca.trustDomain),
+    serials: ctx.serialStore(opts.dir),
+    logger: deps.logger,
+    clock: deps.clock,
+    listen,
+    ...(opts.san ? { sans: opts.san } : {}),
+    ...(opts.leafTtl ? { leafTtlMs: opts.leafTtl } : {}),
+    ...(opts.maxConnectionsPerAddress ? { maxConnectionsPerAddress: opts.maxConnectionsPerAddress } : {}),
+    ...(metricsListen ? { metricsListen } : {}),
+    // After `meshca rotate` the new intermediate and bundle are picked up without a restart.
+    loadCa: async () => {
+      const loaded = (await loadCa(opts.dir)).ca;
+      loaded.checkConsistent();
+      return loaded;
+    },
+  });
+  out(`serving ${ca.trustDomain} at ${server.url}`);
+  deps.onServing?.({ url: server.url, port: server.port });
+  try {
+    await deps.waitForShutdown();
+  } finally {
+    await server.close();
+    kube?.close();
+  }
 }

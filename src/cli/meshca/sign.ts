@@ -7,7 +7,7 @@ import { jsonOption } from "../conventions.ts";
 import { fileExists, help, type MeshcaContext, parseCliDuration, readText, usage } from "./context.ts";
 
 export function registerSign(program: Command, ctx: MeshcaContext): void {
-  const { deps, err, path, loadCa, dirOption } = ctx;
+  const { dirOption } = ctx;
   program
     .command("sign")
     .description("sign a workload CSR (PEM) and print the chain (leaf + intermediate)")
@@ -28,63 +28,70 @@ export function registerSign(program: Command, ctx: MeshcaContext): void {
         "meshca sign api.csr --ttl 1h --out api-chain.pem",
       ]),
     )
-    .action(
-      async (
-        csrFile: string,
-        opts: { idAllow?: string; ttl?: number; out?: string; force?: boolean; dir: string; json?: boolean },
-      ) => {
-        const { ca } = await loadCa(opts.dir);
-        const csrPem = await readText(path(csrFile), "CSR");
-        if (opts.idAllow !== undefined) {
-          try {
-            SpiffeId.parse(opts.idAllow.replaceAll("*", "x"));
-          } catch (e) {
-            throw usage(`--id-allow "${opts.idAllow}": ${errorMessage(e)}`);
-          }
-        }
-        if (opts.out && !opts.force && (await fileExists(path(opts.out)))) {
-          throw new WeftError("E_EXISTS", `${path(opts.out)} exists; pass --force to replace it`);
-        }
-        const allow = opts.idAllow;
-        const issued = await ca.signCsr(csrPem, {
-          authorize: (id) => {
-            const ok =
-              allow === undefined ? true : allow.includes("*") ? id.matches(allow) : id.toString() === allow;
-            if (!ok) {
-              throw new WeftError(
-                "E_CSR_IDENTITY",
-                `the CSR asks for ${id.toString()}, which --id-allow ${allow} does not allow`,
-                {
-                  reason: "not_allowed",
-                },
-              );
-            }
+    .action((csrFile: string, opts: SignOptions) => sign(ctx, csrFile, opts));
+}
+
+interface SignOptions {
+  idAllow?: string;
+  ttl?: number;
+  out?: string;
+  force?: boolean;
+  dir: string;
+  json?: boolean;
+}
+
+async function sign(ctx: MeshcaContext, csrFile: string, opts: SignOptions): Promise<void> {
+  const { deps, err, path, loadCa } = ctx;
+  const { ca } = await loadCa(opts.dir);
+  const csrPem = await readText(path(csrFile), "CSR");
+  if (opts.idAllow !== undefined) {
+    try {
+      SpiffeId.parse(opts.idAllow.replaceAll("*", "x"));
+    } catch (e) {
+      throw usage(`--id-allow "${opts.idAllow}": ${errorMessage(e)}`);
+    }
+  }
+  if (opts.out && !opts.force && (await fileExists(path(opts.out)))) {
+    throw new WeftError("E_EXISTS", `${path(opts.out)} exists; pass --force to replace it`);
+  }
+  const allow = opts.idAllow;
+  const issued = await ca.signCsr(csrPem, {
+    authorize: (id) => {
+      const ok =
+        allow === undefined ? true : allow.includes("*") ? id.matches(allow) : id.toString() === allow;
+      if (!ok) {
+        throw new WeftError(
+          "E_CSR_IDENTITY",
+          `the CSR asks for ${id.toString()}, which --id-allow ${allow} does not allow`,
+          {
+            reason: "not_allowed",
           },
-          ...(opts.ttl ? { ttlMs: opts.ttl } : {}),
-        });
-        await ctx.recordIssued(opts.dir, ca, issued);
-        if (opts.out) {
-          await writeFileAtomic(path(opts.out), issued.chainPem, 0o644);
-          err(
-            `signed ${issued.id.toString()} serial ${issued.serial}, valid until ${issued.notAfter.toISOString()}: ${path(opts.out)}`,
-          );
-        } else if (opts.json) {
-          ctx.emit(
-            true,
-            {
-              spiffeId: issued.id.toString(),
-              serial: issued.serial,
-              notAfter: issued.notAfter.toISOString(),
-              chainPem: issued.chainPem,
-            },
-            () => {},
-          );
-        } else {
-          deps.stdout.write(issued.chainPem.endsWith("\n") ? issued.chainPem : `${issued.chainPem}\n`);
-          err(
-            `signed ${issued.id.toString()} serial ${issued.serial}, valid until ${issued.notAfter.toISOString()}`,
-          );
-        }
-      },
+        );
+      }
+    },
+    ...(opts.ttl ? { ttlMs: opts.ttl } : {}),
+  });
+  await ctx.recordIssued(opts.dir, ca, issued);
+  if (opts.out) {
+    await writeFileAtomic(path(opts.out), issued.chainPem, 0o644);
+    err(
+      `signed ${issued.id.toString()} serial ${issued.serial}, valid until ${issued.notAfter.toISOString()}: ${path(opts.out)}`,
     );
+  } else if (opts.json) {
+    ctx.emit(
+      true,
+      {
+        spiffeId: issued.id.toString(),
+        serial: issued.serial,
+        notAfter: issued.notAfter.toISOString(),
+        chainPem: issued.chainPem,
+      },
+      () => {},
+    );
+  } else {
+    deps.stdout.write(issued.chainPem.endsWith("\n") ? issued.chainPem : `${issued.chainPem}\n`);
+    err(
+      `signed ${issued.id.toString()} serial ${issued.serial}, valid until ${issued.notAfter.toISOString()}`,
+    );
+  }
 }
