@@ -11,28 +11,10 @@ import { test } from "node:test";
 import { assertServesByteExact, startClientFor, startServerProcess } from "../helpers/adversarial.ts";
 import { startEchoServer } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
-import {
-  connectHeaders,
-  data,
-  dialTunnel,
-  rstStream,
-  sessionStart,
-  tunnelHeader,
-} from "../helpers/h2-raw.ts";
+import { dialTunnel, resetBurst } from "../helpers/h2-raw.ts";
 import { metricValue } from "../helpers/sidecar.ts";
 
 const STREAMS = 2_000;
-
-/** HEADERS + DATA + RST_STREAM for `count` streams, ids 1, 3, 5, ... */
-function burst(count: number, appPort: number): Buffer {
-  const parts = [sessionStart()];
-  const header = tunnelHeader(appPort);
-  for (let i = 0; i < count; i++) {
-    const id = 2 * i + 1;
-    parts.push(connectHeaders(id), data(id, header), rstStream(id));
-  }
-  return Buffer.concat(parts);
-}
 
 for (const sessions of [1, 50]) {
   test(`${STREAMS} pooled HEADERS+DATA+RST_STREAM streams in one write over ${sessions} session(s) do not end the server sidecar`, async (t) => {
@@ -47,7 +29,7 @@ for (const sessions of [1, 50]) {
       Array.from({ length: sessions }, () => dialTunnel(server.tunnelPort, peer)),
     );
     const closed = socks.map((s) => new Promise((r) => s.once("close", r)));
-    for (const s of socks) s.write(burst(STREAMS / sessions, app.port));
+    for (const s of socks) s.write(resetBurst(STREAMS / sessions, app.port));
     // Let the server read all of it, then hang up.
     await new Promise((r) => setTimeout(r, 1_500));
     for (const s of socks) s.end();

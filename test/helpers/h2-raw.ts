@@ -66,6 +66,17 @@ export function tunnelHeader(port: number, service = "backend"): Buffer {
   });
 }
 
+/** A session preface, then HEADERS (CONNECT) + DATA (a PROXY header) + RST_STREAM for `count` streams. */
+export function resetBurst(count: number, appPort: number): Buffer {
+  const parts = [sessionStart()];
+  const header = tunnelHeader(appPort);
+  for (let i = 0; i < count; i++) {
+    const id = 2 * i + 1;
+    parts.push(connectHeaders(id), data(id, header), rstStream(id));
+  }
+  return Buffer.concat(parts);
+}
+
 export interface PeerCredentials {
   readonly keyPem: string;
   readonly chainPem: string;

@@ -8,8 +8,9 @@
  *   `timeouts.proxyHeader` deadline): a small number, so header-less streams cannot pile up; a peer that
  *   goes on opening them past the limit (as many again within a second) gets all its sessions closed;
  * - `resetsPerSecond`: streams the peer resets (RST_STREAM, or HEADERS and RST_STREAM in one write) per
- *   second; past it every pooled session of that peer is closed (GOAWAY ENHANCE_YOUR_CALM, then
- *   destroyed): nghttp2's own rapid-reset guard counts per session, so opening sessions got around it.
+ *   second; past it every pooled session of that peer is closed (tunnel.ts `calmer`: gracefully the
+ *   first time, so the streams already running finish; at once if the peer trips a limit again):
+ *   nghttp2's own rapid-reset guard counts per session, so opening sessions got around it.
  *
  * A limit that bites refuses only what is over it (REFUSED_STREAM, or the refusal of the answer step),
  * is counted in `weft_peer_limit_hits_total{limit}` and logged with the peer (at most once per peer and

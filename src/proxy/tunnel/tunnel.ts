@@ -327,19 +327,11 @@ class TunnelConnection {
       o.metrics.tunnelPooledSessions.dec();
     });
     // One peer identity, many sessions: its limits hold across all of them (peer-limits.ts).
-    const calm = (): void => {
-      if (session.destroyed) return;
-      try {
-        session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
-      } catch {
-        // The session is going away already.
-      }
-      destroySession(session, sock);
-    };
     if (o.peerLimits) {
-      const release = o.peerLimits.openSession(peer, calm);
+      const release = o.peerLimits.openSession(peer, calmer(session, sock, o.clock));
       if (!release) {
-        calm();
+        // Over the peer's session limit: nothing runs on it yet.
+        hangUp(session, sock);
         return;
       }
       session.once("close", release);
@@ -435,4 +427,40 @@ class TunnelConnection {
     };
     new TunnelStream(o, srec, side, peer, connectAnswer(stream), headerSlot).run();
   }
+}
+
+/** How long streams already running on a session that a peer limit closed may go on. */
+export const CALM_GRACE_MS = 10_000;
+
+/**
+ * What a peer limit (peer-limits.ts) calls to close one of the peer's sessions. The first time it goes
+ * away gracefully: GOAWAY NO_ERROR (`close()`) refuses every new stream, while the streams it already
+ * carries, other app connections of that peer's pod, finish within CALM_GRACE_MS. (A GOAWAY with an
+ * error code would make a Node peer destroy the session and every stream on it at once.) If the peer
+ * trips a limit again meanwhile, the session is hung up at once.
+ */
+function calmer(session: http2.ServerHttp2Session, sock: tls.TLSSocket, clock: Clock): () => void {
+  let closing = false;
+  return () => {
+    if (session.destroyed) return;
+    if (closing) {
+      hangUp(session, sock);
+      return;
+    }
+    closing = true;
+    const grace = clock.setTimeout(() => hangUp(session, sock), CALM_GRACE_MS);
+    session.once("close", () => grace.cancel());
+    session.close();
+  };
+}
+
+/** GOAWAY ENHANCE_YOUR_CALM and destroy: every stream on the session ends now. */
+function hangUp(session: http2.ServerHttp2Session, sock: tls.TLSSocket): void {
+  if (session.destroyed) return;
+  try {
+    session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+  } catch {
+    // The session is going away already.
+  }
+  destroySession(session, sock);
 }
