@@ -15,7 +15,7 @@ import { HttpsKubeApi } from "../k8s/client.ts";
 import { resolveConnection } from "../k8s/config.ts";
 import { ConfigReloader } from "../proxy/config-reload.ts";
 import { Sidecar } from "../proxy/sidecar.ts";
-import { IdleReclaimer } from "../runtime/idle-reclaim.ts";
+import { idleReclaimerFor } from "../runtime/idle-reclaim.ts";
 import { tuneMalloc } from "../runtime/malloc-tuning.ts";
 import { missingNodeFlags } from "../runtime/node-flags.ts";
 import type { WeftDeps } from "./weft.ts";
@@ -94,8 +94,11 @@ export async function runProxy(configPath: string, deps: WeftDeps): Promise<void
     readFile: (p) => readFileSync(p, "utf8"),
   });
   await sidecar.start();
-  const reclaimer = new IdleReclaimer({ clock: deps.clock, logger: logger.child({ component: "memory" }) });
-  reclaimer.start();
+  const reclaimer = idleReclaimerFor(config.memory.idleReclaim, {
+    clock: deps.clock,
+    logger: logger.child({ component: "memory" }),
+  });
+  reclaimer?.start();
   const reloader = new ConfigReloader({
     path: opts.config,
     env: deps.env,
@@ -117,7 +120,7 @@ export async function runProxy(configPath: string, deps: WeftDeps): Promise<void
   await reloader.stop();
   logger.info({ deadline_ms: config.timeouts.drain }, "draining");
   const { forced } = await sidecar.drain();
-  reclaimer.stop();
+  reclaimer?.stop();
   await sidecar.stop();
   logger.info({ forced }, "stopped");
 }

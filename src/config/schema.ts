@@ -7,6 +7,7 @@ import { isIP } from "node:net";
 import * as z from "zod";
 import { KEY_ALGORITHMS } from "../ca/key-policy.ts";
 import { LOG_LEVELS } from "../core/log.ts";
+import { IDLE_RECLAIM_MODES } from "../runtime/idle-reclaim.ts";
 import {
   duration,
   healthCheckSchema,
@@ -304,6 +305,18 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   services: servicesSchema.default([]),
+  memory: z
+    .strictObject({
+      /**
+       * What the sidecar gives back after 20 s without traffic (src/runtime/idle-reclaim.ts). `light`: one
+       * full GC and malloc_trim(0). `deep`: V8's last-resort collection instead, the lowest RSS after
+       * traffic (82 against 104 MiB after 1 GiB and 1,000 connections), but V8 keeps a lower heap limit
+       * afterwards: 24-32 full GCs and +20-27 % CPU per GiB in later bursts (docs/benchmarks.md). `off`:
+       * nothing is given back.
+       */
+      idleReclaim: z.enum(IDLE_RECLAIM_MODES).default("light"),
+    })
+    .prefault({}),
   log: z
     .strictObject({
       level: z.enum(LOG_LEVELS).default("info"),

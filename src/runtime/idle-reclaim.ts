@@ -37,6 +37,24 @@ export interface IdleReclaimOptions {
 
 export const IDLE_RECLAIM_DEFAULTS = { intervalMs: 5_000, quietIntervals: 4, idleCpuShare: 0.02 } as const;
 
+/** weft.yaml's `memory.idleReclaim` (schema.ts says what each costs and gives). */
+export const IDLE_RECLAIM_MODES = ["light", "deep", "off"] as const;
+export type IdleReclaimMode = (typeof IDLE_RECLAIM_MODES)[number];
+
+/**
+ * The reclaimer a `memory.idleReclaim` mode asks for (not started), or none for `off`: `light` runs
+ * `reclaim()`, `deep` runs `reclaim({ lastResort: true })`.
+ */
+export function idleReclaimerFor(
+  mode: IdleReclaimMode,
+  options: Omit<IdleReclaimOptions, "reclaim">,
+  reclaim: (o: { lastResort?: boolean }) => Record<string, unknown> = reclaimProcessMemory,
+): IdleReclaimer | undefined {
+  if (mode === "off") return undefined;
+  const lastResort = mode === "deep";
+  return new IdleReclaimer({ ...options, reclaim: () => ({ mode, ...reclaim({ lastResort }) }) });
+}
+
 export class IdleReclaimer {
   private timer: TimerHandle | undefined;
   private lastCpu = 0;

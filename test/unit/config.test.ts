@@ -26,7 +26,18 @@ test("a minimal config gets every default, in milliseconds and bytes", () => {
   assert.deepEqual(c.upstream.sessionKeepalive, { interval: 10_000, timeout: 5_000 });
   assert.equal(c.inbound.mode, "strict");
   assert.equal(c.outboundPolicy, "allow-any");
+  assert.equal(c.memory.idleReclaim, "light");
   assert.ok(Object.isFrozen(c.timeouts));
+});
+
+test("memory.idleReclaim takes light, deep or off, and names itself when wrong", () => {
+  for (const mode of ["light", "deep", "off"]) {
+    assert.equal(parseConfig(`${minimal}memory: { idleReclaim: ${mode} }\n`).memory.idleReclaim, mode);
+  }
+  assert.throws(
+    () => parseConfig(`${minimal}memory: { idleReclaim: always }\n`),
+    (err: unknown) => err instanceof ConfigError && err.issues.some((i) => i.key === "memory.idleReclaim"),
+  );
 });
 
 test("every error is reported at once, each naming its key", () => {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { ManualClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
-import { IdleReclaimer, reclaimProcessMemory } from "../../src/runtime/idle-reclaim.ts";
+import { IdleReclaimer, idleReclaimerFor, reclaimProcessMemory } from "../../src/runtime/idle-reclaim.ts";
 
 /** A reclaimer on a manual clock whose CPU use per 5 s interval the test sets. */
 function harness() {
@@ -64,4 +64,29 @@ test("reclaimProcessMemory collects and trims: garbage held by nothing is given 
     (r.rss_after_mib as number) * 1048576 < held - 16 * 1048576,
     `32 MiB of garbage: RSS ${held / 1048576} MiB before, ${r.rss_after_mib} after`,
   );
+});
+
+test("memory.idleReclaim: light collects plainly, deep asks for the last-resort collection, off runs nothing", () => {
+  for (const [mode, expected] of [
+    ["light", [false]],
+    ["deep", [true]],
+    ["off", []],
+  ] as const) {
+    const clock = new ManualClock(0);
+    const asked: boolean[] = [];
+    const r = idleReclaimerFor(
+      mode,
+      { clock, logger: new MemoryLogger(), cpuMicros: () => 0, quietIntervals: 2 },
+      (o) => {
+        asked.push(o.lastResort === true);
+        return {};
+      },
+    );
+    assert.equal(r === undefined, mode === "off");
+    r?.start();
+    clock.advance(5_000);
+    clock.advance(5_000);
+    r?.stop();
+    assert.deepEqual(asked, expected, mode);
+  }
 });
