@@ -264,66 +264,62 @@ export class WeftMetrics {
         for (const c of cells.values()) this.inc(c.labels, c.received);
       },
     });
-    if (options.processMetrics) {
-      // The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), so stock
-      // Node.js dashboards and alerts work. The event-loop lag series are replaced: see event-loop-lag.ts.
-      collectDefaultMetrics({
-        register: this.registry,
-        eventLoopMonitoringPrecision: EVENT_LOOP_MONITORING_MS,
-      });
-      for (const name of this.registry.getMetricsAsArray().map((m) => m.name)) {
-        if (name.startsWith("nodejs_eventloop_lag")) this.registry.removeSingleMetric(name);
-      }
-      const lag = new EventLoopLag(options.clock ?? systemClock, EVENT_LOOP_MONITORING_MS);
-      this.eventLoopLag = lag;
-      lag.start();
-      let summary: LagSummary | undefined;
-      const take = (): LagSummary => {
-        summary ??= lag.take();
-        return summary;
-      };
-      const gauge = (name: string, help: string, pick: (s: LagSummary) => number) =>
-        new Gauge({
-          name,
-          help,
-          registers: [this.registry],
-          collect() {
-            this.set(pick(take()) / 1000);
-          },
-        });
-      // One summary per scrape: the first gauge collected takes the samples, the last clears the cache.
-      gauge(
-        "nodejs_eventloop_lag_seconds",
-        "How late the event loop ran a timer, last sample (seconds).",
-        () => lag.latest,
-      );
-      gauge(
-        "nodejs_eventloop_lag_min_seconds",
-        "Smallest event-loop lag since the last scrape.",
-        (s) => s.min,
-      );
-      gauge(
-        "nodejs_eventloop_lag_max_seconds",
-        "Largest event-loop lag since the last scrape.",
-        (s) => s.max,
-      );
-      gauge("nodejs_eventloop_lag_mean_seconds", "Mean event-loop lag since the last scrape.", (s) => s.mean);
-      gauge("nodejs_eventloop_lag_p50_seconds", "Median event-loop lag since the last scrape.", (s) => s.p50);
-      gauge(
-        "nodejs_eventloop_lag_p90_seconds",
-        "90th percentile event-loop lag since the last scrape.",
-        (s) => s.p90,
-      );
+    if (options.processMetrics) this.registerProcessMetrics(options.clock ?? systemClock);
+  }
+
+  /**
+   * The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), so stock Node.js
+   * dashboards and alerts work. The event-loop lag series are replaced: see event-loop-lag.ts.
+   */
+  private registerProcessMetrics(clock: Clock): void {
+    collectDefaultMetrics({
+      register: this.registry,
+      eventLoopMonitoringPrecision: EVENT_LOOP_MONITORING_MS,
+    });
+    for (const name of this.registry.getMetricsAsArray().map((m) => m.name)) {
+      if (name.startsWith("nodejs_eventloop_lag")) this.registry.removeSingleMetric(name);
+    }
+    const lag = new EventLoopLag(clock, EVENT_LOOP_MONITORING_MS);
+    this.eventLoopLag = lag;
+    lag.start();
+    let summary: LagSummary | undefined;
+    const take = (): LagSummary => {
+      summary ??= lag.take();
+      return summary;
+    };
+    const gauge = (name: string, help: string, pick: (s: LagSummary) => number) =>
       new Gauge({
-        name: "nodejs_eventloop_lag_p99_seconds",
-        help: "99th percentile event-loop lag since the last scrape.",
+        name,
+        help,
         registers: [this.registry],
         collect() {
-          this.set(take().p99 / 1000);
-          summary = undefined;
+          this.set(pick(take()) / 1000);
         },
       });
-    }
+    // One summary per scrape: the first gauge collected takes the samples, the last clears the cache.
+    gauge(
+      "nodejs_eventloop_lag_seconds",
+      "How late the event loop ran a timer, last sample (seconds).",
+      () => lag.latest,
+    );
+    gauge("nodejs_eventloop_lag_min_seconds", "Smallest event-loop lag since the last scrape.", (s) => s.min);
+    gauge("nodejs_eventloop_lag_max_seconds", "Largest event-loop lag since the last scrape.", (s) => s.max);
+    gauge("nodejs_eventloop_lag_mean_seconds", "Mean event-loop lag since the last scrape.", (s) => s.mean);
+    gauge("nodejs_eventloop_lag_p50_seconds", "Median event-loop lag since the last scrape.", (s) => s.p50);
+    gauge(
+      "nodejs_eventloop_lag_p90_seconds",
+      "90th percentile event-loop lag since the last scrape.",
+      (s) => s.p90,
+    );
+    new Gauge({
+      name: "nodejs_eventloop_lag_p99_seconds",
+      help: "99th percentile event-loop lag since the last scrape.",
+      registers: [this.registry],
+      collect() {
+        this.set(take().p99 / 1000);
+        summary = undefined;
+      },
+    });
   }
 
   /** Stop the event-loop lag timer (a sidecar's `stop()`). */

@@ -13,6 +13,9 @@ import { CertificateAuthority } from "../../src/ca/authority.ts";
 import { isWeftError } from "../../src/core/errors.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
 import { meshcaWorkspace } from "../helpers/cli.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const run = promisify(execFile);
 const WEB = "spiffe://weft.local/ns/default/sa/web";

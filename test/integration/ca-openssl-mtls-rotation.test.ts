@@ -14,6 +14,9 @@ import { CertificateAuthority, type IssuedIdentity, rotateRoot } from "../../src
 import { parseBundle, type TrustBundle, verifySvid } from "../../src/ca/verify.ts";
 import { WeftError } from "../../src/core/errors.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const dir = mkdtempSync(join(tmpdir(), "weft-ca-openssl-"));
 test.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -19,6 +19,9 @@ import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 
 import { meshcaWorkspace } from "../helpers/cli.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const WEB = "spiffe://weft.local/ns/default/sa/web";
 

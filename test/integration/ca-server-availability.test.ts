@@ -11,6 +11,9 @@ import { createCsr } from "../../src/ca/authority.ts";
 import { ManualClock } from "../../src/core/clock.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const WEB = "spiffe://weft.local/ns/default/sa/web";
 

@@ -13,6 +13,9 @@ import * as x509 from "@peculiar/x509";
 import { createCsr } from "../../src/ca/authority.ts";
 import { SpiffeId } from "../../src/ca/spiffe-id.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const WEB = SpiffeId.parse("spiffe://weft.local/ns/default/sa/web");
 

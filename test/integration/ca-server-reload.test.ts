@@ -17,6 +17,9 @@ import { parseBundle, verifySvid } from "../../src/ca/verify.ts";
 import { splitPemCertificates } from "../../src/ca/x509.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const WEB = "spiffe://weft.local/ns/default/sa/web";
 

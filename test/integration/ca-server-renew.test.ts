@@ -9,6 +9,9 @@ import { parseBundle, verifySvid } from "../../src/ca/verify.ts";
 import { type Clock, ManualClock, systemClock } from "../../src/core/clock.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const WEB = SpiffeId.parse("spiffe://weft.local/ns/default/sa/web");
 const API = SpiffeId.parse("spiffe://weft.local/ns/default/sa/api");

@@ -12,6 +12,9 @@ import { isWeftError } from "../../src/core/errors.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const WEB = SpiffeId.parse("spiffe://weft.local/ns/default/sa/web");
 const API = SpiffeId.parse("spiffe://weft.local/ns/default/sa/api");

@@ -13,7 +13,10 @@ import { type TestContext, test } from "node:test";
 import { codedMessage, errorLine, versionLine } from "../../src/cli/conventions.ts";
 import { WeftError } from "../../src/core/errors.ts";
 import { type CliResult, meshcaWorkspace, weftCli } from "../helpers/cli.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { sidecarFiles } from "../helpers/weft-process.ts";
+
+checkLeaksAtEnd();
 
 const WEB = "spiffe://weft.local/ns/default/sa/web";
 

@@ -4,6 +4,9 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 

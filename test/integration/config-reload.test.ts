@@ -17,6 +17,7 @@ import { ConfigReloader } from "../../src/proxy/config-reload.ts";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   adminGet,
   identityDir,
@@ -27,6 +28,8 @@ import {
   writeIdentity,
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
+
+checkLeaksAtEnd();
 
 const FRONTEND = "spiffe://weft.local/ns/default/sa/frontend";
 

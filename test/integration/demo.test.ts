@@ -5,6 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 

@@ -12,6 +12,9 @@ import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
 import { createDiscovery } from "../../src/discovery/index.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const DNSMASQ = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].find((p) => existsSync(p));
 

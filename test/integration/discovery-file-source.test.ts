@@ -9,6 +9,9 @@ import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
 import { createDiscovery } from "../../src/discovery/index.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const defaults = {
   dns: { minTtl: 1000, maxTtl: 60_000, timeout: 1000 },

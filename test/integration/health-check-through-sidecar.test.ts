@@ -12,6 +12,7 @@ import { MemoryLogger } from "../../src/core/log.ts";
 import { freePort } from "../../src/core/ports.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   adminGet,
   identityDir,
@@ -22,6 +23,8 @@ import {
   writeIdentity,
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
+
+checkLeaksAtEnd();
 
 async function stateOf(sidecar: Parameters<typeof adminGet>[0], key: string): Promise<string> {
   const body = JSON.parse((await adminGet(sidecar, "/endpoints")).body) as Array<{

@@ -14,8 +14,11 @@ import { chmod, cp, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, dirname, join, relative } from "node:path";
 import { test } from "node:test";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { requireRoot } from "../helpers/netns.ts";
 import { sidecarFiles, terminate, whenReady } from "../helpers/weft-process.ts";
+
+checkLeaksAtEnd();
 
 interface Step {
   readonly op: string;

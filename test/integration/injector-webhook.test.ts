@@ -20,6 +20,9 @@ import { type JsonPatchOp, MAX_REVIEW_BYTES, startInjector } from "../../src/k8s
 import { pollUntil } from "../../src/netns/pods.ts";
 import { INJECT_OPTIONS } from "../fixtures/inject/options.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 /** Applies object-path JSONPatch operations (what the webhook emits) to a copy of `doc`. */
 function applyPatch(doc: unknown, ops: JsonPatchOp[]): unknown {

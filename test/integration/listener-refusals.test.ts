@@ -20,7 +20,10 @@ import type { Connector } from "../../src/proxy/transport/connector.ts";
 import { SessionCertWatch } from "../../src/proxy/transport/h2/cert-watch.ts";
 import { TunnelTls } from "../../src/proxy/transport/tls-context.ts";
 import { createListeners, createWiring } from "../../src/proxy/wiring.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
+
+checkLeaksAtEnd();
 
 test("a refused accept is counted under its handler's direction, on every listener", async (t) => {
   const one = { address: "127.0.0.1", port: 0, maxConnections: 1 };

@@ -15,7 +15,10 @@ import { SpiffeId } from "../../src/ca/spiffe-id.ts";
 import { runMeshca } from "../../src/cli/meshca.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { type CliResult as Result, meshcaWorkspace as workspace } from "../helpers/cli.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { leafUnder } from "../helpers/svid-fixtures.ts";
+
+checkLeaksAtEnd();
 
 const run = promisify(execFile);
 const REPO = resolve(import.meta.dirname, "../..");

@@ -12,7 +12,10 @@ import { type TestContext, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { Sidecar } from "../../src/proxy/sidecar.ts";
 import { connect, readBytes, startEchoServer } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { accessLines, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const DASHBOARD = `${root}/examples/monitoring/grafana/weft-dashboard.json`;

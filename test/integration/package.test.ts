@@ -11,7 +11,10 @@ import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { test } from "node:test";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { sidecarFiles, terminate, whenReady } from "../helpers/weft-process.ts";
+
+checkLeaksAtEnd();
 
 const pkg = JSON.parse(readFileSync("package.json", "utf8")) as {
   name: string;

@@ -28,6 +28,9 @@ import {
 import { platformSocketErrors } from "../../src/proxy/capture/sockopt.ts";
 import { wasReset } from "../../src/proxy/connection/splice.ts";
 import { PatternSource, writePattern } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const MiB = 1024 * 1024;
 /** Per scenario and peer; generous, since a healthy run takes well under a second. */

@@ -14,6 +14,9 @@ import { ManualClock } from "../../src/core/clock.ts";
 import { SessionKeepalive } from "../../src/proxy/transport/h2/keepalive.ts";
 import { destroySession, SESSION_LINGER_MS, tieSessionToSocket } from "../../src/proxy/transport/h2/pool.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 /**
  * An HTTP/2 client session over real TLS to a peer that grants huge flow-control windows (a SETTINGS

@@ -2,7 +2,10 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { test } from "node:test";
 import { connect, hashUntilEnd, startApp, writePattern } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { accessLines, adminGet, startSidecarPair, TRANSPORTS, waitForLog } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const TOTAL = 256 * 1024 * 1024;
 

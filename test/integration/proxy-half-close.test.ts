@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { connect, hashUntilEnd, readBytes, startApp } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { startSidecarPair, TRANSPORTS, waitForLog } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 function readAll(s: import("node:stream").Duplex): Promise<string> {
   return new Promise((resolve, reject) => {

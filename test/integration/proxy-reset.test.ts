@@ -3,6 +3,7 @@ import { test } from "node:test";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { closeKind, connect, readBytes, startApp } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   identityDir,
   startSidecar,
@@ -13,6 +14,8 @@ import {
   writeIdentity,
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
+
+checkLeaksAtEnd();
 
 for (const transport of TRANSPORTS) {
   test(`${transport}: the app resets: the client sees ECONNRESET, not a clean FIN`, async (t) => {

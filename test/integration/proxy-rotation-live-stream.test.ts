@@ -9,6 +9,7 @@ import { X509Certificate } from "node:crypto";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect, hashUntilEnd, startApp } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   reloadIdentity,
   startSidecarPair,
@@ -16,6 +17,8 @@ import {
   waitForLog,
   writeIdentity,
 } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const STREAM_MS = 30_000;
 const CHUNK = 64 * 1024;

@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { connect, readBytes, startBannerServer } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { startSidecarPair, TRANSPORTS, waitForLog } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 for (const transport of TRANSPORTS) {
   test(`${transport}: server speaks first: the client reads the banner without sending a byte`, async (t) => {

@@ -7,7 +7,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { connect, slowRead, startApp, writePattern } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { startSidecarPair, TRANSPORTS } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const TOTAL = 1024 * 1024 * 1024;
 /** What both sidecars together may hold for one connection: a few socket high-water marks and TLS records. */

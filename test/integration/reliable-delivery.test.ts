@@ -23,8 +23,11 @@ import { type TestContext, test } from "node:test";
 import { freePort } from "../../src/core/ports.ts";
 import { SIDECAR_NODE_FLAGS } from "../../src/runtime/node-flags.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { type TestCa, TRANSPORTS, type Transport, writeIdentity } from "../helpers/sidecar.ts";
 import { whenReady } from "../helpers/weft-process.ts";
+
+checkLeaksAtEnd();
 
 const RATE_PER_S = 40;
 const FAIL_AT_MS = 3_000;

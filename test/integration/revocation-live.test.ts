@@ -14,7 +14,10 @@ import { systemClock } from "../../src/core/clock.ts";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { adminGet, identityDir, metricValue, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const BACKEND = "spiffe://weft.local/ns/default/sa/backend";
 

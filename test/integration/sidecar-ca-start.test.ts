@@ -20,6 +20,7 @@ import { ManualClock, systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { freePort } from "../../src/core/ports.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   adminGet,
   identityDir,
@@ -30,6 +31,8 @@ import {
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
 import { logLine } from "../helpers/weft-process.ts";
+
+checkLeaksAtEnd();
 
 const WEB = "spiffe://weft.local/ns/default/sa/web";
 

@@ -11,7 +11,10 @@ import { join } from "node:path";
 import { type TestContext, test } from "node:test";
 import { SIDECAR_NODE_FLAGS } from "../../src/runtime/node-flags.ts";
 import { weftCli } from "../helpers/cli.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { logLine, sidecarFiles } from "../helpers/weft-process.ts";
+
+checkLeaksAtEnd();
 
 async function tempFile(t: TestContext, name: string, text: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "weft-cli-"));

@@ -6,7 +6,10 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { accessLines, adminGet, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 function refused(port: number): Promise<string> {
   return new Promise((resolve) => {

@@ -9,6 +9,9 @@ import net, { type Socket } from "node:net";
 import { test } from "node:test";
 import { LinuxSocketErrors, NO_SOCKET_ERRORS } from "../../src/proxy/capture/sockopt.ts";
 import { wasReset } from "../../src/proxy/connection/splice.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 /** A connected pair on loopback: `ours` is paused (reads nothing), `theirs` is the peer. */
 async function pair(t: import("node:test").TestContext): Promise<{ ours: Socket; theirs: Socket }> {

@@ -16,6 +16,7 @@ import type { Sidecar } from "../../src/proxy/sidecar.ts";
 import { encodeProxyV2 } from "../../src/proxy/transport/proxy-protocol.ts";
 import { closeKind, connect, readBytes, startApp, startEchoServer } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   accessLines,
   adminGet,
@@ -29,6 +30,8 @@ import {
   writeIdentity,
 } from "../helpers/sidecar.ts";
 import { type StaticEndpointInput, StaticRouteTable } from "../helpers/static-routes.ts";
+
+checkLeaksAtEnd();
 
 interface Server {
   readonly sidecar: Sidecar;

@@ -17,6 +17,7 @@ import { encodeProxyV2 } from "../../src/proxy/transport/proxy-protocol.ts";
 import { type App, readBytes, readOutcome, startApp } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   accessLines,
   identityDir,
@@ -26,6 +27,8 @@ import {
   writeIdentity,
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
+
+checkLeaksAtEnd();
 
 function frame(bytes: Buffer | string): Buffer {
   const b = Buffer.from(bytes);

@@ -12,8 +12,11 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { ManualClock } from "../../src/core/clock.ts";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { type Relay, startRelay } from "../helpers/relay.ts";
 import { accessLines, adminGet, metricValue, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 /** Sessions closed for an unanswered PING, by the side that closed them. */
 function keepaliveTimeouts(text: string, direction: "outbound" | "inbound"): number {

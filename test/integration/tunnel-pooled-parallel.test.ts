@@ -9,7 +9,10 @@ import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { test } from "node:test";
 import { connect, hashUntilEnd, startApp, writePattern } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { adminGet, startSidecarPair } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const PARALLEL = 8;
 const EACH = 32 * 1024 * 1024;

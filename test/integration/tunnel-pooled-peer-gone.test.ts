@@ -8,8 +8,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { connect, readBytes, startEchoServer } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { type Relay, startRelay } from "../helpers/relay.ts";
 import { adminGet, metricValue, startSidecarPair, waitForMetric } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 test("pooled: a peer's FIN ends the session on both ends; the next connection gets a fresh one and succeeds", async (t) => {
   const app = await startEchoServer();

@@ -14,6 +14,7 @@ import { WeftMetrics } from "../../src/core/metrics.ts";
 import { ServiceRegistry } from "../../src/discovery/registry.ts";
 import { connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { eventually } from "../helpers/eventually.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { type Relay, startRelay } from "../helpers/relay.ts";
 import {
   accessLines,
@@ -26,6 +27,8 @@ import {
   waitForLog,
   writeIdentity,
 } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const CONNECTIONS = 20;
 

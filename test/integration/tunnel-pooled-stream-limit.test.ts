@@ -11,7 +11,10 @@ import { test } from "node:test";
 import tls from "node:tls";
 import { encodeProxyV2 } from "../../src/proxy/transport/proxy-protocol.ts";
 import { readBytes, startEchoServer } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import { adminGet, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const LIMIT = 6;
 

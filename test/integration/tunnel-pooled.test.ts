@@ -20,6 +20,7 @@ import http2 from "node:http2";
 import { test } from "node:test";
 import tls from "node:tls";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   accessLines,
   adminGet,
@@ -30,6 +31,8 @@ import {
   waitForMetric,
   writeIdentity,
 } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 const POOLED = { upstream: { transport: "pooled" } };
 

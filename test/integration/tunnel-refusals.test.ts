@@ -11,6 +11,7 @@ import tls from "node:tls";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { closeKind, connect, startApp } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   adminGet,
   identityDir,
@@ -22,6 +23,8 @@ import {
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
 import { leafUnder } from "../helpers/svid-fixtures.ts";
+
+checkLeaksAtEnd();
 
 const PROXY_V2_SIGNATURE = Buffer.from("0d0a0d0a000d0a515549540a", "hex");
 

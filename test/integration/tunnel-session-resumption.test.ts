@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { test } from "node:test";
 import { connect, readBytes, startEchoServer } from "../helpers/apps.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   accessLines,
   adminGet,
@@ -19,6 +20,8 @@ import {
   waitForLog,
   writeIdentity,
 } from "../helpers/sidecar.ts";
+
+checkLeaksAtEnd();
 
 /** One echo round trip through the pair, then a clean close; resolves when both sidecars logged it. */
 async function roundTrip(pair: Pair, n: number): Promise<void> {

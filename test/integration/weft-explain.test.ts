@@ -22,6 +22,7 @@ import { Sidecar } from "../../src/proxy/sidecar.ts";
 import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { weftCli } from "../helpers/cli.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   accessLines,
   adminGet,
@@ -32,6 +33,8 @@ import {
   writeIdentity,
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
+
+checkLeaksAtEnd();
 
 const GOLDEN = fileURLToPath(new URL("../fixtures/explain/", import.meta.url));
 const TD = "weft.local";

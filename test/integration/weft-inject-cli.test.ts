@@ -14,6 +14,9 @@ import { runWeft } from "../../src/cli/weft.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import { injectManifests } from "../../src/k8s/inject.ts";
 import { INJECT_OPTIONS, TEST_BUNDLE } from "../fixtures/inject/options.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 class Capture extends Writable {
   text = "";

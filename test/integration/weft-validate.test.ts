@@ -11,6 +11,9 @@ import { type TestContext, test } from "node:test";
 import { parse as parseYaml } from "yaml";
 import { createTestCa } from "../helpers/ca.ts";
 import { weftCli } from "../helpers/cli.ts";
+import { checkLeaksAtEnd } from "../helpers/leaks.ts";
+
+checkLeaksAtEnd();
 
 const weft = (args: string[]) => weftCli(...args);
 

@@ -54,21 +54,7 @@ export function registerIssue(program: Command, ctx: MeshcaContext): void {
         "meshca issue --ns default --sa db --out /etc/weft/identity --owner 1337   # the sidecar reads them",
       ]),
     )
-    .action(
-      (opts: {
-        id?: string;
-        ns?: string;
-        sa?: string;
-        ttl?: number;
-        keyAlg: KeyAlgorithm;
-        out?: string;
-        name?: string;
-        force?: boolean;
-        dir: string;
-        json?: boolean;
-        owner?: string;
-      }) => issue(ctx, opts),
-    );
+    .action((opts: IssueOptions) => issue(ctx, opts));
 }
 
 function parseOwner(v: string): { uid: number; gid: number } {
@@ -137,22 +123,21 @@ async function writeFlat(dir: string, identity: IssuedIdentity): Promise<Written
   return writeIdentityDir(dir, identity, { force: true });
 }
 
-async function issue(
-  ctx: MeshcaContext,
-  opts: {
-    id?: string;
-    ns?: string;
-    sa?: string;
-    ttl?: number;
-    keyAlg: KeyAlgorithm;
-    out?: string;
-    name?: string;
-    force?: boolean;
-    dir: string;
-    json?: boolean;
-    owner?: string;
-  },
-): Promise<void> {
+interface IssueOptions {
+  id?: string;
+  ns?: string;
+  sa?: string;
+  ttl?: number;
+  keyAlg: KeyAlgorithm;
+  out?: string;
+  name?: string;
+  force?: boolean;
+  dir: string;
+  json?: boolean;
+  owner?: string;
+}
+
+async function issue(ctx: MeshcaContext, opts: IssueOptions): Promise<void> {
   const { deps, out, path, loadCa } = ctx;
   const owner = opts.owner === undefined ? undefined : parseOwner(opts.owner);
   const { store, ca } = await loadCa(opts.dir);

@@ -40,33 +40,19 @@ EXIT CODES
   2  usage error`,
       ),
     )
-    .action(
-      (
-        file: string,
-        opts: {
-          bundle?: string;
-          trustDomain?: string;
-          id?: string;
-          role?: "client" | "server";
-          dir: string;
-          json?: boolean;
-        },
-      ) => verify(ctx, file, opts),
-    );
+    .action((file: string, opts: VerifyOptions) => verify(ctx, file, opts));
 }
 
-async function verify(
-  ctx: MeshcaContext,
-  file: string,
-  opts: {
-    bundle?: string;
-    trustDomain?: string;
-    id?: string;
-    role?: "client" | "server";
-    dir: string;
-    json?: boolean;
-  },
-): Promise<void> {
+interface VerifyOptions {
+  bundle?: string;
+  trustDomain?: string;
+  id?: string;
+  role?: "client" | "server";
+  dir: string;
+  json?: boolean;
+}
+
+async function verify(ctx: MeshcaContext, file: string, opts: VerifyOptions): Promise<void> {
   const { deps, out, path, loadCa } = ctx;
   const chainPem = await readText(path(file), "chain");
   let expected: SpiffeId | undefined;
