@@ -90,6 +90,16 @@ export interface CertFacts {
 const URI_NAME = 0x86;
 
 /**
+ * The tags a GeneralName (RFC 5280 §4.2.1.6) may have in DER: otherName [0], x400Address [3],
+ * directoryName [4] and ediPartyName [5] are constructed; rfc822Name [1], dNSName [2], URI [6],
+ * iPAddress [7] and registeredID [8] are primitive. Anything else, such as a URI in constructed form
+ * (which OpenSSL and node read as a URI, and a reader that only knew 0x86 would miss), is malformed.
+ */
+const GENERAL_NAME_TAGS: ReadonlySet<number> = new Set([
+  0xa0, 0x81, 0x82, 0xa3, 0xa4, 0xa5, 0x86, 0x87, 0x88,
+]);
+
+/**
  * Read the facts of one certificate (DER). Throws `E_SVID` (reason `malformed_certificate`) when the
  * structure or one of the extensions Weft reads does not decode, or one of them appears twice.
  */
@@ -162,6 +172,8 @@ function readFacts(der: Uint8Array): CertFacts {
       case OID.subjectAltName:
         if (inner.tag !== Tag.sequence) throw new DerError("subjectAltName: not a SEQUENCE");
         for (const name of children(der, inner, 256)) {
+          if (!GENERAL_NAME_TAGS.has(name.tag))
+            throw new DerError(`subjectAltName: a name with tag 0x${name.tag.toString(16)} is not DER`);
           if (name.tag === URI_NAME)
             facts.uris.push(Buffer.from(der.subarray(name.start, name.end)).toString("latin1"));
           else facts.otherSans++;

@@ -70,36 +70,41 @@ export function children(buf: Uint8Array, parent: Tlv, max = 1024): Tlv[] {
   return out;
 }
 
-/** Dotted text of an OBJECT IDENTIFIER's contents; arcs above 2^49 are refused. */
+/**
+ * Dotted text of an OBJECT IDENTIFIER's contents. Arcs of any size are read (a UUID-form OID under
+ * 2.25 has a 128-bit arc), exactly, as BigInt once they outgrow a safe number; the element's own length
+ * bounds the work.
+ */
 export function oidText(buf: Uint8Array, t: Tlv): string {
   if (t.end === t.start) throw new DerError("empty object identifier");
-  const arcs: number[] = [];
-  let value = 0;
-  let bytes = 0;
+  const arcs: string[] = [];
+  let value = 0n;
+  let inArc = false;
   for (let i = t.start; i < t.end; i++) {
     const b = buf[i]!;
-    if (bytes === 0 && b === 0x80) throw new DerError("object identifier arc with a leading zero byte");
-    if (++bytes > 7) throw new DerError("object identifier arc too large");
-    value = value * 128 + (b & 0x7f);
+    if (!inArc && b === 0x80) throw new DerError("object identifier arc with a leading zero byte");
+    inArc = true;
+    value = (value << 7n) | BigInt(b & 0x7f);
     if ((b & 0x80) === 0) {
       if (arcs.length === 0) {
-        const first = value < 40 ? 0 : value < 80 ? 1 : 2;
-        arcs.push(first, value - first * 40);
-      } else arcs.push(value);
-      value = 0;
-      bytes = 0;
+        const first = value < 40n ? 0n : value < 80n ? 1n : 2n;
+        arcs.push(String(first), String(value - first * 40n));
+      } else arcs.push(String(value));
+      value = 0n;
+      inArc = false;
     }
   }
-  if (bytes !== 0) throw new DerError("object identifier ends inside an arc");
+  if (inArc) throw new DerError("object identifier ends inside an arc");
   return arcs.join(".");
 }
 
-/** A BOOLEAN's value (DER: one byte, 0x00 or 0xff). */
+/**
+ * A BOOLEAN's value. DER says TRUE is 0xff; any other non-zero byte is read as TRUE too, as OpenSSL
+ * does, so a CA that writes 0x01 (critical, cA) is read as every other verifier reads it.
+ */
 export function booleanValue(buf: Uint8Array, t: Tlv): boolean {
   if (t.end - t.start !== 1) throw new DerError("a BOOLEAN is one byte");
-  const b = buf[t.start]!;
-  if (b !== 0 && b !== 0xff) throw new DerError("a DER BOOLEAN is 0x00 or 0xff");
-  return b === 0xff;
+  return buf[t.start]! !== 0;
 }
 
 /** A non-negative INTEGER that fits a safe JavaScript number. */

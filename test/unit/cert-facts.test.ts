@@ -15,7 +15,7 @@ import { test } from "node:test";
 import { promisify } from "node:util";
 import fc from "fast-check";
 import { CertificateAuthority } from "../../src/ca/authority.ts";
-import { type CertFacts, certFacts, ENFORCED_EXTENSIONS } from "../../src/ca/cert-facts.ts";
+import { type CertFacts, certFacts, Eku, ENFORCED_EXTENSIONS } from "../../src/ca/cert-facts.ts";
 import { normalizeSerial, x509 } from "../../src/ca/x509.ts";
 import { WeftError } from "../../src/core/errors.ts";
 import { makeFixtures, TD } from "../helpers/svid-fixtures.ts";
@@ -102,6 +102,11 @@ test("the DER reader reads certificates made by openssl the same as @peculiar/x5
     "basicConstraints=CA:FALSE",
     "nameConstraints=critical,permitted;DNS:x.test",
     "certificatePolicies=critical,1.2.3.4",
+    // A UUID-form OID (128-bit arc) as an extension and as an EKU purpose: read, not refused.
+    "2.25.329800735698586629295641978511506172918=ASN1:NULL",
+    "extendedKeyUsage=clientAuth,2.25.329800735698586629295641978511506172918",
+    // cA written as BOOLEAN 0x01 (BER, not DER): TRUE, as OpenSSL reads it.
+    "2.5.29.19=critical,DER:30:03:01:01:01",
   ];
   for (const [i, ext] of exts.entries()) {
     const out = join(dir, `c${i}.pem`);
@@ -127,7 +132,16 @@ test("the DER reader reads certificates made by openssl the same as @peculiar/x5
       out,
     ]);
     const der = new X509Certificate(await readFile(out, "utf8")).raw;
-    assert.deepEqual(certFacts(der), peculiarFacts(der), ext);
+    const ours = certFacts(der);
+    const theirs = peculiarFacts(der);
+    if (ext.startsWith("extendedKeyUsage=") && ext.includes("2.25.")) {
+      // @peculiar/x509 prints a 128-bit arc in its own hex form; the dotted decimal is what OpenSSL prints.
+      assert.deepEqual(ours.extendedKeyUsages, [
+        Eku.clientAuth,
+        "2.25.329800735698586629295641978511506172918",
+      ]);
+      assert.deepEqual({ ...ours, extendedKeyUsages: [] }, { ...theirs, extendedKeyUsages: [] }, ext);
+    } else assert.deepEqual(ours, theirs, ext);
   }
 });
 
@@ -189,5 +203,39 @@ test("a certificate with the same extension twice is refused as malformed", asyn
   assert.throws(
     () => certFacts(new Uint8Array(cert.rawData)),
     (e: unknown) => e instanceof WeftError && e.reason === "malformed_certificate" && /twice/.test(e.message),
+  );
+});
+
+test("a URI SAN in constructed form is refused, not skipped (OpenSSL and node read it as a URI)", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "weft-cert-facts-san-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const out = join(dir, "c.pem");
+  // SAN = SEQUENCE { [6] "spiffe://td/a", [6] constructed { OCTET STRING "spiffe://td/b" } }
+  const san =
+    "2.5.29.17=DER:30:20:86:0d:73:70:69:66:66:65:3a:2f:2f:74:64:2f:61:a6:0f:04:0d:73:70:69:66:66:65:3a:2f:2f:74:64:2f:62";
+  await run("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+    join(dir, "k.pem"),
+    "-subj",
+    "/O=Weft",
+    "-days",
+    "1",
+    "-addext",
+    san,
+    "-out",
+    out,
+  ]);
+  const cert = new X509Certificate(await readFile(out, "utf8"));
+  assert.match(cert.subjectAltName ?? "", /spiffe:\/\/td\/b/, "node reads the second URI");
+  assert.throws(
+    () => certFacts(cert.raw),
+    (e: unknown) => e instanceof WeftError && e.reason === "malformed_certificate" && /0xa6/.test(e.message),
   );
 });
