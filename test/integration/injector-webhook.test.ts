@@ -10,7 +10,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import type { TLSSocket } from "node:tls";
 import { parse } from "yaml";
 import { systemClock } from "../../src/core/clock.ts";
@@ -99,29 +99,37 @@ const admission = (uid: string, object: unknown) => ({
   },
 });
 
-test("weft injector: patch equals the CLI's injection, fails open, reloads its certificate", async (t) => {
+/**
+ * A test CA and `weft injector` on 127.0.0.1 serving a certificate from it (tls.crt/tls.key in a temporary
+ * directory; `issue()` writes a new one there); stopped when the test ends.
+ */
+async function startTestInjector(t: TestContext, logger = new MemoryLogger()) {
   const testCa = await createTestCa();
   const dir = await mkdtemp(join(tmpdir(), "weft-injector-"));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  const write = async () => {
+  const issue = async () => {
     const id = await testCa.ca.issueServer({ dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"] });
     await writeFile(join(dir, "tls.crt"), id.chainPem);
     await writeFile(join(dir, "tls.key"), id.keyPem);
     return id.serial;
   };
-  const first = await write();
+  const first = await issue();
   const injector = await startInjector({
     host: "127.0.0.1",
     port: 0,
     certFile: join(dir, "tls.crt"),
     keyFile: join(dir, "tls.key"),
     inject: INJECT_OPTIONS,
-    logger: new MemoryLogger(),
+    logger,
     clock: systemClock,
     reloadIntervalMs: 100,
   });
   t.after(() => injector.close());
-  const caPem = testCa.material.bundlePem;
+  return { injector, caPem: testCa.material.bundlePem, first, issue };
+}
+
+test("weft injector: patch equals the CLI's injection, fails open, reloads its certificate", async (t) => {
+  const { injector, caPem, first, issue } = await startTestInjector(t);
 
   const ok = await review(injector.url, caPem, admission("u-1", POD));
   assert.equal(ok.status, 200);
@@ -151,7 +159,7 @@ test("weft injector: patch equals the CLI's injection, fails open, reloads its c
   assert.deepEqual(injector.stats(), { reviews: 3, patched: 1, failedOpen: 1, reloads: 0 });
 
   // Certificate hot reload.
-  const second = await write();
+  const second = await issue();
   await pollUntil(
     "the new certificate to be served",
     async () => {
@@ -164,24 +172,8 @@ test("weft injector: patch equals the CLI's injection, fails open, reloads its c
 });
 
 test("weft injector: hostile reviews get 400 or fail open, and the injector carries on", async (t) => {
-  const testCa = await createTestCa();
-  const dir = await mkdtemp(join(tmpdir(), "weft-injector-garbage-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const id = await testCa.ca.issueServer({ dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"] });
-  await writeFile(join(dir, "tls.crt"), id.chainPem);
-  await writeFile(join(dir, "tls.key"), id.keyPem);
   const log = new MemoryLogger();
-  const injector = await startInjector({
-    host: "127.0.0.1",
-    port: 0,
-    certFile: join(dir, "tls.crt"),
-    keyFile: join(dir, "tls.key"),
-    inject: INJECT_OPTIONS,
-    logger: log,
-    clock: systemClock,
-  });
-  t.after(() => injector.close());
-  const caPem = testCa.material.bundlePem;
+  const { injector, caPem } = await startTestInjector(t, log);
   const deep = (n: number) => `${"[".repeat(n)}${"]".repeat(n)}`;
   const podWith = (spec: string) =>
     `{"request":{"uid":"u","kind":{"kind":"Pod"},"operation":"CREATE","object":{"metadata":{"name":"p"},"spec":${spec}}}}`;

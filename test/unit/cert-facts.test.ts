@@ -91,6 +91,33 @@ test("the DER reader reads what @peculiar/x509 reads, on every certificate of th
   assert.ok(kinds.has("unknown critical") && kinds.has("two URIs"));
 });
 
+/** `openssl req -x509` (P-256, O=Weft, one day) with one `-addext`; the path of `<name>.pem` in `dir`. */
+async function opensslSelfSigned(dir: string, name: string, ext: string, serial: string): Promise<string> {
+  const out = join(dir, `${name}.pem`);
+  await run("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+    join(dir, `${name}.key`),
+    "-subj",
+    "/O=Weft",
+    "-days",
+    "1",
+    "-set_serial",
+    serial,
+    "-addext",
+    ext,
+    "-out",
+    out,
+  ]);
+  return out;
+}
+
 test("the DER reader reads certificates made by openssl the same as @peculiar/x509", async (t) => {
   const dir = await mkdtemp(join(tmpdir(), "weft-cert-facts-"));
   t.after(() => rm(dir, { recursive: true, force: true }));
@@ -109,28 +136,7 @@ test("the DER reader reads certificates made by openssl the same as @peculiar/x5
     "2.5.29.19=critical,DER:30:03:01:01:01",
   ];
   for (const [i, ext] of exts.entries()) {
-    const out = join(dir, `c${i}.pem`);
-    await run("openssl", [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      join(dir, `k${i}.pem`),
-      "-subj",
-      "/O=Weft",
-      "-days",
-      "1",
-      "-set_serial",
-      i === 0 ? "0x00ff00" : String(i + 1),
-      "-addext",
-      ext,
-      "-out",
-      out,
-    ]);
+    const out = await opensslSelfSigned(dir, `c${i}`, ext, i === 0 ? "0x00ff00" : String(i + 1));
     const der = new X509Certificate(await readFile(out, "utf8")).raw;
     const ours = certFacts(der);
     const theirs = peculiarFacts(der);
@@ -209,29 +215,10 @@ test("a certificate with the same extension twice is refused as malformed", asyn
 test("a URI SAN in constructed form is refused, not skipped (OpenSSL and node read it as a URI)", async (t) => {
   const dir = await mkdtemp(join(tmpdir(), "weft-cert-facts-san-"));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  const out = join(dir, "c.pem");
   // SAN = SEQUENCE { [6] "spiffe://td/a", [6] constructed { OCTET STRING "spiffe://td/b" } }
   const san =
     "2.5.29.17=DER:30:20:86:0d:73:70:69:66:66:65:3a:2f:2f:74:64:2f:61:a6:0f:04:0d:73:70:69:66:66:65:3a:2f:2f:74:64:2f:62";
-  await run("openssl", [
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-keyout",
-    join(dir, "k.pem"),
-    "-subj",
-    "/O=Weft",
-    "-days",
-    "1",
-    "-addext",
-    san,
-    "-out",
-    out,
-  ]);
+  const out = await opensslSelfSigned(dir, "c", san, "1");
   const cert = new X509Certificate(await readFile(out, "utf8"));
   assert.match(cert.subjectAltName ?? "", /spiffe:\/\/td\/b/, "node reads the second URI");
   assert.throws(
