@@ -16,7 +16,6 @@ export const MAX_FUNCTION_LINES = 80;
 
 /** Functions over the limit when the rule came (issue 16), by `path name`: they may only shrink. */
 const SHAPE_DEBT = new Set([
-  "src/ca/cert-facts.ts readFacts",
   "src/demo/demo.ts runDemo",
   "src/demo/transparent.ts runDemoTransparent",
   "src/discovery/index.ts createDiscovery",

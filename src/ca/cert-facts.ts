@@ -17,6 +17,7 @@ import {
   readTlv,
   smallInteger,
   Tag,
+  type Tlv,
 } from "./der.ts";
 
 /** Key usage bits as flags (RFC 5280 §4.2.1.3: bit i is 1 << i); the values of @peculiar/x509's KeyUsageFlags. */
@@ -134,7 +135,7 @@ function readFacts(der: Uint8Array): CertFacts {
   // [1] issuerUniqueID, [2] subjectUniqueID (IMPLICIT, primitive or constructed), then [3] extensions.
   const uniqueIds = [0x81, 0xa1, 0x82, 0xa2];
   while (i < fields.length && uniqueIds.includes(fields[i]!.tag)) i++;
-  const facts = {
+  const facts: MutableFacts = {
     uris: [] as string[],
     otherSans: 0,
     ca: undefined as boolean | undefined,
@@ -168,41 +169,48 @@ function readFacts(der: Uint8Array): CertFacts {
     if (critical && !ENFORCED_EXTENSIONS.has(oid)) facts.unknownCritical.push(oid);
     const inner = readTlv(der, value.start, value.end);
     if (inner.end !== value.end) throw new DerError(`Extension ${oid}: trailing bytes`);
-    switch (oid) {
-      case OID.subjectAltName:
-        if (inner.tag !== Tag.sequence) throw new DerError("subjectAltName: not a SEQUENCE");
-        for (const name of children(der, inner, 256)) {
-          if (!GENERAL_NAME_TAGS.has(name.tag))
-            throw new DerError(`subjectAltName: a name with tag 0x${name.tag.toString(16)} is not DER`);
-          if (name.tag === URI_NAME)
-            facts.uris.push(Buffer.from(der.subarray(name.start, name.end)).toString("latin1"));
-          else facts.otherSans++;
-        }
-        break;
-      case OID.basicConstraints: {
-        if (inner.tag !== Tag.sequence) throw new DerError("basicConstraints: not a SEQUENCE");
-        const bc = children(der, inner, 2);
-        let j = 0;
-        facts.ca = bc[j]?.tag === Tag.boolean ? booleanValue(der, bc[j++]!) : false;
-        if (bc[j] !== undefined) {
-          if (bc[j]!.tag !== Tag.integer) throw new DerError("basicConstraints: bad pathLenConstraint");
-          facts.pathLength = smallInteger(der, bc[j++]!);
-        }
-        if (j !== bc.length) throw new DerError("basicConstraints: unexpected field");
-        break;
-      }
-      case OID.keyUsage:
-        if (inner.tag !== Tag.bitString) throw new DerError("keyUsage: not a BIT STRING");
-        facts.keyUsages = bitFlags(der, inner);
-        break;
-      case OID.extendedKeyUsage:
-        if (inner.tag !== Tag.sequence) throw new DerError("extendedKeyUsage: not a SEQUENCE");
-        facts.extendedKeyUsages = children(der, inner, 64).map((p) => {
-          if (p.tag !== Tag.oid) throw new DerError("extendedKeyUsage: not an OBJECT IDENTIFIER");
-          return oidText(der, p);
-        });
-        break;
-    }
+    readExtension(der, oid, inner, facts);
   }
   return facts;
+}
+
+type MutableFacts = { -readonly [K in keyof CertFacts]: CertFacts[K] };
+
+/** Read one extension Weft enforces (`inner`: its extnValue's element) into `facts`; others are skipped. */
+function readExtension(der: Uint8Array, oid: string, inner: Tlv, facts: MutableFacts): void {
+  switch (oid) {
+    case OID.subjectAltName:
+      if (inner.tag !== Tag.sequence) throw new DerError("subjectAltName: not a SEQUENCE");
+      for (const name of children(der, inner, 256)) {
+        if (!GENERAL_NAME_TAGS.has(name.tag))
+          throw new DerError(`subjectAltName: a name with tag 0x${name.tag.toString(16)} is not DER`);
+        if (name.tag === URI_NAME)
+          facts.uris.push(Buffer.from(der.subarray(name.start, name.end)).toString("latin1"));
+        else facts.otherSans++;
+      }
+      break;
+    case OID.basicConstraints: {
+      if (inner.tag !== Tag.sequence) throw new DerError("basicConstraints: not a SEQUENCE");
+      const bc = children(der, inner, 2);
+      let j = 0;
+      facts.ca = bc[j]?.tag === Tag.boolean ? booleanValue(der, bc[j++]!) : false;
+      if (bc[j] !== undefined) {
+        if (bc[j]!.tag !== Tag.integer) throw new DerError("basicConstraints: bad pathLenConstraint");
+        facts.pathLength = smallInteger(der, bc[j++]!);
+      }
+      if (j !== bc.length) throw new DerError("basicConstraints: unexpected field");
+      break;
+    }
+    case OID.keyUsage:
+      if (inner.tag !== Tag.bitString) throw new DerError("keyUsage: not a BIT STRING");
+      facts.keyUsages = bitFlags(der, inner);
+      break;
+    case OID.extendedKeyUsage:
+      if (inner.tag !== Tag.sequence) throw new DerError("extendedKeyUsage: not a SEQUENCE");
+      facts.extendedKeyUsages = children(der, inner, 64).map((p) => {
+        if (p.tag !== Tag.oid) throw new DerError("extendedKeyUsage: not an OBJECT IDENTIFIER");
+        return oidText(der, p);
+      });
+      break;
+  }
 }
