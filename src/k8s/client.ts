@@ -272,23 +272,8 @@ export class HttpsKubeApi implements KubeApi {
         while (nl >= 0) {
           const line = pending.slice(0, nl).trim();
           pending = pending.slice(nl + 1);
-          if (line !== "") {
-            let event: WatchEvent<T>;
-            try {
-              event = JSON.parse(line) as WatchEvent<T>;
-            } catch {
-              return fail(new KubeApiError(200, { message: "a watch event is not JSON" }, what));
-            }
-            if (event.type === "ERROR") {
-              const st = event.object as KubeStatus;
-              return fail(new KubeApiError(st.code ?? 500, st, what));
-            }
-            try {
-              onEvent(event);
-            } catch (err) {
-              return fail(err);
-            }
-          }
+          const ended = line === "" ? undefined : watchLine(line, what, onEvent);
+          if (ended) return fail(ended.error);
           nl = pending.indexOf("\n");
         }
         if (pending.length > MAX_WATCH_EVENT_BYTES) {
@@ -357,4 +342,28 @@ export function resourcePath(apiVersion: string, resource: string, namespace?: s
   return namespace
     ? `${groupPath(apiVersion)}/namespaces/${encodeURIComponent(namespace)}/${resource}`
     : `${groupPath(apiVersion)}/${resource}`;
+}
+
+/** One line of a watch stream: the event handed to `onEvent`, or what ends the watch (an ERROR event, bad JSON, a throw). */
+function watchLine<T>(
+  line: string,
+  what: string,
+  onEvent: (e: WatchEvent<T>) => void,
+): { error: unknown } | undefined {
+  let event: WatchEvent<T>;
+  try {
+    event = JSON.parse(line) as WatchEvent<T>;
+  } catch {
+    return { error: new KubeApiError(200, { message: "a watch event is not JSON" }, what) };
+  }
+  if (event.type === "ERROR") {
+    const st = event.object as KubeStatus;
+    return { error: new KubeApiError(st.code ?? 500, st, what) };
+  }
+  try {
+    onEvent(event);
+  } catch (err) {
+    return { error: err };
+  }
+  return undefined;
 }

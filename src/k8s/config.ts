@@ -112,6 +112,27 @@ interface NamedEntry {
   context?: Record<string, unknown>;
 }
 
+/** A kubeconfig user's bearer token: fixed, read from `tokenFile`, or none; exec/auth-provider refused. */
+function userToken(
+  user: Record<string, unknown>,
+  where: string,
+  fromFile: (file: string) => () => string | undefined,
+): () => string | undefined {
+  let token: () => string | undefined = () => undefined;
+  if (typeof user.token === "string" && user.token !== "") {
+    const fixed = user.token;
+    token = () => fixed;
+  } else if (typeof user.tokenFile === "string" && user.tokenFile !== "") {
+    token = fromFile(user.tokenFile);
+  }
+  if (user.exec !== undefined || user["auth-provider"] !== undefined) {
+    throw configError(
+      `${where}: exec and auth-provider plugins are not supported; use a token or a client certificate`,
+    );
+  }
+  return token;
+}
+
 /** A kubeconfig's connection for `context` (default: its current-context). */
 export function kubeconfigConnection(
   path: string,
@@ -172,18 +193,9 @@ export function kubeconfigConnection(
   if ((certPem === undefined) !== (keyPem === undefined)) {
     throw configError(`${where(`users[${userName}]`)} needs both client-certificate and client-key`);
   }
-  let token: () => string | undefined = () => undefined;
-  if (typeof user.token === "string" && user.token !== "") {
-    const fixed = user.token;
-    token = () => fixed;
-  } else if (typeof user.tokenFile === "string" && user.tokenFile !== "") {
-    token = fileToken(resolvePath(user.tokenFile), clock, read);
-  }
-  if (user.exec !== undefined || user["auth-provider"] !== undefined) {
-    throw configError(
-      `${where(`users[${userName}]`)}: exec and auth-provider plugins are not supported; use a token or a client certificate`,
-    );
-  }
+  const token = userToken(user, where(`users[${userName}]`), (file) =>
+    fileToken(resolvePath(file), clock, read),
+  );
   return {
     server: server.replace(/\/+$/, ""),
     ...(caPem !== undefined ? { caPem } : {}),
