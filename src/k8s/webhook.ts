@@ -9,6 +9,7 @@
  *   POST /mutate    AdmissionReview v1 in, AdmissionReview v1 out
  *   GET  /healthz   liveness
  */
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
@@ -100,6 +101,10 @@ export async function startInjector(o: InjectorOptions): Promise<Injector> {
       try {
         const next = read();
         if (next.cert !== current.cert || next.key !== current.key) {
+          // A pair caught half-written (one file replaced, or truncated, before the other) would be
+          // taken by setSecureContext without a complaint when a file is empty, and every handshake
+          // would then fail: only a complete, matching pair is loaded; the next tick looks again.
+          checkPair(next);
           server.setSecureContext({ ...next, minVersion: "TLSv1.2" });
           current = next;
           counters.reloads++;
@@ -191,6 +196,13 @@ export async function startInjector(o: InjectorOptions): Promise<Injector> {
         server.closeAllConnections();
       }),
   };
+}
+
+/** Throws unless `cert` starts with a certificate whose public key is that of `key`. */
+function checkPair(pair: { cert: string; key: string }): void {
+  if (!new X509Certificate(pair.cert).checkPrivateKey(createPrivateKey(pair.key))) {
+    throw new WeftError("E_CERT_INVALID", "the certificate and the key do not belong together (yet)");
+  }
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {

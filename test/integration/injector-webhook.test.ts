@@ -125,11 +125,11 @@ async function startTestInjector(t: TestContext, logger = new MemoryLogger()) {
     reloadIntervalMs: 100,
   });
   t.after(() => injector.close());
-  return { injector, caPem: testCa.material.bundlePem, first, issue };
+  return { injector, caPem: testCa.material.bundlePem, first, issue, keyFile: join(dir, "tls.key") };
 }
 
 test("weft injector: patch equals the CLI's injection, fails open, reloads its certificate", async (t) => {
-  const { injector, caPem, first, issue } = await startTestInjector(t);
+  const { injector, caPem, first, issue, keyFile } = await startTestInjector(t);
 
   const ok = await review(injector.url, caPem, admission("u-1", POD));
   assert.equal(ok.status, 200);
@@ -157,6 +157,16 @@ test("weft injector: patch equals the CLI's injection, fails open, reloads its c
   assert.equal(optOut.body.response.patch, undefined);
   assert.match(String((optOut.body.response.warnings as string[])[0]), /opted out/);
   assert.deepEqual(injector.stats(), { reviews: 3, patched: 1, failedOpen: 1, reloads: 0 });
+
+  // A pair caught half-written (the key file truncated, as a non-atomic writer leaves it for a moment)
+  // is not loaded: the injector goes on serving the current certificate through several reload ticks.
+  await writeFile(keyFile, "");
+  for (let i = 0; i < 5; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await review(injector.url, caPem, admission(`half-${i}`, POD));
+    assert.equal(r.status, 200, "still serving while the key file is empty");
+  }
+  assert.equal(injector.stats().reloads, 0, "a half-written pair is not loaded");
 
   // Certificate hot reload.
   const second = await issue();
