@@ -13,7 +13,8 @@
  *   schedules nothing, so a request or a reply costs no extra loop turn (see docs/benchmarks.md).
  * - Half-close is carried: `'end'` on one side becomes `end()` on the other (FIN on TCP, close_notify
  *   then FIN on TLS). Both sockets are created with `allowHalfOpen: true`, so the other direction keeps
- *   flowing until it ends too, or until the half-close timeout reaps it.
+ *   flowing until it ends too, or until the half-close timeout reaps it. The timer runs until both
+ *   sources are closed: for a framed tunnel that is its transport's end, not its end frame.
  * - A reset is carried as a reset: when one side fails (ECONNRESET and friends) the other side's TCP
  *   socket is closed with `resetAndDestroy()` (SO_LINGER 0), so the far peer sees RST, not FIN. An
  *   `'end'` is checked against the kernel first (`wasReset`, SO_ERROR and TCP state): libuv reports EOF
@@ -124,7 +125,13 @@ export function resetSide(side: SpliceSide): void {
 
 /** One direction: src -> dst. */
 class Pump {
+  /** The source's FIN was forwarded (for a framed tunnel: its end frame). */
   ended = false;
+  /**
+   * The source itself is finished: its transport ended cleanly. Same as `ended` for a plain side; a
+   * framed tunnel forwards its FIN at the end frame but may keep its transport open after it.
+   */
+  sourceClosed = false;
   /** 'end' was emitted; `ended` once it is known to be a FIN and forwarded. */
   eofSeen = false;
   private corked = false;
@@ -242,10 +249,16 @@ class Pump {
     }
     if (this.frames) {
       // A framed tunnel: its FIN went on at the end frame; ending without one is a truncation.
-      if (!this.frames.ended) this.owner.failFramed("peer_truncated");
+      if (!this.frames.ended) {
+        this.owner.failFramed("peer_truncated");
+        return;
+      }
+      this.sourceClosed = true;
+      this.owner.halfClosed();
       return;
     }
     this.ended = true;
+    this.sourceClosed = true;
     // Forward the FIN: end() flushes anything corked, then shuts down the write side (after the end
     // frame, for a framed tunnel).
     if (!this.dst.destroyed && !this.dst.writableEnded) {
@@ -356,9 +369,15 @@ export class Splice {
     this.fail(end, undefined);
   }
 
-  /** Called by a pump when its source ended (a FIN was forwarded). */
+  /**
+   * Called by a pump when its source ended (a FIN was forwarded) or, framed, its transport ended after
+   * that. The half-close timer runs from the first FIN until both sources are closed: a framed tunnel
+   * whose end frame came but whose transport stays open (a peer that never sends close_notify or FIN)
+   * would otherwise hold its sockets, its peer's stream slot and its TLS buffers until the idle timer.
+   * Reaped by the timer, it ends as `half_close_timeout`; both apps have had their FINs by then.
+   */
   halfClosed(): void {
-    if (this.up.ended && this.down.ended) {
+    if (this.up.sourceClosed && this.down.sourceClosed) {
       this.halfCloseTimer?.cancel();
       return;
     }
