@@ -77,10 +77,22 @@ test("1,100 idle connections from one address: another address still gets its ce
   t.after(() => {
     for (const sock of sockets) sock.destroy();
   });
-  for (let i = 0; i < 1100; i++) {
-    const sock = net.connect({ host: "127.0.0.1", port: s.server.port, localAddress: "127.0.0.1" });
-    sock.on("error", () => {});
-    sockets.push(sock);
+  // In batches of 100, each connected before the next: 1,100 SYNs at once overflow the listen backlog
+  // (511), and the kernel's SYN retransmits (1 s, 3 s, 7 s) then made the count below late on a busy host.
+  for (let batch = 0; batch < 11; batch++) {
+    const connected: Promise<unknown>[] = [];
+    for (let i = 0; i < 100; i++) {
+      const sock = net.connect({ host: "127.0.0.1", port: s.server.port, localAddress: "127.0.0.1" });
+      sock.on("error", () => {});
+      sockets.push(sock);
+      connected.push(
+        new Promise((r) => {
+          sock.once("connect", r);
+          sock.once("close", r);
+        }),
+      );
+    }
+    await Promise.all(connected);
   }
   await eventually(
     "1,036 refused connections",
