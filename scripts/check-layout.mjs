@@ -20,7 +20,6 @@ const SHAPE_DEBT = new Set([
   "src/demo/transparent.ts runDemoTransparent",
   "src/discovery/index.ts createDiscovery",
   "src/discovery/k8s-rules.ts kubeServices",
-  "src/k8s/webhook.ts startInjector",
   "src/netns/namespaces.ts spawnIn",
   "src/netns/pods.ts createPodCluster",
   "src/netns/pods.ts addPod",

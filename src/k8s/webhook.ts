@@ -83,7 +83,7 @@ export async function startInjector(o: InjectorOptions): Promise<Injector> {
   const server: Server = createServer(
     { ...current, minVersion: "TLSv1.2", handshakeTimeout: 10_000 },
     (req, res) => {
-      handle(req, res).catch((err) => {
+      handle(req, res, { inject: o.inject, log, counters }).catch((err) => {
         log.error({ err: errorMessage(err) }, "injector request failed");
         if (!res.headersSent) send(res, 500, { error: "internal error" });
         else res.destroy();
@@ -118,61 +118,6 @@ export async function startInjector(o: InjectorOptions): Promise<Injector> {
   };
   reload();
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? "/").split("?")[0];
-    if (path === "/healthz" && req.method === "GET") {
-      req.resume();
-      return send(res, 200, { ok: true });
-    }
-    if (path !== "/mutate" || req.method !== "POST") {
-      req.resume();
-      return send(res, 404, { error: `no such endpoint ${req.method} ${path}` });
-    }
-    let review: { apiVersion?: string; request?: AdmissionRequest };
-    try {
-      review = JSON.parse(await readBody(req, MAX_REVIEW_BYTES)) as typeof review;
-    } catch (err) {
-      return send(res, 400, { error: errorMessage(err) });
-    }
-    const raw = review?.request as unknown;
-    if (!isObject(raw) || typeof raw.uid !== "string") {
-      return send(res, 400, { error: "not an AdmissionReview: request.uid is missing" });
-    }
-    const request = raw as AdmissionRequest;
-    counters.reviews++;
-    const answer = (extra: Record<string, unknown>) =>
-      send(res, 200, {
-        apiVersion: "admission.k8s.io/v1",
-        kind: "AdmissionReview",
-        response: { uid: request.uid, allowed: true, ...extra },
-      });
-    try {
-      if (request.kind?.kind !== "Pod" || request.operation !== "CREATE" || !isObject(request.object)) {
-        return answer({});
-      }
-      const pod = request.object;
-      const { pod: injected, report } = injectPodObject(structuredClone(pod), o.inject);
-      const patch = jsonPatch(pod, injected);
-      const who = `${request.namespace ?? ""}/${(pod.metadata as { name?: string; generateName?: string } | undefined)?.name ?? (pod.metadata as { generateName?: string } | undefined)?.generateName ?? ""}`;
-      if (patch.length === 0) {
-        log.info({ pod: who, skipped: report.skipped }, "pod not injected");
-        return answer(report.skipped.length > 0 ? { warnings: report.skipped.map((s) => `weft: ${s}`) } : {});
-      }
-      counters.patched++;
-      log.info({ pod: who, warnings: report.warnings.length }, "pod injected");
-      return answer({
-        patchType: "JSONPatch",
-        patch: Buffer.from(JSON.stringify(patch)).toString("base64"),
-        ...(report.warnings.length > 0 ? { warnings: report.warnings.map((w) => `weft: ${w}`) } : {}),
-      });
-    } catch (err) {
-      // Fail open: the pod is created as it is.
-      counters.failedOpen++;
-      log.error({ err: errorMessage(err), uid: request.uid }, "injection failed; pod admitted unchanged");
-      return answer({ warnings: [`weft: not injected: ${errorMessage(err)}`] });
-    }
-  }
-
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(o.port, o.host, () => {
@@ -202,6 +147,70 @@ export async function startInjector(o: InjectorOptions): Promise<Injector> {
 function checkPair(pair: { cert: string; key: string }): void {
   if (!new X509Certificate(pair.cert).checkPrivateKey(createPrivateKey(pair.key))) {
     throw new WeftError("E_CERT_INVALID", "the certificate and the key do not belong together (yet)");
+  }
+}
+
+/** What one review needs: the injection options, the log, and the counters it adds to. */
+interface ReviewContext {
+  readonly inject: InjectOptions;
+  readonly log: Logger;
+  readonly counters: { reviews: number; patched: number; failedOpen: number; reloads: number };
+}
+
+/** One HTTP request: /healthz, or an AdmissionReview on POST /mutate. */
+async function handle(req: IncomingMessage, res: ServerResponse, ctx: ReviewContext): Promise<void> {
+  const { log, counters } = ctx;
+  const path = (req.url ?? "/").split("?")[0];
+  if (path === "/healthz" && req.method === "GET") {
+    req.resume();
+    return send(res, 200, { ok: true });
+  }
+  if (path !== "/mutate" || req.method !== "POST") {
+    req.resume();
+    return send(res, 404, { error: `no such endpoint ${req.method} ${path}` });
+  }
+  let review: { apiVersion?: string; request?: AdmissionRequest };
+  try {
+    review = JSON.parse(await readBody(req, MAX_REVIEW_BYTES)) as typeof review;
+  } catch (err) {
+    return send(res, 400, { error: errorMessage(err) });
+  }
+  const raw = review?.request as unknown;
+  if (!isObject(raw) || typeof raw.uid !== "string") {
+    return send(res, 400, { error: "not an AdmissionReview: request.uid is missing" });
+  }
+  const request = raw as AdmissionRequest;
+  counters.reviews++;
+  const answer = (extra: Record<string, unknown>) =>
+    send(res, 200, {
+      apiVersion: "admission.k8s.io/v1",
+      kind: "AdmissionReview",
+      response: { uid: request.uid, allowed: true, ...extra },
+    });
+  try {
+    if (request.kind?.kind !== "Pod" || request.operation !== "CREATE" || !isObject(request.object)) {
+      return answer({});
+    }
+    const pod = request.object;
+    const { pod: injected, report } = injectPodObject(structuredClone(pod), ctx.inject);
+    const patch = jsonPatch(pod, injected);
+    const who = `${request.namespace ?? ""}/${(pod.metadata as { name?: string; generateName?: string } | undefined)?.name ?? (pod.metadata as { generateName?: string } | undefined)?.generateName ?? ""}`;
+    if (patch.length === 0) {
+      log.info({ pod: who, skipped: report.skipped }, "pod not injected");
+      return answer(report.skipped.length > 0 ? { warnings: report.skipped.map((s) => `weft: ${s}`) } : {});
+    }
+    counters.patched++;
+    log.info({ pod: who, warnings: report.warnings.length }, "pod injected");
+    return answer({
+      patchType: "JSONPatch",
+      patch: Buffer.from(JSON.stringify(patch)).toString("base64"),
+      ...(report.warnings.length > 0 ? { warnings: report.warnings.map((w) => `weft: ${w}`) } : {}),
+    });
+  } catch (err) {
+    // Fail open: the pod is created as it is.
+    counters.failedOpen++;
+    log.error({ err: errorMessage(err), uid: request.uid }, "injection failed; pod admitted unchanged");
+    return answer({ warnings: [`weft: not injected: ${errorMessage(err)}`] });
   }
 }
 
