@@ -11,12 +11,11 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
 import { MemoryLogger } from "../../src/core/log.ts";
-import { assertServesByteExact, storm } from "../helpers/adversarial.ts";
+import { assertServesByteExact, startClientProcess, storm } from "../helpers/adversarial.ts";
 import { startEchoServer } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { identityDir, startSidecar, TRANSPORTS, testConfig, writeIdentity } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
-import { portOf, startWeftProcess } from "../helpers/weft-child.ts";
 
 const RESET_AFTER_CONNECT = Number(process.env.WEFT_STORM_N ?? 4_750);
 const RESET_WHILE_STOPPED = 500;
@@ -45,31 +44,13 @@ for (const transport of TRANSPORTS) {
       new StaticRouteTable([]),
       new MemoryLogger(),
     );
-    const clientFiles = await identityDir(t, "client");
-    await writeIdentity(clientFiles, await ca.issue("default/frontend"));
-    const weft = await startWeftProcess(t, {
-      trustDomain: ca.trustDomain,
-      identity: { files: { cert: clientFiles.cert, key: clientFiles.key, bundle: clientFiles.bundle } },
-      listeners: {
-        outbound: { enabled: false },
-        inbound: { enabled: false },
-        tunnel: { enabled: false },
-        metrics: { address: "127.0.0.1", port: 0 },
-        admin: { address: "127.0.0.1", port: 0 },
-        explicit: [{ listen: "127.0.0.1:0", service: "backend" }],
-      },
-      upstream: { transport },
-      log: { level: "info", accessLog: false },
-      services: [
-        {
-          name: "backend",
-          ports: [8080],
-          identity: serverIssued.id.toString(),
-          endpoints: [{ address: "127.0.0.1", port: app.port, tunnelPort: server.addresses.tunnel!.port }],
-        },
-      ],
-    });
-    const port = portOf(weft.explicit[0]!);
+    const { weft, port } = await startClientProcess(
+      t,
+      ca,
+      { issued: serverIssued, tunnelPort: server.addresses.tunnel!.port },
+      app.port,
+      transport,
+    );
 
     await storm(RESET_AFTER_CONNECT, 100, () => connectAndReset(port));
     assert.ok(weft.alive(), `alive after the first ${RESET_AFTER_CONNECT}: ${weft.text.join("\n")}`);

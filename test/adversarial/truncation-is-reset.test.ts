@@ -21,7 +21,7 @@ import { createHash } from "node:crypto";
 import net, { type Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import { MemoryLogger } from "../../src/core/log.ts";
-import { startClientFor, startServerProcess } from "../helpers/adversarial.ts";
+import { startClientFor, startClientProcess, startServerProcess } from "../helpers/adversarial.ts";
 import { type ReadOutcome, readOutcome } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
 import { eventually } from "../helpers/eventually.ts";
@@ -35,7 +35,6 @@ import {
   writeIdentity,
 } from "../helpers/sidecar.ts";
 import { StaticRouteTable } from "../helpers/static-routes.ts";
-import { portOf, startWeftProcess } from "../helpers/weft-child.ts";
 
 /** Bytes of the complete transfer before the kill, each way. */
 const COMPLETE_BYTES = 4 * 1024 * 1024;
@@ -198,31 +197,13 @@ for (const transport of TRANSPORTS) {
       new StaticRouteTable([]),
       serverLog,
     );
-    const clientFiles = await identityDir(t, "client");
-    await writeIdentity(clientFiles, await ca.issue("default/frontend"));
-    const weft = await startWeftProcess(t, {
-      trustDomain: ca.trustDomain,
-      identity: { files: { cert: clientFiles.cert, key: clientFiles.key, bundle: clientFiles.bundle } },
-      listeners: {
-        outbound: { enabled: false },
-        inbound: { enabled: false },
-        tunnel: { enabled: false },
-        metrics: { address: "127.0.0.1", port: 0 },
-        admin: { address: "127.0.0.1", port: 0 },
-        explicit: [{ listen: "127.0.0.1:0", service: "backend" }],
-      },
-      upstream: { transport },
-      log: { level: "info", accessLog: false },
-      services: [
-        {
-          name: "backend",
-          ports: [8080],
-          identity: serverIssued.id.toString(),
-          endpoints: [{ address: "127.0.0.1", port: app.port, tunnelPort: server.addresses.tunnel!.port }],
-        },
-      ],
-    });
-    const port = portOf(weft.explicit[0]!);
+    const { weft, port } = await startClientProcess(
+      t,
+      ca,
+      { issued: serverIssued, tunnelPort: server.addresses.tunnel!.port },
+      app.port,
+      transport,
+    );
 
     // A complete upload first: the app gets every byte and a clean FIN, and answers after it.
     const ok = await dial(port);

@@ -99,3 +99,41 @@ export async function startClientFor(
   );
   return { sidecar, port: sidecar.addresses.explicit[0]!.port, log };
 }
+
+/**
+ * A client sidecar as a child process (`weft proxy`): its explicit listener leads to `backend` (app
+ * `appPort`) via `server`'s tunnel port; its identity default/frontend. For tests that kill or stop it.
+ */
+export async function startClientProcess(
+  t: TestContext,
+  ca: TestCa,
+  server: { issued: Issued; tunnelPort: number },
+  appPort: number,
+  transport: "pooled" | "per-connection",
+): Promise<{ weft: WeftProcess; port: number }> {
+  const files = await identityDir(t, "client");
+  await writeIdentity(files, await ca.issue("default/frontend"));
+  const weft = await startWeftProcess(t, {
+    trustDomain: ca.trustDomain,
+    identity: { files: { cert: files.cert, key: files.key, bundle: files.bundle } },
+    listeners: {
+      outbound: { enabled: false },
+      inbound: { enabled: false },
+      tunnel: { enabled: false },
+      metrics: { address: "127.0.0.1", port: 0 },
+      admin: { address: "127.0.0.1", port: 0 },
+      explicit: [{ listen: "127.0.0.1:0", service: "backend" }],
+    },
+    upstream: { transport },
+    log: { level: "info", accessLog: false },
+    services: [
+      {
+        name: "backend",
+        ports: [8080],
+        identity: server.issued.id.toString(),
+        endpoints: [{ address: "127.0.0.1", port: appPort, tunnelPort: server.tunnelPort }],
+      },
+    ],
+  });
+  return { weft, port: portOf(weft.explicit[0]!) };
+}
