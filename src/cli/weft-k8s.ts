@@ -5,6 +5,7 @@
 import { readFile } from "node:fs/promises";
 import { type Command, Option } from "commander";
 import { errorMessage, WeftError } from "../core/errors.ts";
+import { parseAddrPort } from "../discovery/types.ts";
 // Only types at the top: the modules load when a verb runs (`weft --help` stays quick).
 import type { InjectOptions } from "../k8s/inject.ts";
 import type { WeftDeps } from "./weft.ts";
@@ -135,15 +136,14 @@ Examples:
 ${exitCodes}`,
     )
     .action(async (o: InjectFlags & { listen: string; cert: string; key: string }) => {
-      const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(o.listen);
-      if (!m || Number(m[3]) > 65535)
-        throw new WeftError("E_USAGE", `--listen "${o.listen}" is not host:port`);
+      const at = parseAddrPort(o.listen);
+      if (!at) throw new WeftError("E_USAGE", `--listen "${o.listen}" is not host:port`);
       const { createLogger } = await import("../core/log.ts");
       const { startInjector } = await import("../k8s/webhook.ts");
       const logger = deps.makeLogger?.("info") ?? createLogger({ name: "weft-injector" });
       const injector = await startInjector({
-        host: m[1] ?? m[2]!,
-        port: Number(m[3]),
+        host: at.address,
+        port: at.port,
         certFile: o.cert,
         keyFile: o.key,
         inject: await injectOptions(o),

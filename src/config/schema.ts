@@ -3,10 +3,10 @@
  * are written `10s`/`1h` (or milliseconds) and are milliseconds in the parsed `Config`; sizes are written
  * `64KiB` (or bytes) and are bytes. Unknown keys are errors, so a typo never silently does nothing.
  */
-import { isIP } from "node:net";
 import * as z from "zod";
 import { KEY_ALGORITHMS } from "../ca/key-policy.ts";
 import { LOG_LEVELS } from "../core/log.ts";
+import { parseAddrPort } from "../discovery/types.ts";
 import { IDLE_RECLAIM_MODES } from "../runtime/idle-reclaim.ts";
 import {
   duration,
@@ -34,20 +34,12 @@ const listenPort = z.number().int().min(0).max(65535);
 
 /** `host:port` with IPv6 in brackets, e.g. `127.0.0.1:9001` or `[::1]:9001` (port 0 = any free port). */
 const hostPort = z.string().transform((v, ctx) => {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+|localhost)):(\d{1,5})$/.exec(v);
-  const p = m ? Number(m[3]) : -1;
-  if (
-    !m ||
-    p < 0 ||
-    p > 65535 ||
-    (m[1] !== undefined && isIP(m[1]) !== 6) ||
-    (m[2] !== undefined && m[2] !== "localhost" && isIP(m[2]) !== 4)
-  ) {
+  const at = parseAddrPort(v, { localhost: true });
+  if (!at) {
     ctx.addIssue({ code: "custom", message: `"${v}" is not host:port (e.g. 127.0.0.1:9001 or [::1]:9001)` });
     return z.NEVER;
   }
-  const host = m[1] ?? (m[2] === "localhost" ? "127.0.0.1" : m[2]!);
-  return { address: host, port: p };
+  return at;
 });
 
 const listener = (defaultPort: number, defaultAddress: string) =>

@@ -3,6 +3,7 @@
  * narrow `RouteTable` interface through which the proxy asks "who owns this destination" and "which
  * endpoint gets this connection". Discovery implements it; the proxy only depends on it.
  */
+import { isIP } from "node:net";
 
 /** An IP address (v4 dotted or v6 without brackets, never IPv4-mapped) and a port. */
 export interface SocketAddr {
@@ -122,6 +123,21 @@ export interface Discovery extends RouteTable {
   setConfigServices?(services: readonly import("../config/services-schema.ts").ServiceConfig[]): void;
   /** Re-read the services file now (SIGHUP); absent when there is none to read. */
   reloadFile?(): Promise<boolean>;
+}
+
+/**
+ * Reads `address:port` with IPv6 in brackets (`198.18.0.10:8080`, `[fd00::1]:8080`): the address must be
+ * an IP of the family its form says, the port 0-65535 (a caller that needs 1-65535 checks that). With
+ * `localhost: true`, `localhost` reads as 127.0.0.1. Undefined when the text is not that.
+ */
+export function parseAddrPort(text: string, opts: { localhost?: boolean } = {}): SocketAddr | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+|localhost)):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  if (m[1] !== undefined) return isIP(m[1]) === 6 ? { address: m[1], port } : undefined;
+  if (m[2] === "localhost") return opts.localhost ? { address: "127.0.0.1", port } : undefined;
+  return isIP(m[2]!) === 4 ? { address: m[2]!, port } : undefined;
 }
 
 /** `address:port`, with IPv6 in brackets. */

@@ -7,13 +7,13 @@
  * app is reached, and the recent refusals of that identity. The same functions the data plane uses
  * (`decideOutbound`, `decideInbound`) make the decision, so the answer cannot drift from the behaviour.
  */
-import { isIP } from "node:net";
 import type { Config } from "../config/schema.ts";
 import {
   type Discovery,
   type Endpoint,
   type EndpointStatus,
   formatAddr,
+  parseAddrPort,
   type RouteTable,
   type SocketAddr,
 } from "../discovery/types.ts";
@@ -240,13 +240,11 @@ export function explainQuery(ctx: ExplainContext, q: URLSearchParams): { status:
     return { status: 200, body: explainOutbound(ctx, { service, ...(port ? { port } : {}) }) };
   const dst = q.get("dst");
   if (dst !== null) {
-    const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(dst);
-    const p = m ? Number(m[3]) : 0;
-    const address = m ? (m[1] ?? m[2]!) : "";
-    if (!m || p < 1 || p > 65535 || isIP(address) === 0) {
+    const at = parseAddrPort(dst);
+    if (!at || at.port < 1) {
       return bad(`dst "${dst}" is not address:port (198.18.0.10:8080 or [fd00::1]:8080)`);
     }
-    return { status: 200, body: explainOutbound(ctx, { dst: { address, port: p } }) };
+    return { status: 200, body: explainOutbound(ctx, { dst: at }) };
   }
   return bad("ask /explain?dst=address:port, ?service=name[&port=n] or ?peer=spiffe://...&port=n");
 }
