@@ -32,10 +32,6 @@ test("parseAddrPort reads IPv4, bracketed IPv6 and (when asked) localhost, and n
     "",
   ]) {
     assert.equal(parseAddrPort(bad), undefined, bad);
-    assert.equal(
-      parseAddrPort(bad, { localhost: true })?.address === "127.0.0.1" && bad.startsWith("localhost"),
-      bad.startsWith("localhost"),
-      bad,
-    );
+    if (bad !== "localhost:9001") assert.equal(parseAddrPort(bad, { localhost: true }), undefined, bad);
   }
 });
