@@ -38,7 +38,8 @@ const RESET_WINDOW_MS = 1_000;
 interface PeerState {
   streams: number;
   pending: number;
-  readonly sessions: Set<() => void>;
+  /** How to close each open session, told which limit tripped. */
+  readonly sessions: Set<(limit: PeerLimit) => void>;
   windowStart: number;
   resets: number;
   floodWindowStart: number;
@@ -75,7 +76,7 @@ export class PeerLimits {
    * A pooled session of `peer` opens; `close` ends it when the peer's reset rate trips. Returns the
    * release to call when the session closes, or undefined (counted, logged) when `peer` is at its limit.
    */
-  openSession(peer: string, close: () => void): (() => void) | undefined {
+  openSession(peer: string, close: (limit: PeerLimit) => void): (() => void) | undefined {
     const s = this.state(peer);
     if (s.sessions.size >= this.o.settings().sessions) {
       this.hit(peer, s, "sessions");
@@ -120,7 +121,7 @@ export class PeerLimits {
         s.refusedPending = 0;
       }
       s.refusedPending++;
-      if (s.refusedPending === limit + 1) for (const close of [...s.sessions]) close();
+      if (s.refusedPending === limit + 1) for (const close of [...s.sessions]) close("pending_headers");
       this.forget(peer, s);
       return undefined;
     }
@@ -143,7 +144,7 @@ export class PeerLimits {
     s.resets++;
     if (s.resets !== this.o.settings().resetsPerSecond + 1) return;
     this.hit(peer, s, "reset_rate");
-    for (const close of [...s.sessions]) close();
+    for (const close of [...s.sessions]) close("reset_rate");
   }
 
   private state(peer: string): PeerState {

@@ -57,7 +57,7 @@ import {
   type TunnelTls,
 } from "../transport/tls-context.ts";
 import type { LocalAddressSet } from "./local-addresses.ts";
-import type { PeerLimits } from "./peer-limits.ts";
+import type { PeerLimit, PeerLimits } from "./peer-limits.ts";
 import { connectAnswer, legacyAnswer, statusAnswer, TunnelStream } from "./stream.ts";
 
 export interface TunnelOptions {
@@ -437,13 +437,19 @@ export const CALM_GRACE_MS = 10_000;
  * away gracefully: GOAWAY NO_ERROR (`close()`) refuses every new stream, while the streams it already
  * carries, other app connections of that peer's pod, finish within CALM_GRACE_MS. (A GOAWAY with an
  * error code would make a Node peer destroy the session and every stream on it at once.) If the peer
- * trips a limit again meanwhile, the session is hung up at once.
+ * trips a limit again meanwhile, or the limit is the header-less flood (its waiting streams are the
+ * flood), the session is hung up at once.
  */
-function calmer(session: http2.ServerHttp2Session, sock: tls.TLSSocket, clock: Clock): () => void {
+function calmer(
+  session: http2.ServerHttp2Session,
+  sock: tls.TLSSocket,
+  clock: Clock,
+): (limit: PeerLimit) => void {
   let closing = false;
-  return () => {
+  return (limit) => {
     if (session.destroyed) return;
-    if (closing) {
+    // A header-less flood: the streams waiting on the session are the flood itself, nothing to spare.
+    if (closing || limit === "pending_headers") {
       hangUp(session, sock);
       return;
     }
