@@ -19,6 +19,14 @@ import { systemClock } from "../core/clock.ts";
 import { silentLogger } from "../core/log.ts";
 import { freePort } from "../core/ports.ts";
 import { SIDECAR_NODE_FLAGS } from "../runtime/node-flags.ts";
+import {
+  type EndpointView,
+  endpointLine,
+  endpointsIn,
+  identityLine,
+  metricsHighlights,
+  Spread,
+} from "./report.ts";
 
 const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const TD = "weft.local";
@@ -82,8 +90,13 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 
   }
 }
 
+const isReady = async (admin: number) => (await get(admin, "/ready")).status === 200;
+
 interface SidecarProc {
   name: string;
+  /** The service account: backend-1..3 all run as `backend`. */
+  sa: string;
+  dir: string;
   admin: number;
   tunnel: number;
   config: string;
@@ -91,229 +104,266 @@ interface SidecarProc {
   log: string;
 }
 
-export async function runDemo(o: DemoOptions): Promise<void> {
-  const { out } = o;
-  const children = new Set<ChildProcess>();
-  const servers: Server[] = [];
-  let ca: Awaited<ReturnType<typeof createCaServer>> | undefined;
-  const stopAll = async () => {
-    for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
+type CaServer = Awaited<ReturnType<typeof createCaServer>>;
+
+/** Everything the demo started: stopped (children by PID) whatever happens. */
+class Started {
+  readonly children = new Set<ChildProcess>();
+  readonly servers: Server[] = [];
+  ca: CaServer | undefined;
+
+  async stopAll(): Promise<void> {
+    for (const c of this.children) if (c.exitCode === null) c.kill("SIGTERM");
     await Promise.all(
-      [...children].map((c) =>
+      [...this.children].map((c) =>
         c.exitCode === null ? new Promise((r) => c.once("exit", r)) : Promise.resolve(),
       ),
     );
-    for (const s of servers) s.close();
-    await ca?.close();
-  };
-  let interrupted = false;
-  void o.interrupted.then(() => {
-    interrupted = true;
+    for (const s of this.servers) s.close();
+    await this.ca?.close();
+  }
+}
+
+/** Runs a step unless the user asked to stop (Ctrl-C) before it began. */
+type Step = <T>(fn: () => Promise<T>) => Promise<T>;
+
+function stepsUntil(interrupted: Promise<void>): Step {
+  let stopped = false;
+  void interrupted.then(() => {
+    stopped = true;
   });
-  const step = async <T>(fn: () => Promise<T>): Promise<T> => {
-    if (interrupted) throw new Error("interrupted");
+  return async (fn) => {
+    if (stopped) throw new Error("interrupted");
     return fn();
   };
+}
 
+/** The mesh on loopback: its CA, the frontend's explicit listener, the backend apps and four sidecars. */
+interface LoopbackMesh {
+  readonly caUrl: string;
+  /** The frontend app's way in: an explicit listener of the frontend sidecar for service `backend`. */
+  readonly explicit: number;
+  readonly appPorts: readonly [number, number, number];
+  readonly sidecars: readonly [SidecarProc, SidecarProc, SidecarProc, SidecarProc];
+}
+
+/** The trust domain on disk and its CA server, which `started` stops. */
+async function startCa(dir: string, started: Started, out: (line: string) => void) {
+  const material = await createTrustDomain({ trustDomain: TD });
+  const caDir = join(dir, "ca");
+  await new CaStore(caDir).save(material);
+  const tokens = new TokenStore({ file: join(caDir, "tokens.json"), clock: systemClock, trustDomain: TD });
+  const ca = await createCaServer({
+    ca: new CertificateAuthority(material),
+    tokens,
+    logger: silentLogger,
+    clock: systemClock,
+    listen: "127.0.0.1:0",
+  });
+  started.ca = ca;
+  out(`   trust domain ${TD}; CA server ${ca.url}; CA files in ${caDir}`);
+  return { material, tokens, ca };
+}
+
+/** A sidecar's directory with its single-use join token and the trust bundle, and its ports. */
+async function enrolSidecar(
+  dir: string,
+  name: string,
+  tokens: TokenStore,
+  bundlePem: string,
+): Promise<SidecarProc> {
+  const own = join(dir, name);
+  await mkdir(own, { recursive: true });
+  const sa = name.startsWith("backend") ? "backend" : name;
+  const created = await tokens.create({
+    idPattern: `spiffe://${TD}/ns/default/sa/${sa}`,
+    ttlMs: 600_000,
+    maxUses: 1,
+  });
+  await writeFile(join(own, "token"), `${created.token}\n`, { mode: 0o600 });
+  await writeFile(join(own, "bundle.pem"), bundlePem);
+  return {
+    name,
+    sa,
+    dir: own,
+    admin: await freePort(),
+    tunnel: await freePort(),
+    config: join(own, "weft.yaml"),
+    log: "",
+  };
+}
+
+/** The weft.yaml of sidecar `s`: the CA identity source, the `backend` service and its outlier settings. */
+function sidecarConfig(s: SidecarProc, mesh: LoopbackMesh): string {
+  const [front, s1, s2, s3] = mesh.sidecars;
+  const [b1App, b2App, b3App] = mesh.appPorts;
+  return [
+    `trustDomain: ${TD}`,
+    "identity:",
+    "  ca:",
+    `    url: ${mesh.caUrl}`,
+    `    bundle: ${join(s.dir, "bundle.pem")}`,
+    `    id: spiffe://${TD}/ns/default/sa/${s.sa}`,
+    `    tokenFile: ${join(s.dir, "token")}`,
+    `    stateDir: ${join(s.dir, "state")}`,
+    "listeners:",
+    "  outbound: { enabled: false }",
+    "  inbound: { enabled: false }",
+    `  tunnel: { address: 127.0.0.1, port: ${s.tunnel} }`,
+    `  admin: { address: 127.0.0.1, port: ${s.admin} }`,
+    "  metrics: { enabled: false }",
+    s === front
+      ? `  explicit: [ { listen: "127.0.0.1:${mesh.explicit}", service: backend } ]`
+      : "  explicit: []",
+    "outlierDetection: { consecutiveFailures: 2, baseEjectionTime: 4s, maxEjectionPercent: 34 }",
+    "retries: { attempts: 3, deadline: 5s }",
+    "policy:",
+    "  default: deny",
+    `  rules: [ { allow: ["spiffe://${TD}/ns/default/sa/frontend"] } ]`,
+    "services:",
+    "  - name: backend",
+    "    ports: [8080]",
+    "    endpoints:",
+    `      - { address: 127.0.0.1, port: ${b1App}, tunnelPort: ${s1.tunnel} }`,
+    `      - { address: 127.0.0.1, port: ${b2App}, tunnelPort: ${s2.tunnel} }`,
+    `      - { address: 127.0.0.1, port: ${b3App}, tunnelPort: ${s3.tunnel} }`,
+    "log: { level: warn }",
+    "",
+  ].join("\n");
+}
+
+/** Step 1: the CA, three backend apps, and four enrolled sidecars with their configs written (not started). */
+async function buildMesh(dir: string, started: Started, out: (line: string) => void): Promise<LoopbackMesh> {
+  const { material, tokens, ca } = await startCa(dir, started, out);
+  const [b1App, b2App, b3App, explicit] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  started.servers.push(
+    await startBackend("backend-1", b1App),
+    await startBackend("backend-2", b2App),
+    await startBackend("backend-3", b3App),
+  );
+  const sidecars: SidecarProc[] = [];
+  for (const name of ["frontend", "backend-1", "backend-2", "backend-3"])
+    sidecars.push(await enrolSidecar(dir, name, tokens, material.bundlePem));
+  out(
+    "   join tokens made for spiffe://weft.local/ns/default/sa/frontend and .../sa/backend (single use, 10 min)",
+  );
+  const mesh: LoopbackMesh = {
+    caUrl: ca.url,
+    explicit,
+    appPorts: [b1App, b2App, b3App],
+    sidecars: sidecars as [SidecarProc, SidecarProc, SidecarProc, SidecarProc],
+  };
+  for (const s of mesh.sidecars) await writeFile(s.config, sidecarConfig(s, mesh));
+  return mesh;
+}
+
+/** Start sidecar `s` as its own `weft proxy` process, as users run it; its output goes to `s.log`. */
+function spawnSidecar(s: SidecarProc, started: Started): void {
+  const child = spawn(
+    process.execPath,
+    [...SIDECAR_NODE_FLAGS, join(ROOT, "bin/weft.js"), "proxy", "--config", s.config],
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  s.log = "";
+  child.stdout?.on("data", (d) => {
+    s.log += d;
+  });
+  child.stderr?.on("data", (d) => {
+    s.log += d;
+  });
+  started.children.add(child);
+  child.once("exit", () => started.children.delete(child));
+  s.child = child;
+}
+
+/** Step 2: wait for each sidecar to be ready and print the identity the CA gave it. */
+async function showIdentities(sidecars: readonly SidecarProc[], step: Step, out: (line: string) => void) {
+  for (const s of sidecars) {
+    await step(() => waitFor(`${s.name} to be ready (log: ${s.log.slice(-500)})`, () => isReady(s.admin)));
+    const certs = (await get(s.admin, "/certs")).body;
+    out(identityLine(s.name, certs, `admin http://127.0.0.1:${s.admin}`));
+  }
+}
+
+/** `n` connections one after the other through the frontend's explicit listener, tallied by who answered. */
+async function burst(port: number, n: number): Promise<Spread> {
+  const spread = new Spread();
+  for (let i = 0; i < n; i++) {
+    try {
+      const answer = await request(port, `request ${i}`);
+      spread.answered(answer.split(" ")[0]!);
+    } catch {
+      spread.fail();
+    }
+  }
+  return spread;
+}
+
+async function frontendEndpoints(front: SidecarProc): Promise<EndpointView[]> {
+  return endpointsIn((await get(front.admin, "/endpoints")).body);
+}
+
+/** Step 5: a restarted sidecar is ready and the frontend no longer has any endpoint ejected. */
+async function awaitReturn(front: SidecarProc, back: SidecarProc, step: Step): Promise<void> {
+  await step(() => waitFor(`${back.name} to be ready`, () => isReady(back.admin)));
+  await step(() =>
+    waitFor(
+      `${back.name} to return from ejection`,
+      async () => (await frontendEndpoints(front)).every((e) => e.state !== "ejected"),
+      20_000,
+    ),
+  );
+}
+
+export async function runDemo(o: DemoOptions): Promise<void> {
+  const { out } = o;
+  const started = new Started();
+  const step = stepsUntil(o.interrupted);
   try {
     await rm(o.dir, { recursive: true, force: true });
     await mkdir(o.dir, { recursive: true });
     out("== 1. A trust domain and its CA server");
-    const material = await createTrustDomain({ trustDomain: TD });
-    const caDir = join(o.dir, "ca");
-    await new CaStore(caDir).save(material);
-    const tokens = new TokenStore({ file: join(caDir, "tokens.json"), clock: systemClock, trustDomain: TD });
-    ca = await createCaServer({
-      ca: new CertificateAuthority(material),
-      tokens,
-      logger: silentLogger,
-      clock: systemClock,
-      listen: "127.0.0.1:0",
-    });
-    out(`   trust domain ${TD}; CA server ${ca.url}; CA files in ${caDir}`);
-
-    const [b1App, b2App, b3App, explicit] = await Promise.all([
-      freePort(),
-      freePort(),
-      freePort(),
-      freePort(),
-    ]);
-    servers.push(
-      await startBackend("backend-1", b1App),
-      await startBackend("backend-2", b2App),
-      await startBackend("backend-3", b3App),
-    );
-    const sidecars: SidecarProc[] = [];
-    for (const name of ["frontend", "backend-1", "backend-2", "backend-3"]) {
-      const dir = join(o.dir, name);
-      await mkdir(dir, { recursive: true });
-      const sa = name.startsWith("backend") ? "backend" : name;
-      const id = `spiffe://${TD}/ns/default/sa/${sa}`;
-      const created = await tokens.create({ idPattern: id, ttlMs: 600_000, maxUses: 1 });
-      await writeFile(join(dir, "token"), `${created.token}\n`, { mode: 0o600 });
-      await writeFile(join(dir, "bundle.pem"), material.bundlePem);
-      sidecars.push({
-        name,
-        admin: await freePort(),
-        tunnel: await freePort(),
-        config: join(dir, "weft.yaml"),
-        log: "",
-      });
-    }
-    out(
-      "   join tokens made for spiffe://weft.local/ns/default/sa/frontend and .../sa/backend (single use, 10 min)",
-    );
-
-    const [front, s1, s2, s3] = sidecars as [SidecarProc, SidecarProc, SidecarProc, SidecarProc];
-    for (const s of sidecars) {
-      const dir = join(o.dir, s.name);
-      const sa = s.name.startsWith("backend") ? "backend" : s.name;
-      const yaml = [
-        `trustDomain: ${TD}`,
-        "identity:",
-        "  ca:",
-        `    url: ${ca.url}`,
-        `    bundle: ${join(dir, "bundle.pem")}`,
-        `    id: spiffe://${TD}/ns/default/sa/${sa}`,
-        `    tokenFile: ${join(dir, "token")}`,
-        `    stateDir: ${join(dir, "state")}`,
-        "listeners:",
-        "  outbound: { enabled: false }",
-        "  inbound: { enabled: false }",
-        `  tunnel: { address: 127.0.0.1, port: ${s.tunnel} }`,
-        `  admin: { address: 127.0.0.1, port: ${s.admin} }`,
-        "  metrics: { enabled: false }",
-        s === front
-          ? `  explicit: [ { listen: "127.0.0.1:${explicit}", service: backend } ]`
-          : "  explicit: []",
-        "outlierDetection: { consecutiveFailures: 2, baseEjectionTime: 4s, maxEjectionPercent: 34 }",
-        "retries: { attempts: 3, deadline: 5s }",
-        "policy:",
-        "  default: deny",
-        `  rules: [ { allow: ["spiffe://${TD}/ns/default/sa/frontend"] } ]`,
-        "services:",
-        "  - name: backend",
-        "    ports: [8080]",
-        "    endpoints:",
-        `      - { address: 127.0.0.1, port: ${b1App}, tunnelPort: ${s1.tunnel} }`,
-        `      - { address: 127.0.0.1, port: ${b2App}, tunnelPort: ${s2.tunnel} }`,
-        `      - { address: 127.0.0.1, port: ${b3App}, tunnelPort: ${s3.tunnel} }`,
-        "log: { level: warn }",
-        "",
-      ].join("\n");
-      await writeFile(s.config, yaml);
-    }
-
-    const startSidecar = (s: SidecarProc) => {
-      const child = spawn(
-        process.execPath,
-        [...SIDECAR_NODE_FLAGS, join(ROOT, "bin/weft.js"), "proxy", "--config", s.config],
-        {
-          stdio: ["ignore", "pipe", "pipe"],
-        },
-      );
-      s.log = "";
-      child.stdout?.on("data", (d) => {
-        s.log += d;
-      });
-      child.stderr?.on("data", (d) => {
-        s.log += d;
-      });
-      children.add(child);
-      child.once("exit", () => children.delete(child));
-      s.child = child;
-    };
+    const mesh = await buildMesh(o.dir, started, out);
+    const [front, s1, , s3] = mesh.sidecars;
 
     out("\n== 2. Four sidecars, each fetching its certificate from the CA with its join token");
-    for (const s of sidecars) startSidecar(s);
-    for (const s of sidecars) {
-      await step(() =>
-        waitFor(
-          `${s.name} to be ready (log: ${s.log.slice(-500)})`,
-          async () => (await get(s.admin, "/ready")).status === 200,
-        ),
-      );
-      const certs = JSON.parse((await get(s.admin, "/certs")).body) as Record<string, unknown>;
-      out(
-        `   ${s.name.padEnd(10)} ${String(certs.spiffeId ?? certs.identity ?? "")}  serial ${String(certs.serial ?? "").slice(0, 12)}…  admin http://127.0.0.1:${s.admin}`,
-      );
-    }
+    for (const s of mesh.sidecars) spawnSidecar(s, started);
+    await showIdentities(mesh.sidecars, step, out);
 
-    const burst = async (n: number) => {
-      const tally = new Map<string, number>();
-      let failed = 0;
-      for (let i = 0; i < n; i++) {
-        try {
-          const answer = await request(explicit, `request ${i}`);
-          const who = answer.split(" ")[0]!;
-          tally.set(who, (tally.get(who) ?? 0) + 1);
-        } catch {
-          failed++;
-        }
-      }
-      return { tally, failed };
-    };
-    const show = (r: { tally: Map<string, number>; failed: number }) =>
-      `${[...r.tally]
-        .sort()
-        .map(([k, v]) => `${k}: ${v}`)
-        .join(", ")}${r.failed ? `, failed: ${r.failed}` : ", failed: 0"}`;
-
-    out(`\n== 3. The frontend app connects to 127.0.0.1:${explicit}; Weft carries it over mutual TLS`);
-    const r1 = await step(() => burst(30));
-    out(`   30 connections, round-robin over three endpoints → ${show(r1)}`);
+    out(`\n== 3. The frontend app connects to 127.0.0.1:${mesh.explicit}; Weft carries it over mutual TLS`);
+    const r1 = await step(() => burst(mesh.explicit, 30));
+    out(`   30 connections, round-robin over three endpoints → ${r1}`);
 
     out("\n== 4. backend-3's sidecar stops (killed): connections retry on the others, backend-3 is ejected");
     s3.child?.kill("SIGKILL");
     await new Promise((r) => s3.child?.once("exit", r));
-    const r2 = await step(() => burst(30));
-    out(`   30 connections → ${show(r2)}`);
-    const endpoints = JSON.parse((await get(front.admin, "/endpoints")).body) as Array<{
-      endpoints: Array<{ key: string; state: string; timesEjected: number }>;
-    }>;
-    for (const e of endpoints[0]?.endpoints ?? [])
-      out(`   endpoint ${e.key.padEnd(16)} ${e.state} (ejected ${e.timesEjected}×)`);
+    const r2 = await step(() => burst(mesh.explicit, 30));
+    out(`   30 connections → ${r2}`);
+    for (const e of await frontendEndpoints(front)) out(endpointLine(e, 16));
 
     out(
       "\n== 5. backend-3's sidecar comes back (renewing with its stored certificate); after the ejection it gets traffic again",
     );
-    startSidecar(s3);
-    await step(() =>
-      waitFor("backend-3 to be ready", async () => (await get(s3.admin, "/ready")).status === 200),
-    );
-    await step(() =>
-      waitFor(
-        "backend-3 to return from ejection",
-        async () => {
-          const eps = JSON.parse((await get(front.admin, "/endpoints")).body) as typeof endpoints;
-          return (eps[0]?.endpoints ?? []).every((e) => e.state !== "ejected");
-        },
-        20_000,
-      ),
-    );
-    const r3 = await step(() => burst(30));
-    out(`   30 connections → ${show(r3)}`);
+    spawnSidecar(s3, started);
+    await awaitReturn(front, s3, step);
+    const r3 = await step(() => burst(mesh.explicit, 30));
+    out(`   30 connections → ${r3}`);
 
     out("\n== 6. Metrics (Prometheus text) on every sidecar's admin port");
-    const metrics = (await get(s1.admin, "/metrics")).body.split("\n");
-    for (const line of metrics
-      .filter((l) => /^weft_tcp_connections_closed_total\{direction="inbound"/.test(l))
-      .slice(0, 2)) {
-      out(`   backend-1: ${line}`);
-    }
-    const fm = (await get(front.admin, "/metrics")).body.split("\n");
-    for (const line of fm.filter((l) =>
-      /^weft_(outlier_ejections_total|upstream_connect_retries_total)\{/.test(l),
-    )) {
-      out(`   frontend:  ${line}`);
-    }
+    const metrics = [
+      (await get(s1.admin, "/metrics")).body,
+      (await get(front.admin, "/metrics")).body,
+    ] as const;
+    for (const line of metricsHighlights(...metrics, 2)) out(line);
     out(`   curl http://127.0.0.1:${front.admin}/metrics   (also /ready /live /config /certs /endpoints)`);
     if (o.keepRunning) {
-      out(`\nThe mesh keeps running: try  nc 127.0.0.1 ${explicit}  — Ctrl-C stops everything.`);
+      out(`\nThe mesh keeps running: try  nc 127.0.0.1 ${mesh.explicit}  — Ctrl-C stops everything.`);
       await o.interrupted;
     }
     out("\nDone: stopping every process the demo started.");
   } finally {
-    await stopAll();
+    await started.stopAll();
   }
 }
