@@ -51,6 +51,125 @@ export interface DiscoveryHandle extends Discovery {
   readonly kubernetes: K8sSource | undefined;
 }
 
+/** One DNS source per service that names a DNS query, kept in step with the registry's declarations. */
+class DnsSources {
+  private readonly sources = new Map<string, { source: DnsSource; fingerprint: string }>();
+  private readonly resolver: DnsResolverLike;
+
+  constructor(
+    private readonly o: DiscoveryOptions,
+    private readonly registry: ServiceRegistry,
+    private readonly logger: Logger,
+  ) {
+    this.resolver = o.resolver ?? createResolver(o.dns);
+  }
+
+  /** Start DNS sources for services that need one, stop those no longer declared. */
+  sync(): Promise<unknown> {
+    const wanted = this.registry.dnsServices();
+    const fresh: Promise<boolean>[] = [];
+    for (const s of wanted) {
+      const fingerprint = JSON.stringify(s.dns);
+      const existing = this.sources.get(s.name);
+      if (existing?.fingerprint === fingerprint) continue;
+      existing?.source.stop();
+      const source = new DnsSource({
+        serviceName: s.name,
+        config: s.dns!,
+        settings: this.o.dns,
+        resolver: this.resolver,
+        onEndpoints: (eps) => this.registry.setDnsEndpoints(s.name, eps),
+        metrics: this.o.metrics,
+        logger: this.logger,
+        clock: this.o.clock,
+      });
+      this.sources.set(s.name, { source, fingerprint });
+      fresh.push(source.refresh());
+    }
+    for (const [name, { source }] of this.sources) {
+      if (!wanted.some((s) => s.name === name)) {
+        source.stop();
+        this.sources.delete(name);
+      }
+    }
+    return Promise.all(fresh);
+  }
+
+  async refreshAll(): Promise<void> {
+    await Promise.all([...this.sources.values()].map(({ source }) => source.refresh()));
+  }
+
+  stopAll(): void {
+    for (const { source } of this.sources.values()) source.stop();
+    this.sources.clear();
+  }
+}
+
+/** Active health checks, started, once any service (or the default) asks for them; else undefined. */
+function startHealthChecks(
+  o: DiscoveryOptions,
+  registry: ServiceRegistry,
+  logger: Logger,
+): HealthChecker | undefined {
+  // Any source may declare a health check: weft.yaml, the services file, Kubernetes.
+  if (o.healthCheck === undefined && !registry.declaredServices().some((s) => s.healthCheck !== undefined))
+    return undefined;
+  const health = new HealthChecker({
+    ...(o.healthCheck ? { defaults: o.healthCheck } : {}),
+    configFor: (name) => registry.declaredServices().find((s) => s.name === name)?.healthCheck,
+    forEachEndpoint: (fn) => registry.forEachEndpoint(fn),
+    metrics: o.metrics,
+    logger,
+    clock: o.clock,
+    ...(o.probe ? { probe: o.probe } : {}),
+  });
+  health.start();
+  return health;
+}
+
+/** The Kubernetes source feeding the registry's `k8s` declarations; `onChange` runs after each. */
+function kubernetesSource(
+  o: DiscoveryOptions,
+  registry: ServiceRegistry,
+  logger: Logger,
+  onChange: () => void,
+): K8sSource | undefined {
+  if (!o.kubernetes) return undefined;
+  return new K8sSource({
+    ...o.kubernetes,
+    trustDomain: o.trustDomain,
+    onServices: (services) => {
+      registry.setDeclared("k8s", services);
+      onChange();
+    },
+    metrics: o.metrics,
+    logger: logger.child({ source: "k8s" }),
+    clock: o.clock,
+    ...(o.random ? { random: o.random } : {}),
+  });
+}
+
+/** The watched services file feeding the registry's `file` declarations; `onChange` runs after each. */
+function fileSource(
+  path: string,
+  o: DiscoveryOptions,
+  registry: ServiceRegistry,
+  logger: Logger,
+  onChange: () => void,
+): FileSource {
+  return new FileSource({
+    path,
+    onServices: (services) => {
+      registry.setDeclared("file", services);
+      onChange();
+    },
+    metrics: o.metrics,
+    logger,
+    clock: o.clock,
+    ...(o.fileDebounceMs !== undefined ? { debounceMs: o.fileDebounceMs } : {}),
+  });
+}
+
 export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
   const logger = o.logger.child({ component: "discovery" });
   const registry = new ServiceRegistry({
@@ -62,81 +181,17 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
     clock: o.clock,
     random: o.random ?? Math.random,
   });
-  const resolver = o.resolver ?? createResolver(o.dns);
-  const dnsSources = new Map<string, { source: DnsSource; fingerprint: string }>();
+  const dns = new DnsSources(o, registry, logger);
   let file: FileSource | undefined;
   let health: HealthChecker | undefined;
   let started = false;
-
-  /** Start DNS sources for services that need one, stop those no longer declared. */
-  const syncDns = (): Promise<unknown> => {
-    if (!started) return Promise.resolve();
-    const wanted = registry.dnsServices();
-    const fresh: Promise<boolean>[] = [];
-    for (const s of wanted) {
-      const fingerprint = JSON.stringify(s.dns);
-      const existing = dnsSources.get(s.name);
-      if (existing?.fingerprint === fingerprint) continue;
-      existing?.source.stop();
-      const source = new DnsSource({
-        serviceName: s.name,
-        config: s.dns!,
-        settings: o.dns,
-        resolver,
-        onEndpoints: (eps) => registry.setDnsEndpoints(s.name, eps),
-        metrics: o.metrics,
-        logger,
-        clock: o.clock,
-      });
-      dnsSources.set(s.name, { source, fingerprint });
-      fresh.push(source.refresh());
-    }
-    for (const [name, { source }] of dnsSources) {
-      if (!wanted.some((s) => s.name === name)) {
-        source.stop();
-        dnsSources.delete(name);
-      }
-    }
-    return Promise.all(fresh);
-  };
-
-  let configServices = o.services;
-  registry.setDeclared("config", configServices);
-  const kubernetes = o.kubernetes
-    ? new K8sSource({
-        ...o.kubernetes,
-        trustDomain: o.trustDomain,
-        onServices: (services) => {
-          registry.setDeclared("k8s", services);
-          startHealth();
-        },
-        metrics: o.metrics,
-        logger: logger.child({ source: "k8s" }),
-        clock: o.clock,
-        ...(o.random ? { random: o.random } : {}),
-      })
-    : undefined;
-
-  /** Active health checks, once any service (or the default) asks for them. */
+  const syncDns = (): Promise<unknown> => (started ? dns.sync() : Promise.resolve());
   const startHealth = (): void => {
-    if (health || !started) return;
-    // Any source may declare a health check: weft.yaml, the services file, Kubernetes.
-    if (o.healthCheck === undefined && !registry.declaredServices().some((s) => s.healthCheck !== undefined))
-      return;
-    health = new HealthChecker({
-      ...(o.healthCheck ? { defaults: o.healthCheck } : {}),
-      configFor: healthConfigFor,
-      forEachEndpoint: (fn) => registry.forEachEndpoint(fn),
-      metrics: o.metrics,
-      logger,
-      clock: o.clock,
-      ...(o.probe ? { probe: o.probe } : {}),
-    });
-    health.start();
+    if (!health && started) health = startHealthChecks(o, registry, logger);
   };
 
-  const healthConfigFor = (name: string) =>
-    registry.declaredServices().find((s) => s.name === name)?.healthCheck;
+  registry.setDeclared("config", o.services);
+  const kubernetes = kubernetesSource(o, registry, logger, startHealth);
 
   return {
     registry,
@@ -147,17 +202,9 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
     describe: () => registry.describe(),
     async start() {
       if (o.file) {
-        file = new FileSource({
-          path: o.file,
-          onServices: (services) => {
-            registry.setDeclared("file", services);
-            void syncDns();
-            startHealth();
-          },
-          metrics: o.metrics,
-          logger,
-          clock: o.clock,
-          ...(o.fileDebounceMs !== undefined ? { debounceMs: o.fileDebounceMs } : {}),
+        file = fileSource(o.file, o, registry, logger, () => {
+          void syncDns();
+          startHealth();
         });
         await file.start();
       }
@@ -174,21 +221,17 @@ export function createDiscovery(o: DiscoveryOptions): DiscoveryHandle {
       started = false;
       health?.stop();
       health = undefined;
-      for (const { source } of dnsSources.values()) source.stop();
-      dnsSources.clear();
+      dns.stopAll();
       await kubernetes?.stop();
       await file?.stop();
       registry.stop();
     },
     setConfigServices(services) {
-      configServices = services;
       registry.setDeclared("config", services);
       void syncDns();
       startHealth();
     },
     reloadFile: async () => (file ? file.reload() : false),
-    async refreshDns() {
-      await Promise.all([...dnsSources.values()].map(({ source }) => source.refresh()));
-    },
+    refreshDns: () => dns.refreshAll(),
   };
 }
