@@ -7,6 +7,7 @@
  * app is reached, and the recent refusals of that identity. The same functions the data plane uses
  * (`decideOutbound`, `decideInbound`) make the decision, so the answer cannot drift from the behaviour.
  */
+import { SpiffeId } from "../ca/spiffe-id.ts";
 import type { Config } from "../config/schema.ts";
 import {
   type Discovery,
@@ -188,8 +189,9 @@ function explainEndpoints(
 }
 
 /** Inbound: would `peer` be let through to local `port`, by which rule, and to where. */
-export function explainInbound(ctx: ExplainContext, peer: string, port: number): InboundExplanation {
+export function explainInbound(ctx: ExplainContext, peer: SpiffeId, port: number): InboundExplanation {
   const d = decideInbound(peer, port, ctx.inbound);
+  const peerIdentity = peer.toString();
   const policy = ctx.inbound.policy;
   const rules = policy.rules.map((r, i) => ({
     name: r.name ?? `rules[${i}]`,
@@ -198,14 +200,17 @@ export function explainInbound(ctx: ExplainContext, peer: string, port: number):
   }));
   const base = {
     kind: "inbound" as const,
-    peerIdentity: peer,
+    peerIdentity,
     port,
     localIdentity: ctx.localIdentity ?? null,
     rule: d.rule,
     rules,
     policyDefault: policy.default,
     recent: ctx.tracker.recent(
-      (e) => e.direction === "inbound" && e.peerIdentity === peer && (e.dst?.endsWith(`:${port}`) ?? false),
+      (e) =>
+        e.direction === "inbound" &&
+        e.peerIdentity === peerIdentity &&
+        (e.dst?.endsWith(`:${port}`) ?? false),
     ),
   };
   if (d.kind === "deny") {
@@ -229,9 +234,10 @@ export function explainQuery(ctx: ExplainContext, q: URLSearchParams): { status:
   if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
     return bad(`port "${portParam}" is not a port (1-65535)`);
   }
-  const peer = q.get("peer");
-  if (peer !== null) {
-    if (!/^spiffe:\/\/[^/\s]+(\/\S*)?$/.test(peer)) return bad(`peer "${peer}" is not a SPIFFE ID`);
+  const peerParam = q.get("peer");
+  if (peerParam !== null) {
+    const peer = parsePeer(peerParam);
+    if (!peer) return bad(`peer "${peerParam}" is not a SPIFFE ID`);
     if (port === undefined) return bad("peer needs port: /explain?peer=spiffe://...&port=8080");
     return { status: 200, body: explainInbound(ctx, peer, port) };
   }
@@ -247,4 +253,13 @@ export function explainQuery(ctx: ExplainContext, q: URLSearchParams): { status:
     return { status: 200, body: explainOutbound(ctx, { dst: at }) };
   }
   return bad("ask /explain?dst=address:port, ?service=name[&port=n] or ?peer=spiffe://...&port=n");
+}
+
+/** The SPIFFE ID a `peer` query names, or undefined when it is not one. */
+function parsePeer(text: string): SpiffeId | undefined {
+  try {
+    return SpiffeId.parse(text);
+  } catch {
+    return undefined;
+  }
 }

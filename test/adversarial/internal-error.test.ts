@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { Duplex } from "node:stream";
 import { test } from "node:test";
+import { SpiffeId } from "../../src/ca/spiffe-id.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { type Connector, NO_ANSWER, type Upstream } from "../../src/proxy/transport/connector.ts";
 import { closeKind, connect } from "../helpers/apps.ts";
@@ -47,7 +48,7 @@ function echoUpstream(state: { armed: boolean }): Upstream {
   }) as typeof stream.resume;
   return {
     side: { stream },
-    peerIdentity: "spiffe://weft.local/ns/default/sa/backend",
+    peer: SpiffeId.parse("spiffe://weft.local/ns/default/sa/backend"),
     connectMs: 0,
     handshakeMs: 0,
     resumed: false,

@@ -6,13 +6,14 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { SpiffeId } from "../../src/ca/spiffe-id.ts";
 import { ManualClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
 import { PeerLimits } from "../../src/proxy/tunnel/peer-limits.ts";
 
-const A = "spiffe://weft.local/ns/default/sa/a";
-const B = "spiffe://weft.local/ns/default/sa/b";
+const A = SpiffeId.parse("spiffe://weft.local/ns/default/sa/a");
+const B = SpiffeId.parse("spiffe://weft.local/ns/default/sa/b");
 
 function setup() {
   const clock = new ManualClock();
@@ -56,7 +57,9 @@ test("streams, sessions and header waits are bounded per identity, across sessio
   assert.equal(await metrics.value("weft_peer_limit_hits_total", { limit: "sessions" }), 1);
   assert.equal(await metrics.value("weft_peer_limit_hits_total", { limit: "streams" }), 1);
   assert.equal(await metrics.value("weft_peer_limit_hits_total", { limit: "pending_headers" }), 1);
-  assert.ok(log.records.some((r) => r.peer_identity === A && r.limit === "streams" && r.level === "warn"));
+  assert.ok(
+    log.records.some((r) => r.peer_identity === A.toString() && r.limit === "streams" && r.level === "warn"),
+  );
 });
 
 test("past the reset rate every session of the peer is closed; the window restarts each second", () => {

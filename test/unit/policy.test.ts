@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { matchesIdPattern, mayReach, trustDomainOf } from "../../src/proxy/tunnel/policy.ts";
+import { SpiffeId } from "../../src/ca/spiffe-id.ts";
+import { mayReach } from "../../src/proxy/tunnel/policy.ts";
+
+const id = (text: string): SpiffeId => SpiffeId.parse(text);
 
 test("SPIFFE ID patterns: * stays within one segment, everything else is literal", () => {
   const cases: Array<[string, string, boolean]> = [
@@ -13,14 +16,14 @@ test("SPIFFE ID patterns: * stays within one segment, everything else is literal
     ["spiffe://weft.local/ns/default/sa/a.b", "spiffe://weft.local/ns/default/sa/aXb", false],
     ["spiffe://weft.local/*", "spiffe://weft.localhost/x", false],
   ];
-  for (const [pattern, id, want] of cases)
-    assert.equal(matchesIdPattern(pattern, id), want, `${pattern} ~ ${id}`);
+  for (const [pattern, peer, want] of cases)
+    assert.equal(id(peer).matches(pattern), want, `${pattern} ~ ${peer}`);
 });
 
-test("trust domain of an ID", () => {
-  assert.equal(trustDomainOf("spiffe://weft.local/ns/a/sa/b"), "weft.local");
-  assert.equal(trustDomainOf("spiffe://weft.local"), "weft.local");
-  assert.equal(trustDomainOf("https://weft.local/x"), undefined);
+test("trust domain of an ID; a string that is not a SPIFFE ID never becomes a peer", () => {
+  assert.equal(id("spiffe://weft.local/ns/a/sa/b").trustDomain, "weft.local");
+  assert.equal(id("spiffe://weft.local").trustDomain, "weft.local");
+  assert.throws(() => id("https://weft.local/x"), { code: "E_SPIFFE_ID", reason: "wrong_scheme" });
 });
 
 test("rules covering a port replace the default for that port", () => {
@@ -33,20 +36,20 @@ test("rules covering a port replace the default for that port", () => {
   };
   // The port-less rule covers every port: only its identity and, on 5432, api get in. The decision names
   // the rule (by index, or its name when it has one); a denial names every rule that covered the port.
-  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/api", 5432), {
+  assert.deepEqual(mayReach(policy, "weft.local", id("spiffe://weft.local/ns/default/sa/api"), 5432), {
     allowed: true,
     rule: "rules[0]",
   });
-  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://other.test/ns/x/sa/y", 5432), {
+  assert.deepEqual(mayReach(policy, "weft.local", id("spiffe://other.test/ns/x/sa/y"), 5432), {
     allowed: true,
     rule: "rules[1]",
   });
-  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/web", 5432), {
+  assert.deepEqual(mayReach(policy, "weft.local", id("spiffe://weft.local/ns/default/sa/web"), 5432), {
     allowed: false,
     why: "not_in_rules",
     rule: "rules[0],rules[1]",
   });
-  assert.deepEqual(mayReach(policy, "weft.local", "spiffe://weft.local/ns/default/sa/api", 80), {
+  assert.deepEqual(mayReach(policy, "weft.local", id("spiffe://weft.local/ns/default/sa/api"), 80), {
     allowed: false,
     why: "not_in_rules",
     rule: "rules[1]",
@@ -55,16 +58,16 @@ test("rules covering a port replace the default for that port", () => {
     default: "allow-trust-domain" as const,
     rules: [{ name: "db-clients", ports: [5432], allow: ["spiffe://weft.local/ns/default/sa/api"] }],
   };
-  assert.deepEqual(mayReach(named, "weft.local", "spiffe://weft.local/ns/default/sa/api", 5432), {
+  assert.deepEqual(mayReach(named, "weft.local", id("spiffe://weft.local/ns/default/sa/api"), 5432), {
     allowed: true,
     rule: "db-clients",
   });
-  assert.deepEqual(mayReach(named, "weft.local", "spiffe://weft.local/ns/default/sa/api", 80), {
+  assert.deepEqual(mayReach(named, "weft.local", id("spiffe://weft.local/ns/default/sa/api"), 80), {
     allowed: true,
     rule: "default",
   });
   assert.deepEqual(
-    mayReach({ default: "deny", rules: [] }, "weft.local", "spiffe://weft.local/ns/a/sa/b", 80),
+    mayReach({ default: "deny", rules: [] }, "weft.local", id("spiffe://weft.local/ns/a/sa/b"), 80),
     {
       allowed: false,
       why: "default_deny",

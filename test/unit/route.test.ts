@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { SpiffeId } from "../../src/ca/spiffe-id.ts";
 import {
   type AppTarget,
   decideAppAddress,
@@ -221,7 +222,7 @@ test("decideInbound, as a table", () => {
     },
   ];
   for (const c of cases) {
-    const d = decideInbound(c.peer, c.port, c.s ?? base);
+    const d = decideInbound(SpiffeId.parse(c.peer), c.port, c.s ?? base);
     const got = d.kind === "allow" ? `allow:${d.proxyProtocol}` : `deny:${d.reason}:${d.why}`;
     assert.ok(d.rule.length > 0, `${c.name}: the decision names its rule`);
     assert.equal(got, c.want, c.name);

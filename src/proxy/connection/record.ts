@@ -4,6 +4,7 @@
  * finished exactly once, and finishing it is the only place that writes the connection's metrics and its
  * one access-log line. `ConnectionTracker` keeps the live records of a sidecar for drain and shutdown.
  */
+import { SpiffeId } from "../../ca/spiffe-id.ts";
 import type { Clock } from "../../core/clock.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
@@ -13,6 +14,19 @@ import { type CloseReason, spliceReason } from "./close-reasons.ts";
 import { type ByteSink, Splice, type SpliceSide } from "./splice.ts";
 
 export { CLOSE_REASONS, type CloseReason, spliceReason } from "./close-reasons.ts";
+
+/**
+ * The other end of a connection as its record knows it: the SPIFFE ID it proved; on an outbound
+ * connection before the handshake, the identity its service must prove (as discovery names it); or
+ * nobody (plaintext, or not known yet).
+ */
+export type Peer = SpiffeId | { readonly expected: string } | undefined;
+
+/** The `peer_identity` metric label and log field of `peer`: the one place that writes `none`. */
+export function peerLabel(peer: Peer): string {
+  if (peer === undefined) return "none";
+  return peer instanceof SpiffeId ? peer.toString() : peer.expected;
+}
 
 /** How far a connection got: useful in the access log of failed connections. */
 export type Phase =
@@ -81,7 +95,7 @@ export class ConnectionRecord implements ByteSink {
   src: SocketAddr | undefined;
   dst: SocketAddr | undefined;
   service = "unknown";
-  peer = "none";
+  peer: Peer;
   endpoint = "";
   bytesReceived = 0;
   bytesSent = 0;
@@ -116,7 +130,7 @@ export class ConnectionRecord implements ByteSink {
    * The service (and peer identity, when known) this connection belongs to: counts it as opened and
    * active under those labels. Called once the route or the peer is known; `finish` calls it otherwise.
    */
-  open(service: string, peer?: string): void {
+  open(service: string, peer?: Peer): void {
     if (this.opened || this.finished) return;
     this.opened = true;
     this.service = service;
@@ -125,12 +139,15 @@ export class ConnectionRecord implements ByteSink {
     const labels = { direction: this.direction, service: this.service };
     // peer_identity as on the closed counter, so the two join per peer: the verified client (inbound),
     // the identity the service must prove (outbound), none (plaintext).
-    this.deps.metrics.connectionsOpened.inc({ ...labels, peer_identity: this.peer });
+    this.deps.metrics.connectionsOpened.inc({ ...labels, peer_identity: peerLabel(this.peer) });
     this.deps.metrics.connectionsActive.inc(labels);
   }
 
-  /** The peer identity is known (after the handshake); byte counts from now on go to its metrics cell. */
-  setPeer(peer: string): void {
+  /**
+   * The peer is known (after the handshake; undefined: plaintext); byte counts from now on go to its
+   * metrics cell.
+   */
+  setPeer(peer: SpiffeId | undefined): void {
     this.peer = peer;
     this.cell = undefined;
   }
@@ -148,7 +165,7 @@ export class ConnectionRecord implements ByteSink {
   }
 
   private bindCell(): Cell {
-    this.cell = this.deps.metrics.bytes(this.direction, this.service, this.peer);
+    this.cell = this.deps.metrics.bytes(this.direction, this.service, peerLabel(this.peer));
     return this.cell;
   }
 
@@ -199,11 +216,12 @@ export class ConnectionRecord implements ByteSink {
     this.buffered = undefined;
     const m = this.deps.metrics;
     const durationS = this.elapsedMs() / 1000;
+    const peer = peerLabel(this.peer);
     m.connectionsActive.dec({ direction: this.direction, service: this.service });
     m.connectionsClosed.inc({
       direction: this.direction,
       service: this.service,
-      peer_identity: this.peer,
+      peer_identity: peer,
       reason,
     });
     m.connectionDuration.observe({ direction: this.direction, service: this.service }, durationS);
@@ -215,7 +233,7 @@ export class ConnectionRecord implements ByteSink {
         src: this.src ? formatAddr(this.src.address, this.src.port) : undefined,
         dst: this.dst ? formatAddr(this.dst.address, this.dst.port) : undefined,
         service: this.service,
-        peerIdentity: this.peer,
+        peerIdentity: peer,
         endpoint: this.endpoint || undefined,
         reason,
         error: err === undefined ? undefined : err instanceof Error ? err.message : String(err),
@@ -228,7 +246,7 @@ export class ConnectionRecord implements ByteSink {
       src: this.src ? formatAddr(this.src.address, this.src.port) : undefined,
       dst: this.dst ? formatAddr(this.dst.address, this.dst.port) : undefined,
       service: this.service,
-      peer_identity: this.peer,
+      peer_identity: peer,
       endpoint: this.endpoint || undefined,
       bytes_received: this.bytesReceived,
       bytes_sent: this.bytesSent,
@@ -260,7 +278,7 @@ export function containFailure(
     readonly reset: () => void;
     /** For the count when there is no live record: the listener's direction and what is known. */
     readonly direction?: Direction;
-    readonly peer?: string;
+    readonly peer?: SpiffeId;
     readonly component: string;
   },
 ): void {
@@ -275,7 +293,7 @@ export function containFailure(
     {
       conn_id: rec?.id,
       component: where.component,
-      peer_identity: rec?.peer ?? where.peer,
+      peer_identity: rec ? peerLabel(rec.peer) : where.peer?.toString(),
       phase: rec?.phase,
       err: stack,
     },
@@ -288,7 +306,7 @@ export function containFailure(
   countRefused(deps, {
     direction: rec?.direction ?? where.direction ?? "inbound",
     service: rec?.service,
-    peer: rec?.peer ?? where.peer,
+    peer: rec ? rec.peer : where.peer,
     reason: "internal_error",
   });
 }
@@ -305,14 +323,13 @@ export function countRefused(
     readonly direction: Direction;
     readonly reason: CloseReason;
     readonly service?: string;
-    /** The peer identity, when verified; `none` otherwise (a metric label only). */
-    readonly peer?: string;
+    readonly peer?: Peer;
   },
 ): void {
   deps.metrics.connectionsClosed.inc({
     direction: what.direction,
     service: what.service ?? "unknown",
-    peer_identity: what.peer ?? "none",
+    peer_identity: peerLabel(what.peer),
     reason: what.reason,
   });
 }

@@ -190,7 +190,7 @@ class OutboundConnection {
       rec.connectMs = o.clock.monotonic() - t0;
       this.startSplice({
         side: { stream: up, raw: up },
-        peerIdentity: "none",
+        peer: undefined,
         connectMs: rec.connectMs,
         handshakeMs: undefined,
         resumed: false,
@@ -205,7 +205,7 @@ class OutboundConnection {
   async mesh(target: RouteTarget): Promise<void> {
     const { o, rec, client } = this;
     const service = target.service;
-    rec.open(service.name, service.identity);
+    rec.open(service.name, { expected: service.identity });
     rec.phase = "connecting";
     const overall = o.clock.setTimeout(
       () => this.controller.abort(new WeftError("E_TIMEOUT", "retry deadline")),
@@ -264,7 +264,7 @@ class OutboundConnection {
       return;
     }
     // The early bytes count as received from the client, under the peer that accepted them.
-    rec.setPeer(upstream.peerIdentity);
+    rec.setPeer(upstream.peer);
     early.release(rec);
     if (client.destroyed || this.controller.signal.aborted) {
       resetSide(upstream.side);
@@ -334,7 +334,7 @@ class OutboundConnection {
       const s = await connectTcp({ address: ep.address, port: endpointAppPort(target, ep) }, signal);
       upstream = {
         side: { stream: s, raw: s },
-        peerIdentity: "none",
+        peer: undefined,
         connectMs: o.clock.monotonic() - t0,
         handshakeMs: undefined,
         resumed: false,
@@ -371,7 +371,7 @@ class OutboundConnection {
     const { o, rec, client } = this;
     client.removeListener("error", this.onClientGone);
     client.removeListener("close", this.onClientGone);
-    rec.setPeer(up.peerIdentity);
+    rec.setPeer(up.peer);
     rec.phase = "streaming";
     this.splice = this.closer.splice({ stream: client, raw: client }, up.side, o, () =>
       this.lease?.release(),

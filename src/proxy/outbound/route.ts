@@ -8,6 +8,7 @@
  * - `decideInbound`: may the peer identity that came through the tunnel reach this local port, and does
  *   the app want a PROXY header?
  */
+import type { SpiffeId } from "../../ca/spiffe-id.ts";
 import {
   normalizeAddress,
   type RouteTable,
@@ -121,7 +122,7 @@ export interface InboundSettings {
  * ports first (a peer must never borrow the sidecar's listeners, and with them its identity), then the
  * `inbound.ports` allow-list, then policy.
  */
-export function decideInbound(peer: string, port: number, settings: InboundSettings): InboundDecision {
+export function decideInbound(peer: SpiffeId, port: number, settings: InboundSettings): InboundDecision {
   if (settings.reservedPorts.includes(port)) {
     return {
       kind: "deny",

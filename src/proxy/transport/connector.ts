@@ -12,6 +12,7 @@
  */
 import net from "node:net";
 import tls from "node:tls";
+import type { SpiffeId } from "../../ca/spiffe-id.ts";
 import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
@@ -19,13 +20,20 @@ import { type Endpoint, formatAddr, type SocketAddr } from "../../discovery/type
 import { upstreamFailure as failure, type SvidFailure } from "../connection/close-reasons.ts";
 import type { SpliceSide } from "../connection/splice.ts";
 import { ALPN_WEFT2, ALPN_WEFT3, peerRefusal, readStatus, statusVersion } from "./answer.ts";
-import { ALPN_WEFT, leafNotAfter, type PeerProof, peerChain, type TunnelTls } from "./tls-context.ts";
+import {
+  ALPN_WEFT,
+  type KeptSession,
+  leafNotAfter,
+  type PeerProof,
+  peerChain,
+  type TunnelTls,
+} from "./tls-context.ts";
 
 /** A connected upstream, ready for the PROXY header and the splice. */
 export interface Upstream {
   readonly side: SpliceSide;
-  /** The SPIFFE ID the server proved (`none` for plaintext). */
-  readonly peerIdentity: string;
+  /** The SPIFFE ID the server proved; undefined for plaintext. */
+  readonly peer: SpiffeId | undefined;
   /** Milliseconds until the TCP connection was up, and until the handshake finished (TLS only). */
   readonly connectMs: number;
   readonly handshakeMs: number | undefined;
@@ -146,7 +154,7 @@ export interface MtlsConnectorOptions {
 export interface VerifiedTls {
   readonly sock: tls.TLSSocket;
   readonly raw: net.Socket;
-  readonly peer: string;
+  readonly peer: SpiffeId;
   readonly connectMs: number;
   readonly handshakeMs: number;
   readonly resumed: boolean;
@@ -178,7 +186,7 @@ export class MtlsConnector implements Connector {
           : NO_ANSWER,
       // weft/3 frames the app's bytes, so that a tunnel cut short is not taken for a FIN (frames.ts).
       side: { stream: v.sock, raw: v.raw, framed: v.alpn === ALPN_WEFT3 },
-      peerIdentity: v.peer,
+      peer: v.peer,
       connectMs: v.connectMs,
       handshakeMs: v.handshakeMs,
       resumed: v.resumed,
@@ -280,7 +288,7 @@ function openTls(
   ep: Endpoint,
   context: tls.SecureContext,
   alpns: readonly string[],
-  kept: Buffer | undefined,
+  kept: KeptSession | undefined,
 ): { raw: net.Socket; sock: tls.TLSSocket } {
   const raw = net.connect({ host: ep.address, port: ep.tunnelPort, allowHalfOpen: true, noDelay: true });
   const sock = tls.connect({
@@ -288,7 +296,7 @@ function openTls(
     secureContext: context,
     ALPNProtocols: [...alpns],
     rejectUnauthorized: false,
-    session: kept,
+    session: kept?.session,
     allowHalfOpen: true,
   } as tls.ConnectionOptions);
   return { raw, sock };
@@ -303,7 +311,7 @@ function dialError(err: NodeJS.ErrnoException, connected: boolean, where: string
 
 /** Who the server proved, and until when. */
 interface ServerProof {
-  readonly peer: string;
+  readonly peer: SpiffeId;
   readonly proof: PeerProof | undefined;
   readonly peerNotAfter: number;
 }
@@ -316,22 +324,22 @@ interface ServerProof {
 function serverProof(
   state: TunnelTls,
   sock: tls.TLSSocket,
-  o: { where: string; expected: string; kept: Buffer | undefined; context: tls.SecureContext },
+  o: { where: string; expected: string; kept: KeptSession | undefined; context: tls.SecureContext },
 ): ServerProof {
   if (sock.isSessionReused() && o.kept) {
     // A resumed session carries no server certificate; it was verified in the full handshake.
     const peerNotAfter = state.sessionNotAfter(o.where) ?? Number.POSITIVE_INFINITY;
-    return { peer: o.expected, proof: undefined, peerNotAfter };
+    return { peer: o.kept.peer, proof: undefined, peerNotAfter };
   }
   const proof: PeerProof = { chain: peerChain(sock), role: "server" };
-  let peer: string;
+  let peer: SpiffeId;
   try {
     peer = state.verifyChain(proof.chain, "server");
   } catch (err) {
     const reason: SvidFailure = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
     throw failure(reason, `${o.where} presented an unusable certificate: ${(err as Error).message}`, err);
   }
-  if (peer !== o.expected) {
+  if (!peer.equals(o.expected)) {
     throw failure("identity_mismatch", `${o.where} presented ${peer}, expected ${o.expected}`);
   }
   const notAfter = leafNotAfter(proof.chain);

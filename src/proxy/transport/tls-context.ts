@@ -16,6 +16,7 @@
 import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import tls from "node:tls";
 import { normalizeSerial } from "../../ca/cert-facts.ts";
+import type { SpiffeId } from "../../ca/spiffe-id.ts";
 import { type PeerRole, parseBundle, SvidVerifier } from "../../ca/verify.ts";
 import type { Clock } from "../../core/clock.ts";
 import { WeftError } from "../../core/errors.ts";
@@ -43,14 +44,15 @@ export interface Identity {
   readonly notAfter: number;
 }
 
-interface KeptSession {
+/** A session ticket kept for an endpoint, with the identity its server proved in the full handshake. */
+export interface KeptSession {
   readonly session: Buffer;
-  readonly identity: string;
+  readonly peer: SpiffeId;
   readonly notAfter: number;
 }
 
 interface Verified {
-  readonly id: string;
+  readonly id: SpiffeId;
   readonly notAfter: number;
   readonly serial: string;
 }
@@ -163,7 +165,7 @@ export class TunnelTls {
    * The SPIFFE ID the peer of `socket` proved, after a completed handshake. Throws a WeftError whose
    * `reason` says why not (`no_peer_certificate`, or the verifier's reason: expired, untrusted, ...).
    */
-  verifyPeer(socket: tls.TLSSocket, role: PeerRole): string {
+  verifyPeer(socket: tls.TLSSocket, role: PeerRole): SpiffeId {
     return this.verifyChain(peerChain(socket), role);
   }
 
@@ -172,7 +174,7 @@ export class TunnelTls {
    * or a WeftError with the verifier's reason. Leaves verified before are remembered (per role) until
    * they expire or the bundle changes; the revocation list is checked on every call.
    */
-  verifyChain(chain: readonly Buffer[], role: PeerRole): string {
+  verifyChain(chain: readonly Buffer[], role: PeerRole): SpiffeId {
     if (chain.length === 0) {
       throw new WeftError("E_SVID", "the peer presented no certificate", { reason: "no_peer_certificate" });
     }
@@ -193,7 +195,7 @@ export class TunnelTls {
     if (!this.verifier) {
       throw new WeftError("E_NOT_READY", "no trust bundle yet", { reason: "no_bundle" });
     }
-    const id = this.verifier.verify(chain, role).toString();
+    const id = this.verifier.verify(chain, role);
     const leaf = new X509Certificate(chain[0]!);
     if (this.verified.size >= MAX_VERIFIED) {
       const oldest = this.verified.keys().next().value;
@@ -208,29 +210,29 @@ export class TunnelTls {
   }
 
   /** Check a running session's peer again (after `onTrustChange`); throws like `verifyChain`. */
-  recheck(proof: PeerProof): string {
+  recheck(proof: PeerProof): SpiffeId {
     return this.verifyChain(proof.chain, proof.role);
   }
 
   /** A kept session for `endpointKey`, if the endpoint proved `expectedIdentity` and it is not stale. */
-  session(endpointKey: string, expectedIdentity: string): Buffer | undefined {
+  session(endpointKey: string, expectedIdentity: string): KeptSession | undefined {
     if (this.options.sessionResumption === false) return undefined;
     const s = this.sessions.get(endpointKey);
     if (!s) return undefined;
-    if (s.identity !== expectedIdentity || this.options.clock.now() >= s.notAfter) {
+    if (!s.peer.equals(expectedIdentity) || this.options.clock.now() >= s.notAfter) {
       this.sessions.delete(endpointKey);
       return undefined;
     }
-    return s.session;
+    return s;
   }
 
   /**
-   * Keep a session ticket from `endpointKey`, whose server proved `identity` (valid until `notAfter`),
+   * Keep a session ticket from `endpointKey`, whose server proved `peer` (valid until `notAfter`),
    * received on a connection made with `context` (ignored unless that is still the current context).
    */
   keepSession(
     endpointKey: string,
-    identity: string,
+    peer: SpiffeId,
     session: Buffer,
     notAfter: number,
     context: tls.SecureContext,
@@ -241,7 +243,7 @@ export class TunnelTls {
       const oldest = this.sessions.keys().next().value;
       if (oldest !== undefined) this.sessions.delete(oldest);
     }
-    this.sessions.set(endpointKey, { session, identity, notAfter });
+    this.sessions.set(endpointKey, { session, peer, notAfter });
   }
 
   /** When the server whose session is kept for `endpointKey` stops being valid (its leaf's notAfter). */

@@ -15,8 +15,9 @@
  * A limit that bites refuses only what is over it (REFUSED_STREAM, or the refusal of the answer step),
  * is counted in `weft_peer_limit_hits_total{limit}` and logged with the peer (at most once per peer and
  * limit every `LOG_EVERY_MS`). State is kept only for peers with something open, so it is bounded by
- * what the other limits allow.
+ * what the other limits allow. Peers are the `SpiffeId`s they proved, kept by their canonical string.
  */
+import type { SpiffeId } from "../../ca/spiffe-id.ts";
 import type { Clock, TimerHandle } from "../../core/clock.ts";
 import type { Logger } from "../../core/log.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
@@ -48,6 +49,7 @@ interface PeerState {
 }
 
 export class PeerLimits {
+  /** By the peer's SPIFFE ID as a string (`SpiffeId.toString()`). */
   private readonly peers = new Map<string, PeerState>();
 
   constructor(
@@ -76,7 +78,8 @@ export class PeerLimits {
    * A pooled session of `peer` opens; `close` ends it when the peer's reset rate trips. Returns the
    * release to call when the session closes, or undefined (counted, logged) when `peer` is at its limit.
    */
-  openSession(peer: string, close: (limit: PeerLimit) => void): (() => void) | undefined {
+  openSession(id: SpiffeId, close: (limit: PeerLimit) => void): (() => void) | undefined {
+    const peer = id.toString();
     const s = this.state(peer);
     if (s.sessions.size >= this.o.settings().sessions) {
       this.hit(peer, s, "sessions");
@@ -91,7 +94,8 @@ export class PeerLimits {
   }
 
   /** A tunnel stream (or per-connection tunnel) of `peer` opens; release when it closes, or undefined. */
-  openStream(peer: string): (() => void) | undefined {
+  openStream(id: SpiffeId): (() => void) | undefined {
+    const peer = id.toString();
     const s = this.state(peer);
     if (s.streams >= this.o.settings().streams) {
       this.hit(peer, s, "streams");
@@ -110,7 +114,8 @@ export class PeerLimits {
    * limit the stream is refused (a client sidecar retries it); a peer that goes on past the limit by as
    * many again within a second is flooding, and all its pooled sessions are closed.
    */
-  awaitHeader(peer: string): (() => void) | undefined {
+  awaitHeader(id: SpiffeId): (() => void) | undefined {
+    const peer = id.toString();
     const s = this.state(peer);
     const limit = this.o.settings().pendingHeaders;
     if (s.pending >= limit) {
@@ -133,7 +138,8 @@ export class PeerLimits {
   }
 
   /** `peer` reset a stream. Past `resetsPerSecond`, all of its pooled sessions are closed. */
-  peerReset(peer: string): void {
+  peerReset(id: SpiffeId): void {
+    const peer = id.toString();
     const s = this.peers.get(peer);
     if (!s) return;
     const now = this.o.clock.monotonic();

@@ -3,8 +3,10 @@
  * no clock. Rules name ports (or all ports) and the identities allowed, where `*` matches within one
  * path segment (`spiffe://weft.local/ns/*\/sa/frontend`). For a port that some rule covers, only the
  * identities those rules allow get in; for a port no rule covers, `default` decides: any identity of
- * this trust domain (`allow-trust-domain`) or nobody (`deny`).
+ * this trust domain (`allow-trust-domain`) or nobody (`deny`). The peer is the `SpiffeId` its
+ * certificate proved; patterns are matched by `SpiffeId.matches`.
  */
+import type { SpiffeId } from "../../ca/spiffe-id.ts";
 
 export interface PolicyRule {
   /** A name for metrics and `weft explain` (default `rules[<index>]`). */
@@ -36,31 +38,18 @@ export function ruleName(rules: readonly PolicyRule[], i: number): string {
   return rules[i]?.name ?? `rules[${i}]`;
 }
 
-/** Does `id` match `pattern` (exact, or with `*` standing for any run of characters within one segment)? */
-export function matchesIdPattern(pattern: string, id: string): boolean {
-  if (!pattern.includes("*")) return pattern === id;
-  const parts = pattern.split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
-  return new RegExp(`^${parts.join("[^/]*")}$`).test(id);
-}
-
-/** The trust domain of a SPIFFE ID string (`spiffe://<td>/...`), or undefined when it is not one. */
-export function trustDomainOf(id: string): string | undefined {
-  const m = /^spiffe:\/\/([^/]+)(\/|$)/.exec(id);
-  return m?.[1];
-}
-
 /** May `peer` reach local `port`? See the module comment for the rules. */
 export function mayReach(
   policy: PolicyConfig,
   trustDomain: string,
-  peer: string,
+  peer: SpiffeId,
   port: number,
 ): PolicyDecision {
   const covering = policy.rules
     .map((r, i) => ({ r, i }))
     .filter(({ r }) => r.ports === undefined || r.ports.includes(port));
   if (covering.length > 0) {
-    const hit = covering.find(({ r }) => r.allow.some((p) => matchesIdPattern(p, peer)));
+    const hit = covering.find(({ r }) => r.allow.some((p) => peer.matches(p)));
     if (hit) return { allowed: true, rule: ruleName(policy.rules, hit.i) };
     return {
       allowed: false,
@@ -69,7 +58,7 @@ export function mayReach(
     };
   }
   if (policy.default === "deny") return { allowed: false, why: "default_deny", rule: "default" };
-  return trustDomainOf(peer) === trustDomain
+  return peer.trustDomain === trustDomain
     ? { allowed: true, rule: "default" }
     : { allowed: false, why: "other_trust_domain", rule: "default" };
 }

@@ -5,6 +5,7 @@
  */
 import http2 from "node:http2";
 import type { Socket } from "node:net";
+import type { SpiffeId } from "../../ca/spiffe-id.ts";
 import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import { noop } from "../../core/noop.ts";
@@ -47,7 +48,7 @@ export class TunnelStream {
     private readonly o: TunnelOptions,
     private readonly rec: ConnectionRecord,
     private readonly down: SpliceSide,
-    private readonly peer: string,
+    private readonly peer: SpiffeId,
     private readonly answer: TunnelAnswer,
     /** The peer's header-wait slot, when the caller took it already (pooled streams, see onStream). */
     private readonly headerSlot?: () => void,
@@ -174,7 +175,7 @@ export class TunnelStream {
     if (where.kind === "deny") {
       if (where.reason === "policy_denied") {
         o.metrics.policyDenied.inc({
-          peer_identity: peer,
+          peer_identity: peer.toString(),
           port: declaredPort(port, o.settings),
           rule: where.rule,
         });
@@ -183,7 +184,7 @@ export class TunnelStream {
       }
       const err = new WeftError("E_POLICY_DENIED", where.detail, { reason: where.why });
       o.logger.warn(
-        { conn_id: rec.id, peer_identity: peer, port, rule: where.why, policy_rule: where.rule },
+        { conn_id: rec.id, peer_identity: peer.toString(), port, rule: where.why, policy_rule: where.rule },
         err.message,
       );
       // On the wire every destination the sidecar will not dial is `port_not_allowed` (answer.ts).
@@ -192,7 +193,7 @@ export class TunnelStream {
     }
     const allowed = decided as Extract<typeof decided, { kind: "allow" }>;
     o.metrics.policyAllowed.inc({
-      peer_identity: peer,
+      peer_identity: peer.toString(),
       port: declaredPort(port, o.settings),
       rule: allowed.rule,
     });

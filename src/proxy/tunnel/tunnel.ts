@@ -21,6 +21,7 @@
 import http2 from "node:http2";
 import type { Socket } from "node:net";
 import tls from "node:tls";
+import type { SpiffeId } from "../../ca/spiffe-id.ts";
 import type { Clock } from "../../core/clock.ts";
 import { isWeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
@@ -269,7 +270,7 @@ class TunnelConnection {
       return;
     }
     const chain = peerChain(sock);
-    let peer: string;
+    let peer: SpiffeId;
     try {
       peer = o.tls.verifyChain(chain, "client");
     } catch (err) {
@@ -311,7 +312,7 @@ class TunnelConnection {
   }
 
   /** An HTTP/2 session from a peer sidecar that pools its connections: one TunnelStream per CONNECT. */
-  private servePooled(peer: string, proof: PeerProof): void {
+  private servePooled(peer: SpiffeId, proof: PeerProof): void {
     const { o, sock, rec } = this;
     sock.on("error", noop);
     // A server-side TLSSocket made by hand (not by tls.Server) keeps secureConnecting true after its
@@ -346,7 +347,7 @@ class TunnelConnection {
     new SessionKeepalive(session, this.raw, o.clock, o.keepalive, (err) => {
       o.metrics.pooledSessionKeepaliveTimeouts.inc({ direction: "inbound" });
       o.logger.warn(
-        { src: rec.src, peer_identity: peer, reason: err.reason },
+        { src: rec.src, peer_identity: peer.toString(), reason: err.reason },
         "pooled session stopped answering PING; closing it",
       );
       destroySession(session, sock);
@@ -367,7 +368,11 @@ class TunnelConnection {
   }
 
   /** One CONNECT stream of a pooled session: a connection of its own (a TunnelStream). */
-  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, peer: string): void {
+  private onStream(
+    stream: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    peer: SpiffeId,
+  ): void {
     const { o, rec } = this;
     // A stream the peer already reset (HEADERS and RST_STREAM in one write arrive together) is gone
     // before we see it: answering it would throw. Nothing was processed; nothing is owed but the count
@@ -391,7 +396,7 @@ class TunnelConnection {
       stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
       countRefused(o.connection, { direction: TunnelHandler.direction, peer, reason: "connection_limit" });
       o.logger.debug(
-        { src: rec.src, peer_identity: peer, reason: "connection_limit" },
+        { src: rec.src, peer_identity: peer.toString(), reason: "connection_limit" },
         "tunnel stream refused",
       );
       return;

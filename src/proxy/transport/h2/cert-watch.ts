@@ -16,6 +16,7 @@
  * `peer_untrusted`) and logged with the peer.
  */
 import type http2 from "node:http2";
+import type { SpiffeId } from "../../../ca/spiffe-id.ts";
 import type { Clock, TimerHandle } from "../../../core/clock.ts";
 import { errorMessage, isWeftError } from "../../../core/errors.ts";
 import type { Logger } from "../../../core/log.ts";
@@ -28,7 +29,7 @@ export type SessionEndReason = "peer_cert_expired" | "peer_revoked" | "peer_untr
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 interface Watched {
-  readonly peer: string;
+  readonly peer: SpiffeId;
   /** The verified chain; undefined for a client session resumed without one (re-verified by ending it). */
   readonly proof: PeerProof | undefined;
   readonly notAfter: number;
@@ -55,7 +56,7 @@ export class SessionCertWatch {
    */
   watch(
     session: http2.Http2Session,
-    peer: string,
+    peer: SpiffeId,
     notAfter: number,
     proof: PeerProof | undefined,
     end: (reason: SessionEndReason) => void,
@@ -114,7 +115,7 @@ export class SessionCertWatch {
     this.watched.delete(session);
     this.o.metrics.pooledSessionsEnded.inc({ direction: this.o.direction, reason });
     this.o.logger.warn(
-      { peer_identity: w.peer, reason, detail, direction: this.o.direction },
+      { peer_identity: w.peer.toString(), reason, detail, direction: this.o.direction },
       "pooled session ended: its peer's certificate no longer holds (running streams finish)",
     );
     w.end(reason);

@@ -23,6 +23,7 @@
 import http2 from "node:http2";
 import type { Duplex } from "node:stream";
 import type tls from "node:tls";
+import type { SpiffeId } from "../../../ca/spiffe-id.ts";
 import type { Clock, TimerHandle } from "../../../core/clock.ts";
 import { isWeftError, WeftError } from "../../../core/errors.ts";
 import type { Logger } from "../../../core/log.ts";
@@ -70,7 +71,7 @@ interface PooledSession {
   readonly session: http2.ClientHttp2Session;
   /** The mutual-TLS socket the session runs over. */
   readonly sock: Duplex;
-  readonly peer: string;
+  readonly peer: SpiffeId;
   readonly context: tls.SecureContext;
   readonly keepalive: SessionKeepalive;
   /** Counts the session's death against its endpoint (given by the connection that opened it). */
@@ -179,7 +180,7 @@ export class PooledConnector implements Connector {
           reset: () => resetStream(stream),
           resetByPeer: () => streamWasReset(stream),
         },
-        peerIdentity: entry.peer,
+        peer: entry.peer,
         connectMs: opened?.connectMs ?? 0,
         handshakeMs: opened?.handshakeMs,
         resumed: opened?.resumed ?? false,
@@ -263,7 +264,7 @@ export class PooledConnector implements Connector {
       entry.retiring = true;
       this.o.metrics.pooledSessionKeepaliveTimeouts.inc({ direction: "outbound" });
       this.o.logger.warn(
-        { peer: where, peer_identity: v.peer, streams: entry.active, reason: err.reason },
+        { peer: where, peer_identity: v.peer.toString(), streams: entry.active, reason: err.reason },
         "pooled session stopped answering PING; closing it",
       );
       entry.reportLost?.(err);
