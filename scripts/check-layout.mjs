@@ -2,8 +2,7 @@
 // The layout rules of src/ (docs/architecture.md), part of `npm run lint`:
 // - no file over MAX_FILE_LINES lines, no function over MAX_FUNCTION_LINES (every function-like node of
 //   the TypeScript AST: declarations, methods, arrows, function expressions, accessors, constructors,
-//   measured from their first to their last line), except the ones listed in SHAPE_DEBT, which may only
-//   shrink (a listed one that no longer breaks the rule must leave the list);
+//   measured from their first to their last line), with no exceptions;
 // - import directions: ca/, discovery/ and config/ import nothing of proxy/; nothing outside src/cli
 //   imports src/cli (the programs and entry points), but the package entry src/index.ts.
 // Prints each breach as `check-layout: ...` and exits 1 when there is one.
@@ -13,13 +12,6 @@ import ts from "typescript";
 
 export const MAX_FILE_LINES = 500;
 export const MAX_FUNCTION_LINES = 80;
-
-/** Functions over the limit when the rule came (issue 16), by `path name`: they may only shrink. */
-const SHAPE_DEBT = new Set([
-  "src/netns/namespaces.ts spawnIn",
-  "src/netns/pods.ts createPodCluster",
-  "src/netns/pods.ts addPod",
-]);
 
 /** Folders (under src/) that must not import the folders listed. */
 const FORBIDDEN_IMPORTS = [
@@ -52,7 +44,6 @@ function nameOf(node, sf) {
 
 const root = resolve("src");
 const breaches = [];
-const debtSeen = new Set();
 for (const file of sources(root).sort()) {
   const text = readFileSync(file, "utf8");
   const rel = relative(process.cwd(), file);
@@ -65,14 +56,10 @@ for (const file of sources(root).sort()) {
       const first = sf.getLineAndCharacterOfPosition(node.getStart(sf)).line;
       const last = sf.getLineAndCharacterOfPosition(node.getEnd()).line;
       const n = last - first + 1;
-      const key = `${rel} ${nameOf(node, sf)}`;
-      if (n > MAX_FUNCTION_LINES) {
-        if (SHAPE_DEBT.has(key)) debtSeen.add(key);
-        else
-          breaches.push(
-            `${rel}:${first + 1} ${nameOf(node, sf)} is ${n} lines (at most ${MAX_FUNCTION_LINES})`,
-          );
-      }
+      if (n > MAX_FUNCTION_LINES)
+        breaches.push(
+          `${rel}:${first + 1} ${nameOf(node, sf)} is ${n} lines (at most ${MAX_FUNCTION_LINES})`,
+        );
     }
     if (ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) {
       const spec = node.moduleSpecifier;
@@ -106,10 +93,6 @@ for (const file of sources(root).sort()) {
     ts.forEachChild(node, visit);
   };
   visit(sf);
-}
-for (const key of SHAPE_DEBT) {
-  if (!debtSeen.has(key))
-    breaches.push(`${key} is no longer over ${MAX_FUNCTION_LINES} lines: take it off SHAPE_DEBT`);
 }
 for (const b of breaches) console.error(`check-layout: ${b}`);
 process.exit(breaches.length > 0 ? 1 : 0);

@@ -109,6 +109,114 @@ export interface TestNetwork {
   destroy(): Promise<void>;
 }
 
+/** Start `cmd` in namespace `ns`, as `opts.uid` when given; its output is piped. */
+function spawnInNamespace(ns: string, cmd: string, args: string[], opts: Parameters<Host["spawn"]>[2]) {
+  // Entering a namespace needs root, so the switch to another user happens inside it, through
+  // setpriv (util-linux), which execs the command: the PID stays the command's own.
+  const asUser =
+    opts?.uid === undefined
+      ? []
+      : ["setpriv", `--reuid=${opts.uid}`, `--regid=${opts.gid ?? opts.uid}`, "--clear-groups", "--"];
+  return spawn("ip", ["netns", "exec", ns, ...asUser, cmd, ...args], {
+    env: { ...process.env, PATH, ...(opts?.env ?? {}) },
+    cwd: opts?.cwd,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+}
+
+/** A process started in a namespace: its output kept (the last MiBs), waits on it, killed by PID. */
+class NamespaceProcess implements Spawned {
+  readonly pid: number;
+  readonly exited: Promise<number | string>;
+  private out = "";
+  private gone = false;
+  /** Called on every output chunk and on exit: the pending `waitFor`s. */
+  private readonly waiters = new Set<() => void>();
+
+  constructor(
+    readonly child: ChildProcess,
+    private readonly cmd: string,
+    private readonly track: Set<Spawned>,
+  ) {
+    this.pid = child.pid ?? -1;
+    const onData = (d: Buffer) => {
+      this.out += d.toString();
+      if (this.out.length > 4 << 20) this.out = this.out.slice(-(2 << 20));
+      for (const w of this.waiters) w();
+    };
+    child.stdout?.on("data", onData);
+    child.stderr?.on("data", onData);
+    this.exited = new Promise<number | string>((resolve) => {
+      child.on("exit", (code, signal) => {
+        resolve(code ?? signal ?? "unknown");
+        for (const w of this.waiters) w();
+      });
+      child.on("error", () => resolve("spawn_error"));
+    });
+    void this.exited.then(() => {
+      this.gone = true;
+    });
+    track.add(this);
+  }
+
+  readonly output = (): string => this.out;
+
+  waitFor(pattern: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const m = pattern.exec(this.out);
+        if (m) {
+          done();
+          resolve(m);
+        } else if (this.gone) {
+          done();
+          reject(
+            new WeftError(
+              "E_NOT_READY",
+              `${this.cmd} exited before printing ${pattern}; output:\n${this.out.slice(-4000)}`,
+              { reason: "exited" },
+            ),
+          );
+        }
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(
+          new WeftError(
+            "E_TIMEOUT",
+            `timed out after ${timeoutMs} ms waiting for ${pattern} from ${this.cmd}; output:\n${this.out.slice(-4000)}`,
+          ),
+        );
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+      };
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  async kill(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    const pid = this.child.pid;
+    if (this.gone || pid === undefined) return;
+    // `ip netns exec` execs the command, so the PID is the command's own.
+    try {
+      process.kill(pid, signal);
+    } catch {
+      return;
+    }
+    const timer = setTimeout(() => {
+      try {
+        if (!this.gone) process.kill(pid, "SIGKILL");
+      } catch {}
+    }, 3000);
+    await this.exited;
+    clearTimeout(timer);
+    this.track.delete(this);
+  }
+}
+
 function spawnIn(
   ns: string,
   cmd: string,
@@ -116,99 +224,7 @@ function spawnIn(
   opts: Parameters<Host["spawn"]>[2],
   track: Set<Spawned>,
 ): Spawned {
-  // Entering a namespace needs root, so the switch to another user happens inside it, through
-  // setpriv (util-linux), which execs the command: the PID stays the command's own.
-  const asUser =
-    opts?.uid === undefined
-      ? []
-      : ["setpriv", `--reuid=${opts.uid}`, `--regid=${opts.gid ?? opts.uid}`, "--clear-groups", "--"];
-  const child = spawn("ip", ["netns", "exec", ns, ...asUser, cmd, ...args], {
-    env: { ...process.env, PATH, ...(opts?.env ?? {}) },
-    cwd: opts?.cwd,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  const waiters = new Set<() => void>();
-  const onData = (d: Buffer) => {
-    out += d.toString();
-    if (out.length > 4 << 20) out = out.slice(-(2 << 20));
-    for (const w of waiters) w();
-  };
-  child.stdout?.on("data", onData);
-  child.stderr?.on("data", onData);
-  const exited = new Promise<number | string>((resolve) => {
-    child.on("exit", (code, signal) => {
-      resolve(code ?? signal ?? "unknown");
-      for (const w of waiters) w();
-    });
-    child.on("error", () => resolve("spawn_error"));
-  });
-  let gone = false;
-  void exited.then(() => {
-    gone = true;
-  });
-  const handle: Spawned = {
-    pid: child.pid ?? -1,
-    child,
-    output: () => out,
-    exited,
-    waitFor(pattern, timeoutMs = 20_000) {
-      return new Promise((resolve, reject) => {
-        const check = () => {
-          const m = pattern.exec(out);
-          if (m) {
-            done();
-            resolve(m);
-          } else if (gone) {
-            done();
-            reject(
-              new WeftError(
-                "E_NOT_READY",
-                `${cmd} exited before printing ${pattern}; output:\n${out.slice(-4000)}`,
-                {
-                  reason: "exited",
-                },
-              ),
-            );
-          }
-        };
-        const timer = setTimeout(() => {
-          done();
-          reject(
-            new WeftError(
-              "E_TIMEOUT",
-              `timed out after ${timeoutMs} ms waiting for ${pattern} from ${cmd}; output:\n${out.slice(-4000)}`,
-            ),
-          );
-        }, timeoutMs);
-        const done = () => {
-          clearTimeout(timer);
-          waiters.delete(check);
-        };
-        waiters.add(check);
-        check();
-      });
-    },
-    async kill(signal = "SIGTERM") {
-      if (gone || child.pid === undefined) return;
-      // `ip netns exec` execs the command, so the PID is the command's own.
-      try {
-        process.kill(child.pid, signal);
-      } catch {
-        return;
-      }
-      const timer = setTimeout(() => {
-        try {
-          if (!gone && child.pid !== undefined) process.kill(child.pid, "SIGKILL");
-        } catch {}
-      }, 3000);
-      await exited;
-      clearTimeout(timer);
-      track.delete(handle);
-    },
-  };
-  track.add(handle);
-  return handle;
+  return new NamespaceProcess(spawnInNamespace(ns, cmd, args, opts), cmd, track);
 }
 
 /**

@@ -173,7 +173,6 @@ export interface Pod {
   start(): Promise<void>;
 }
 
-/** One HTTP GET with curl from inside a pod; never throws: `failed: ...` when curl fails. */
 /**
  * The `backend` service of the demo and the namespace tests: round-robin over `pods` behind `vip`:8080,
  * with short outlier-detection and health-check times so an ejection and a return fit in seconds.
@@ -198,6 +197,7 @@ export function backendService(
   };
 }
 
+/** One HTTP GET with curl from inside a pod; never throws: `failed: ...` when curl fails. */
 export async function curlFrom(pod: Pod, url: string, maxTimeS = 5): Promise<string> {
   return pod
     .exec("curl", ["-sS", "--max-time", String(maxTimeS), url])
@@ -237,6 +237,173 @@ function scriptEnv(extra: Record<string, string>): Record<string, string> {
   return { WEFT_HOME, ...extra };
 }
 
+/** What every pod of a cluster shares: the network, the working directory, the CA and the services file. */
+interface ClusterContext {
+  readonly net: TestNetwork;
+  readonly dir: string;
+  /** Where ca.sh writes each workload's join token and the bundle (TOKENS_DIR). */
+  readonly runDir: string;
+  readonly trustDomain: string;
+  readonly caUrl: string;
+  readonly servicesFile: string;
+}
+
+/**
+ * The CA pod: examples/pod/ca.sh makes the trust domain, one join token file per workload, then runs
+ * `meshca serve` with the CA pod's IP as a SAN. Resolves once it serves.
+ */
+async function startCaPod(
+  net: TestNetwork,
+  dir: string,
+  runDir: string,
+  td: string,
+  o: PodClusterOptions,
+): Promise<PodCluster["caPod"]> {
+  const host = await net.addHost("ca");
+  const url = `https://${host.ip4}:${CA_PORT}`;
+  const proc = host.spawn("sh", [join(WEFT_HOME, "examples/pod/ca.sh")], {
+    env: scriptEnv({
+      CA_DIR: join(dir, "ca"),
+      TRUST_DOMAIN: td,
+      TOKENS_DIR: runDir,
+      WORKLOADS: o.workloads.join(" "),
+      TOKEN_USES: String(o.tokenUses ?? 4),
+      CA_LISTEN: `0.0.0.0:${CA_PORT}`,
+      CA_SANS: host.ip4,
+    }),
+  });
+  await proc.waitFor(/serving \S+ at https:/, 60_000);
+  return { host, url, process: proc };
+}
+
+/** Write the services file atomically (temp file, rename): sidecars never read half of it. */
+async function writeServicesFile(file: string, services: readonly Record<string, unknown>[]): Promise<void> {
+  const tmp = `${file}.tmp`;
+  await writeFile(tmp, stringify({ services }), { mode: 0o644 });
+  await rename(tmp, file);
+}
+
+/** Start the pod's app as root in its namespace; resolves once it listens on its port (if it names one). */
+async function startApp(host: Host, podDir: string, spec: PodSpec): Promise<Spawned | undefined> {
+  if (!spec.app) return undefined;
+  const app = spec.app(podDir, host.ip4);
+  for (const [name, text] of Object.entries(app.files ?? {}))
+    await writeFile(join(podDir, name), text, { mode: 0o644 });
+  const proc = host.spawn(app.cmd, [...app.args], { cwd: podDir });
+  if (app.port !== undefined) {
+    const port = app.port;
+    await pollUntil(
+      () => `${spec.name}'s app to listen on ${port} (output: ${proc.output().slice(-1000)})`,
+      async () => (await host.exec("ss", ["-Hltn", `sport = :${port}`])).trim().length > 0,
+      30_000,
+      proc.exited,
+    );
+  }
+  return proc;
+}
+
+/** The environment of examples/pod/sidecar.sh for the pod of `spec`. */
+function sidecarEnv(ctx: ClusterContext, host: Host, podDir: string, spec: PodSpec): Record<string, string> {
+  return scriptEnv({
+    WEFT_SA: spec.sa!,
+    TRUST_DOMAIN: ctx.trustDomain,
+    // ca.sh writes each workload's token and bundle into a directory of its own.
+    TOKENS_DIR: join(ctx.runDir, spec.sa!),
+    WEFT_CONFIG: join(podDir, "weft.yaml"),
+    STATE_DIR: join(podDir, "state"),
+    CA_URL: ctx.caUrl,
+    INBOUND_MODE: spec.inboundMode ?? "strict",
+    APP_ADDRESS: spec.appAddress === "pod" ? host.ip4 : (spec.appAddress ?? "127.0.0.1"),
+    ...(spec.identityDir ? { IDENTITY_DIR: spec.identityDir } : {}),
+    SERVICES_FILE: ctx.servicesFile,
+    WEFT_EXTRA_YAML: (spec.extraYaml ?? []).join("\n"),
+    ...(spec.discoveryYaml ? { WEFT_DISCOVERY_YAML: spec.discoveryYaml } : {}),
+  });
+}
+
+/** Start the pod's sidecar (sidecar.sh as the proxy UID); resolves once its /ready answers 200. */
+async function startSidecar(
+  ctx: ClusterContext,
+  host: Host,
+  podDir: string,
+  spec: PodSpec,
+): Promise<Spawned> {
+  const proc = host.spawn("sh", [join(WEFT_HOME, "examples/pod/sidecar.sh")], {
+    uid: PROXY_UID,
+    cwd: podDir,
+    env: sidecarEnv(ctx, host, podDir, spec),
+  });
+  await pollUntil(
+    () => `${spec.name}'s sidecar to be ready (output: ${proc.output().slice(-1500)})`,
+    async () => {
+      const ready = `http://127.0.0.1:${ADMIN}/ready`;
+      return (await host.exec("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", ready])) === "200";
+    },
+    60_000,
+    proc.exited,
+  );
+  return proc;
+}
+
+/** The init container: capture rules (examples/pod/init.sh), as root in the pod's namespace. */
+async function installCapture(host: Host): Promise<void> {
+  await host
+    .exec("env", [`WEFT_HOME=${WEFT_HOME}`, "sh", join(WEFT_HOME, "examples/pod/init.sh")])
+    .catch((err: Error) => {
+      throw new WeftError("E_IPTABLES", `init.sh in ${host.ns}: ${err.message}`, { cause: err });
+    });
+}
+
+/** The pod's directory and its sidecar's state directory, both owned by the proxy UID. */
+async function makePodDir(dir: string, name: string): Promise<string> {
+  const podDir = join(dir, "pods", name);
+  await mkdir(join(podDir, "state"), { recursive: true });
+  await chown(podDir, PROXY_UID, PROXY_UID);
+  await chown(join(podDir, "state"), PROXY_UID, PROXY_UID);
+  return podDir;
+}
+
+/** A pod on `host` (not started): its app and sidecar start and stop together. */
+function newPod(ctx: ClusterContext, host: Host, podDir: string, spec: PodSpec): Pod {
+  const pod: Pod = {
+    name: spec.name,
+    host,
+    ns: host.ns,
+    ip4: host.ip4,
+    dir: podDir,
+    spec,
+    identity: spec.sa === undefined ? undefined : `spiffe://${ctx.trustDomain}/ns/default/sa/${spec.sa}`,
+    exec: (cmd, args) => host.exec(cmd, args),
+    admin: (path) => host.exec("curl", ["-sS", "--max-time", "5", `http://127.0.0.1:${ADMIN}${path}`]),
+    async stop() {
+      await Promise.all([pod.sidecar?.kill("SIGKILL"), pod.app?.kill("SIGKILL")]);
+    },
+    async start() {
+      pod.app = await startApp(host, podDir, spec);
+      if (spec.sa !== undefined) pod.sidecar = await startSidecar(ctx, host, podDir, spec);
+    },
+  };
+  return pod;
+}
+
+/** Add a pod to the cluster: namespace, directory, capture rules (with a sidecar), app and sidecar. */
+async function addPod(
+  ctx: ClusterContext,
+  spec: PodSpec,
+  pods: Pod[],
+  log: (line: string) => void,
+): Promise<Pod> {
+  const host = await ctx.net.addHost(spec.name);
+  const pod = newPod(ctx, host, await makePodDir(ctx.dir, spec.name), spec);
+  pods.push(pod);
+  if (spec.sa !== undefined) await installCapture(host);
+  await pod.start();
+  log(
+    `pod ${spec.name.padEnd(10)} ${host.ip4.padEnd(14)} ${pod.identity ?? "(no sidecar)"}${spec.inboundMode === "permissive" ? "  inbound: permissive" : ""}`,
+  );
+  return pod;
+}
+
 /**
  * Build the network and the CA pod (examples/pod/ca.sh: trust domain, one join token file per
  * workload, then `meshca serve` with the CA pod's IP as a SAN). Register `destroy` right away.
@@ -262,137 +429,27 @@ export async function createPodCluster(o: PodClusterOptions): Promise<PodCluster
 
   try {
     await writeFile(servicesFile, "services: []\n", { mode: 0o644 });
-    const caHost = await net.addHost("ca");
-    const caUrl = `https://${caHost.ip4}:${CA_PORT}`;
-    const caProcess = caHost.spawn("sh", [join(WEFT_HOME, "examples/pod/ca.sh")], {
-      env: scriptEnv({
-        CA_DIR: join(dir, "ca"),
-        TRUST_DOMAIN: td,
-        TOKENS_DIR: runDir,
-        WORKLOADS: o.workloads.join(" "),
-        TOKEN_USES: String(o.tokenUses ?? 4),
-        CA_LISTEN: `0.0.0.0:${CA_PORT}`,
-        CA_SANS: caHost.ip4,
-      }),
-    });
-    await caProcess.waitFor(/serving \S+ at https:/, 60_000);
-    log(`CA pod ${caHost.ns} (${caHost.ip4}): examples/pod/ca.sh made trust domain ${td}, serving ${caUrl}`);
-
+    const caPod = await startCaPod(net, dir, runDir, td, o);
+    log(
+      `CA pod ${caPod.host.ns} (${caPod.host.ip4}): examples/pod/ca.sh made trust domain ${td}, serving ${caPod.url}`,
+    );
+    const ctx: ClusterContext = { net, dir, runDir, trustDomain: td, caUrl: caPod.url, servicesFile };
     let vipIndex = 200;
-    const cluster: PodCluster = {
+    return {
       net,
       dir,
       trustDomain: td,
-      caPod: { host: caHost, url: caUrl, process: caProcess },
+      caPod,
       servicesFile,
       pods,
-      async writeServices(services) {
-        const tmp = `${servicesFile}.tmp`;
-        await writeFile(tmp, stringify({ services }), { mode: 0o644 });
-        await rename(tmp, servicesFile);
-      },
+      writeServices: (services) => writeServicesFile(servicesFile, services),
       vip(index) {
-        const base = caHost.ip4.split(".").slice(0, 3).join(".");
+        const base = caPod.host.ip4.split(".").slice(0, 3).join(".");
         return `${base}.${index ?? vipIndex++}`;
       },
-      async addPod(spec) {
-        const host = await net.addHost(spec.name);
-        const podDir = join(dir, "pods", spec.name);
-        await mkdir(join(podDir, "state"), { recursive: true });
-        await chown(podDir, PROXY_UID, PROXY_UID);
-        await chown(join(podDir, "state"), PROXY_UID, PROXY_UID);
-        const identity = spec.sa === undefined ? undefined : `spiffe://${td}/ns/default/sa/${spec.sa}`;
-        const startApp = async (): Promise<Spawned | undefined> => {
-          if (!spec.app) return undefined;
-          const app = spec.app(podDir, host.ip4);
-          for (const [name, text] of Object.entries(app.files ?? {}))
-            await writeFile(join(podDir, name), text, { mode: 0o644 });
-          const proc = host.spawn(app.cmd, [...app.args], { cwd: podDir });
-          if (app.port !== undefined) {
-            const port = app.port;
-            await pollUntil(
-              () => `${spec.name}'s app to listen on ${port} (output: ${proc.output().slice(-1000)})`,
-              async () => (await host.exec("ss", ["-Hltn", `sport = :${port}`])).trim().length > 0,
-              30_000,
-              proc.exited,
-            );
-          }
-          return proc;
-        };
-        const startSidecar = async (): Promise<Spawned> => {
-          const proc = host.spawn("sh", [join(WEFT_HOME, "examples/pod/sidecar.sh")], {
-            uid: PROXY_UID,
-            cwd: podDir,
-            env: scriptEnv({
-              WEFT_SA: spec.sa!,
-              TRUST_DOMAIN: td,
-              // ca.sh writes each workload's token and bundle into a directory of its own.
-              TOKENS_DIR: join(runDir, spec.sa!),
-              WEFT_CONFIG: join(podDir, "weft.yaml"),
-              STATE_DIR: join(podDir, "state"),
-              CA_URL: caUrl,
-              INBOUND_MODE: spec.inboundMode ?? "strict",
-              APP_ADDRESS: spec.appAddress === "pod" ? host.ip4 : (spec.appAddress ?? "127.0.0.1"),
-              ...(spec.identityDir ? { IDENTITY_DIR: spec.identityDir } : {}),
-              SERVICES_FILE: servicesFile,
-              WEFT_EXTRA_YAML: (spec.extraYaml ?? []).join("\n"),
-              ...(spec.discoveryYaml ? { WEFT_DISCOVERY_YAML: spec.discoveryYaml } : {}),
-            }),
-          });
-          await pollUntil(
-            () => `${spec.name}'s sidecar to be ready (output: ${proc.output().slice(-1500)})`,
-            async () => {
-              const code = await host.exec("curl", [
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                `http://127.0.0.1:${ADMIN}/ready`,
-              ]);
-              return code === "200";
-            },
-            60_000,
-            proc.exited,
-          );
-          return proc;
-        };
-        const pod: Pod = {
-          name: spec.name,
-          host,
-          ns: host.ns,
-          ip4: host.ip4,
-          dir: podDir,
-          spec,
-          identity,
-          exec: (cmd, args) => host.exec(cmd, args),
-          admin: (path) => host.exec("curl", ["-sS", "--max-time", "5", `http://127.0.0.1:${ADMIN}${path}`]),
-          async stop() {
-            await Promise.all([pod.sidecar?.kill("SIGKILL"), pod.app?.kill("SIGKILL")]);
-          },
-          async start() {
-            pod.app = await startApp();
-            if (spec.sa !== undefined) pod.sidecar = await startSidecar();
-          },
-        };
-        pods.push(pod);
-        if (spec.sa !== undefined) {
-          // The init container: capture rules, as root in the pod's namespace.
-          await host
-            .exec("env", [`WEFT_HOME=${WEFT_HOME}`, "sh", join(WEFT_HOME, "examples/pod/init.sh")])
-            .catch((err: Error) => {
-              throw new WeftError("E_IPTABLES", `init.sh in ${host.ns}: ${err.message}`, { cause: err });
-            });
-        }
-        await pod.start();
-        log(
-          `pod ${spec.name.padEnd(10)} ${host.ip4.padEnd(14)} ${identity ?? "(no sidecar)"}${spec.inboundMode === "permissive" ? "  inbound: permissive" : ""}`,
-        );
-        return pod;
-      },
+      addPod: (spec) => addPod(ctx, spec, pods, log),
       destroy,
     };
-    return cluster;
   } catch (err) {
     await destroy();
     throw err;
