@@ -12,7 +12,8 @@ import http from "node:http";
 import { listenError } from "../core/errors.ts";
 import { LOG_LEVELS, type Logger, type LogLevel } from "../core/log.ts";
 import type { WeftMetrics } from "../core/metrics.ts";
-import { normalizeAddress, type SocketAddr } from "../discovery/types.ts";
+import { normalizeAddress } from "../discovery/types.ts";
+import { type ListenAddr, listenAddr } from "./addresses.ts";
 
 export interface Readiness {
   readonly ready: boolean;
@@ -72,7 +73,7 @@ export class AdminServer {
     this.server.headersTimeout = 5_000;
   }
 
-  listen(): Promise<SocketAddr> {
+  listen(): Promise<ListenAddr> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error) =>
         reject(
@@ -89,7 +90,7 @@ export class AdminServer {
         this.server.removeListener("error", onError);
         this.server.on("error", (err) => this.options.logger.warn({ err }, "admin server error"));
         const a = this.server.address() as { address: string; port: number };
-        resolve({ address: normalizeAddress(a.address), port: a.port });
+        resolve(listenAddr({ address: normalizeAddress(a.address), port: a.port }));
       });
     });
   }

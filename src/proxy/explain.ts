@@ -16,8 +16,8 @@ import {
   formatAddr,
   parseAddrPort,
   type RouteTable,
-  type SocketAddr,
 } from "../discovery/types.ts";
+import { type ListenAddr, type OrigDstAddr, origDstAddr } from "./addresses.ts";
 import { isLoop } from "./capture/original-dst.ts";
 import type { ConnectionTracker, EndedConnection } from "./connection/record.ts";
 import { decideInbound, decideOutbound, type InboundSettings } from "./outbound/route.ts";
@@ -26,7 +26,7 @@ export interface ExplainContext {
   readonly config: Config;
   readonly routes: RouteTable | Discovery;
   readonly inbound: InboundSettings;
-  readonly listenerAddrs: readonly SocketAddr[];
+  readonly listenerAddrs: readonly ListenAddr[];
   readonly localIdentity: string | undefined;
   readonly tracker: ConnectionTracker;
 }
@@ -93,7 +93,7 @@ function isDiscovery(r: RouteTable | Discovery): r is Discovery {
 /** Outbound: where a connection to `dst` (or through the explicit listener of `service`) would go. */
 export function explainOutbound(
   ctx: ExplainContext,
-  target: { readonly dst: SocketAddr } | { readonly service: string; readonly port?: number },
+  target: { readonly dst: OrigDstAddr } | { readonly service: string; readonly port?: number },
 ): OutboundExplanation {
   const c = ctx.config;
   const route =
@@ -250,7 +250,7 @@ export function explainQuery(ctx: ExplainContext, q: URLSearchParams): { status:
     if (!at || at.port < 1) {
       return bad(`dst "${dst}" is not address:port (198.18.0.10:8080 or [fd00::1]:8080)`);
     }
-    return { status: 200, body: explainOutbound(ctx, { dst: at }) };
+    return { status: 200, body: explainOutbound(ctx, { dst: origDstAddr(at) }) };
   }
   return bad("ask /explain?dst=address:port, ?service=name[&port=n] or ?peer=spiffe://...&port=n");
 }

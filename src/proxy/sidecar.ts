@@ -17,7 +17,8 @@ import { errorMessage, WeftError } from "../core/errors.ts";
 import { createLogger, type Logger, logLevel, setLogLevel } from "../core/log.ts";
 import { WeftMetrics } from "../core/metrics.ts";
 import type { Probe } from "../discovery/health.ts";
-import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
+import { type Discovery, formatAddr, type RouteTable } from "../discovery/types.ts";
+import type { ListenAddr } from "./addresses.ts";
 import { AdminServer, type AdminSources, type Readiness } from "./admin.ts";
 import type { Listener } from "./capture/listener.ts";
 import type { OriginalDstResolver } from "./capture/original-dst.ts";
@@ -75,13 +76,13 @@ export interface SidecarDeps {
 
 /** Where the sidecar's listeners are bound. */
 export interface SidecarAddresses {
-  readonly admin: SocketAddr;
+  readonly admin: ListenAddr;
   /** The Prometheus port (`listeners.metrics`), unless disabled. */
-  readonly metrics?: SocketAddr;
-  readonly tunnel?: SocketAddr;
-  readonly outbound?: SocketAddr;
-  readonly inbound?: SocketAddr;
-  readonly explicit: readonly SocketAddr[];
+  readonly metrics?: ListenAddr;
+  readonly tunnel?: ListenAddr;
+  readonly outbound?: ListenAddr;
+  readonly inbound?: ListenAddr;
+  readonly explicit: readonly ListenAddr[];
 }
 
 export class Sidecar {
@@ -315,7 +316,7 @@ export class Sidecar {
     const tunnel = await set.tunnel?.listen();
     const outbound = await set.outbound?.listen();
     const inbound = await set.inbound?.listen();
-    const explicit: SocketAddr[] = [];
+    const explicit: ListenAddr[] = [];
     for (const l of set.explicit) explicit.push(await l.listen());
     const sources: AdminSources = {
       metrics: this.metrics,
@@ -354,7 +355,7 @@ export class Sidecar {
         config: this.current,
         routes: this.routes,
         inbound: this.live.inbound,
-        listenerAddrs: this.listeners.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined),
+        listenerAddrs: this.listeners.map((l) => l.address).filter((a): a is ListenAddr => a !== undefined),
         localIdentity: this.identity.current()?.id,
         tracker: this.tracker,
       },
@@ -422,6 +423,6 @@ function caPort(url: string): number {
   return u.port ? Number(u.port) : u.protocol === "http:" ? 80 : 443;
 }
 
-function fmt(a: SocketAddr | undefined): string | undefined {
-  return a ? (a.address.includes(":") ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`) : undefined;
+function fmt(a: ListenAddr | undefined): string | undefined {
+  return a ? formatAddr(a.address, a.port) : undefined;
 }

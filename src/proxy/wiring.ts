@@ -11,8 +11,9 @@ import { WeftError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import type { Direction, WeftMetrics } from "../core/metrics.ts";
 import type { Probe } from "../discovery/health.ts";
-import type { Discovery, RouteTable, SocketAddr } from "../discovery/types.ts";
+import type { Discovery, RouteTable } from "../discovery/types.ts";
 import { reclaimProcessMemory } from "../runtime/idle-reclaim.ts";
+import type { ListenAddr } from "./addresses.ts";
 import { InboundCaptureHandler, type InboundCaptureOptions } from "./capture/inbound-capture.ts";
 import { Listener, type ListenerOptions } from "./capture/listener.ts";
 import { LinuxOriginalDst, type OriginalDstResolver } from "./capture/original-dst.ts";
@@ -154,8 +155,8 @@ type ListenAt = Pick<ListenerOptions, "address" | "port" | "maxConnections" | "h
 export function createListeners(w: Wiring, parts: ListenerParts): SidecarListeners {
   const c = w.config;
   const all: Listener[] = [];
-  const listenerAddrs = (): SocketAddr[] =>
-    all.map((l) => l.address).filter((a): a is SocketAddr => a !== undefined);
+  const listenerAddrs = (): ListenAddr[] =>
+    all.map((l) => l.address).filter((a): a is ListenAddr => a !== undefined);
   const originalDst = parts.originalDst ?? (captures(c) ? linuxOriginalDst() : undefined);
   const localAddresses = new LocalAddresses(w.clock);
   // A refused accept is counted as the connections of the listener's handler are.
@@ -295,7 +296,7 @@ function outboundHandler(
 function captureOptions(
   w: Wiring,
   originalDst: OriginalDstResolver,
-  listenerAddrs: () => SocketAddr[],
+  listenerAddrs: () => ListenAddr[],
   localAddresses: LocalAddresses,
 ): Mutable<InboundCaptureOptions> {
   const c = w.config;

@@ -16,6 +16,7 @@ import net from "node:net";
 import { type TestContext, test } from "node:test";
 import { MemoryLogger } from "../../src/core/log.ts";
 import type { SocketAddr } from "../../src/discovery/types.ts";
+import { origDstAddr } from "../../src/proxy/addresses.ts";
 import type { OriginalDstResolver } from "../../src/proxy/capture/original-dst.ts";
 import { encodeProxyV2 } from "../../src/proxy/transport/proxy-protocol.ts";
 import { closeKind, startApp, startEchoServer } from "../helpers/apps.ts";
@@ -132,7 +133,7 @@ test("UDP PROXY v2 headers (0x12, 0x22) are refused, not dialled as TCP (proxy_h
 
 /** An original-destination resolver that says every captured connection was sent to `dst`. */
 function fixedOriginalDst(dst: () => SocketAddr): OriginalDstResolver {
-  return { resolve: () => dst() };
+  return { resolve: () => origDstAddr(dst()) };
 }
 
 test("transparent mode: neither a loopback-only service nor another host is reachable through the tunnel", async (t) => {

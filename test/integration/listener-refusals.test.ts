@@ -13,6 +13,7 @@ import { parseConfig } from "../../src/config/load.ts";
 import { ManualClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
+import { origDstAddr } from "../../src/proxy/addresses.ts";
 import { NO_SOCKET_ERRORS } from "../../src/proxy/capture/sockopt.ts";
 import { ConnectionTracker } from "../../src/proxy/connection/record.ts";
 import { liveSettings } from "../../src/proxy/live-settings.ts";
@@ -61,7 +62,7 @@ test("a refused accept is counted under its handler's direction, on every listen
   const set = createListeners(w, {
     routes: new StaticRouteTable([]),
     connector,
-    originalDst: { resolve: () => ({ address: "127.0.0.1", port: 9 }) },
+    originalDst: { resolve: () => origDstAddr({ address: "127.0.0.1", port: 9 }) },
     inboundSessions: new SessionCertWatch({ tls, clock, logger, metrics, direction: "inbound" }),
     perPeerLimits: () => config.limits.perPeer,
     servesService: () => false,

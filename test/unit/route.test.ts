@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { SpiffeId } from "../../src/ca/spiffe-id.ts";
+import { origDstAddr } from "../../src/proxy/addresses.ts";
 import {
   type AppTarget,
   decideAppAddress,
@@ -32,7 +33,7 @@ test("decideOutbound, as a table", () => {
   }> = [
     {
       name: "VIP and service port -> mesh",
-      req: { dst: { address: "198.18.10.1", port: 8080 } },
+      req: { dst: origDstAddr({ address: "198.18.10.1", port: 8080 }) },
       policy: "registry-only",
       want: "mesh",
       servicePort: 8080,
@@ -40,7 +41,7 @@ test("decideOutbound, as a table", () => {
     },
     {
       name: "VIP and a port with another target port -> mesh, target port mapped",
-      req: { dst: { address: "198.18.10.1", port: 80 } },
+      req: { dst: origDstAddr({ address: "198.18.10.1", port: 80 }) },
       policy: "registry-only",
       want: "mesh",
       servicePort: 80,
@@ -48,32 +49,32 @@ test("decideOutbound, as a table", () => {
     },
     {
       name: "an endpoint's own address -> mesh",
-      req: { dst: { address: "198.18.0.5", port: 8080 } },
+      req: { dst: origDstAddr({ address: "198.18.0.5", port: 8080 }) },
       policy: "registry-only",
       want: "mesh",
       targetPort: 8080,
     },
     {
       name: "unknown destination, allow-any -> passthrough",
-      req: { dst: { address: "198.18.99.9", port: 443 } },
+      req: { dst: origDstAddr({ address: "198.18.99.9", port: 443 }) },
       policy: "allow-any",
       want: "passthrough",
     },
     {
       name: "unknown destination, registry-only -> no_route",
-      req: { dst: { address: "198.18.99.9", port: 443 } },
+      req: { dst: origDstAddr({ address: "198.18.99.9", port: 443 }) },
       policy: "registry-only",
       want: "deny:no_route",
     },
     {
       name: "a VIP on a port the service does not have -> passthrough under allow-any",
-      req: { dst: { address: "198.18.10.1", port: 9999 } },
+      req: { dst: origDstAddr({ address: "198.18.10.1", port: 9999 }) },
       policy: "allow-any",
       want: "passthrough",
     },
     {
       name: "loop is refused even under allow-any",
-      req: { dst: { address: "127.0.0.1", port: 15001 }, loop: true },
+      req: { dst: origDstAddr({ address: "127.0.0.1", port: 15001 }), loop: true },
       policy: "allow-any",
       want: "deny:loop",
     },

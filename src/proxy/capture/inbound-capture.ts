@@ -12,7 +12,14 @@ import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
 import { noop } from "../../core/noop.ts";
-import { formatAddr, normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
+import { formatAddr } from "../../discovery/types.ts";
+import {
+  clientOf,
+  type EndpointAddr,
+  endpointAddr,
+  type ListenAddr,
+  type OrigDstAddr,
+} from "../addresses.ts";
 import { ConnectionCloser } from "../connection/lifecycle.ts";
 import {
   type CloseReason,
@@ -30,7 +37,7 @@ export interface InboundCaptureOptions {
   readonly mode: "strict" | "permissive";
   readonly originalDst: OriginalDstResolver;
   readonly appAddress: string;
-  readonly listenerAddrs: () => readonly SocketAddr[];
+  readonly listenerAddrs: () => readonly ListenAddr[];
   readonly reservedPorts: readonly number[];
   /** `inbound.ports`: when any are listed, plaintext reaches those ports only (as peers do). */
   readonly ports: () => readonly { readonly port: number }[];
@@ -53,8 +60,8 @@ export class InboundCaptureHandler {
     const o = this.options;
     client.on("error", noop);
     const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), this.direction);
-    rec.src = { address: normalizeAddress(client.remoteAddress ?? ""), port: client.remotePort ?? 0 };
-    let dst: SocketAddr;
+    rec.src = clientOf(client);
+    let dst: OrigDstAddr;
     try {
       dst = o.originalDst.resolve(client);
     } catch (err) {
@@ -97,7 +104,7 @@ export class InboundCaptureHandler {
       return;
     }
     o.metrics.inboundPlaintext.inc({ mode: "permissive", decision: "passed" });
-    this.pass(rec, client, { address: where.address, port: dst.port }).catch((err: unknown) =>
+    this.pass(rec, client, endpointAddr({ address: where.address, port: dst.port })).catch((err: unknown) =>
       containFailure(o.connection, err, {
         rec,
         reset: () => resetSide({ stream: client, raw: client }),
@@ -106,7 +113,7 @@ export class InboundCaptureHandler {
     );
   };
 
-  private async pass(rec: ConnectionRecord, client: Socket, target: SocketAddr): Promise<void> {
+  private async pass(rec: ConnectionRecord, client: Socket, target: EndpointAddr): Promise<void> {
     const o = this.options;
     const ctl = new AbortController();
     const closer = new ConnectionCloser(rec, (reason) => ctl.abort(new WeftError("E_CONNECT", reason)));

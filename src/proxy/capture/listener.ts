@@ -12,7 +12,8 @@ import type { Clock, TimerHandle } from "../../core/clock.ts";
 import { listenError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import { noop } from "../../core/noop.ts";
-import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
+import { normalizeAddress } from "../../discovery/types.ts";
+import { type ListenAddr, listenAddr } from "../addresses.ts";
 
 const ACCEPT_BACKOFF_MIN_MS = 10;
 const ACCEPT_BACKOFF_MAX_MS = 1_000;
@@ -48,7 +49,7 @@ export interface ConnectionSlots {
 
 export class Listener implements ConnectionSlots {
   private server: net.Server | undefined;
-  private bound: SocketAddr | undefined;
+  private bound: ListenAddr | undefined;
   private activeCount = 0;
   private closing = false;
   private backoffMs = ACCEPT_BACKOFF_MIN_MS;
@@ -68,14 +69,14 @@ export class Listener implements ConnectionSlots {
   }
 
   /** Bind and start accepting; resolves with the bound address. */
-  async listen(): Promise<SocketAddr> {
+  async listen(): Promise<ListenAddr> {
     const addr = await this.bind(this.options.port);
     this.bound = addr;
     return addr;
   }
 
   /** The bound address, once listening. */
-  get address(): SocketAddr | undefined {
+  get address(): ListenAddr | undefined {
     return this.bound;
   }
 
@@ -112,7 +113,7 @@ export class Listener implements ConnectionSlots {
     return net.createServer(opts, this.onSocket);
   }
 
-  private bind(port: number): Promise<SocketAddr> {
+  private bind(port: number): Promise<ListenAddr> {
     const server = this.createServer();
     this.server = server;
     return new Promise((resolve, reject) => {
@@ -132,7 +133,7 @@ export class Listener implements ConnectionSlots {
         server.removeListener("error", onError);
         server.on("error", this.onServerError);
         const a = server.address() as net.AddressInfo;
-        resolve({ address: normalizeAddress(a.address), port: a.port });
+        resolve(listenAddr({ address: normalizeAddress(a.address), port: a.port }));
       });
     });
   }

@@ -8,11 +8,12 @@
 import { isIP, type Socket } from "node:net";
 import { WeftError } from "../../core/errors.ts";
 import { normalizeAddress, type SocketAddr } from "../../discovery/types.ts";
+import { type ListenAddr, type OrigDstAddr, origDstAddr } from "../addresses.ts";
 import { fdOf, type Libc, loadLibc } from "./sockopt.ts";
 
 export interface OriginalDstResolver {
   /** The destination the client connected to before any redirect; throws `E_ORIGINAL_DST`. */
-  resolve(socket: Socket): SocketAddr;
+  resolve(socket: Socket): OrigDstAddr;
 }
 
 const SOL_IP = 0;
@@ -47,7 +48,7 @@ export class LinuxOriginalDst implements OriginalDstResolver {
     this.libc = loadLibc();
   }
 
-  resolve(socket: Socket): SocketAddr {
+  resolve(socket: Socket): OrigDstAddr {
     const fd = requireFd(socket);
     // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; those were redirected by the IPv4
     // table and answer only the IPv4 option.
@@ -69,11 +70,11 @@ export class LinuxOriginalDst implements OriginalDstResolver {
     }
     const family = buf.readUInt16LE(0);
     const port = buf.readUInt16BE(2);
-    if (family === AF_INET) return { address: [...buf.subarray(4, 8)].join("."), port };
+    if (family === AF_INET) return origDstAddr({ address: [...buf.subarray(4, 8)].join("."), port });
     if (family === AF_INET6) {
       const groups: string[] = [];
       for (let i = 8; i < 24; i += 2) groups.push(buf.readUInt16BE(i).toString(16));
-      return { address: normalizeAddress(compressIpv6(groups)), port };
+      return origDstAddr({ address: normalizeAddress(compressIpv6(groups)), port });
     }
     throw new WeftError("E_ORIGINAL_DST", `getsockopt returned address family ${family}`, {
       reason: "bad_family",
@@ -114,8 +115,8 @@ function compressIpv6(groups: string[]): string {
 export class StaticOriginalDst implements OriginalDstResolver {
   constructor(private readonly answer: SocketAddr | ((socket: Socket) => SocketAddr)) {}
 
-  resolve(socket: Socket): SocketAddr {
-    return typeof this.answer === "function" ? this.answer(socket) : this.answer;
+  resolve(socket: Socket): OrigDstAddr {
+    return origDstAddr(typeof this.answer === "function" ? this.answer(socket) : this.answer);
   }
 }
 
@@ -124,7 +125,7 @@ export class StaticOriginalDst implements OriginalDstResolver {
  * redirected (getsockopt then returns the socket's own address) or someone dialled the capture port
  * directly. Forwarding it would connect the proxy to itself.
  */
-export function isLoop(dst: SocketAddr, listenerAddrs: readonly SocketAddr[]): boolean {
+export function isLoop(dst: OrigDstAddr, listenerAddrs: readonly ListenAddr[]): boolean {
   const address = normalizeAddress(dst.address);
   return listenerAddrs.some(
     (l) =>

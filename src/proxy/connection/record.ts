@@ -8,7 +8,8 @@ import { SpiffeId } from "../../ca/spiffe-id.ts";
 import type { Clock } from "../../core/clock.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
-import { formatAddr, type SocketAddr } from "../../discovery/types.ts";
+import { formatAddr } from "../../discovery/types.ts";
+import type { ClientAddr, OrigDstAddr } from "../addresses.ts";
 import type { SocketErrors } from "../capture/sockopt.ts";
 import { type CloseReason, spliceReason } from "./close-reasons.ts";
 import { type ByteSink, Splice, type SpliceSide } from "./splice.ts";
@@ -92,8 +93,8 @@ export function spliceConnection(
 /** One connection's record; see the module comment. */
 export class ConnectionRecord implements ByteSink {
   phase: Phase = "accepted";
-  src: SocketAddr | undefined;
-  dst: SocketAddr | undefined;
+  src: ClientAddr | undefined;
+  dst: OrigDstAddr | undefined;
   service = "unknown";
   peer: Peer;
   endpoint = "";

@@ -24,13 +24,16 @@ import { errorMessage, isWeftError, WeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
 import { noop } from "../../core/noop.ts";
+import type { EndpointLease, RouteTable, RouteTarget } from "../../discovery/types.ts";
 import {
-  type EndpointLease,
-  normalizeAddress,
-  type RouteTable,
-  type RouteTarget,
-  type SocketAddr,
-} from "../../discovery/types.ts";
+  type ClientAddr,
+  clientAddr,
+  clientOf,
+  endpointAddr,
+  type ListenAddr,
+  type OrigDstAddr,
+  origDstAddr,
+} from "../addresses.ts";
 import { isLoop, type OriginalDstResolver } from "../capture/original-dst.ts";
 import { CountedElsewhere, upstreamCloseReason } from "../connection/close-reasons.ts";
 import { ConnectionCloser } from "../connection/lifecycle.ts";
@@ -56,7 +59,7 @@ export interface OutboundOptions {
   /** Transparent capture: how to read the original destination. */
   readonly originalDst?: OriginalDstResolver;
   /** The proxy's own listening addresses, to refuse connections that would loop into it. */
-  readonly listenerAddrs: () => readonly SocketAddr[];
+  readonly listenerAddrs: () => readonly ListenAddr[];
   readonly routes: RouteTable;
   readonly connector: Connector;
   readonly outboundPolicy: "allow-any" | "registry-only";
@@ -102,9 +105,9 @@ export class OutboundHandler {
       rec.finish("downstream_reset");
       return;
     }
-    const src = { address: normalizeAddress(client.remoteAddress), port: client.remotePort ?? 0 };
+    const src = clientOf(client);
     let route: OutboundRoute;
-    let dst: SocketAddr | undefined;
+    let dst: OrigDstAddr | undefined;
     try {
       if (o.kind === "explicit") {
         route = decideOutbound({ explicit: o.explicit }, o.routes, o);
@@ -175,14 +178,15 @@ class OutboundConnection {
     if (this.upstream) resetSide(this.upstream.side);
   }
 
-  async passthrough(dst: SocketAddr): Promise<void> {
+  async passthrough(dst: OrigDstAddr): Promise<void> {
     const { o, rec } = this;
     rec.open("passthrough");
     rec.endpoint = `${dst.address}:${dst.port}`;
     rec.phase = "connecting";
     const t0 = o.clock.monotonic();
     try {
-      const up = await connectWithDeadline(dst, {
+      // Passing through, the original destination is the endpoint.
+      const up = await connectWithDeadline(endpointAddr(dst), {
         clock: o.clock,
         timeoutMs: o.timeouts.connect,
         signal: this.controller.signal,
@@ -324,6 +328,7 @@ class OutboundConnection {
     // The access log names the endpoint of the last attempt, also when it failed.
     rec.endpoint = ep.key;
     const t0 = o.clock.monotonic();
+    const app = endpointAddr({ address: ep.address, port: endpointAppPort(target, ep) });
     let upstream: Upstream;
     if (ep.sidecar) {
       upstream = await o.connector.connect(
@@ -331,7 +336,7 @@ class OutboundConnection {
         signal,
       );
     } else {
-      const s = await connectTcp({ address: ep.address, port: endpointAppPort(target, ep) }, signal);
+      const s = await connectTcp(app, signal);
       upstream = {
         side: { stream: s, raw: s },
         peer: undefined,
@@ -348,7 +353,8 @@ class OutboundConnection {
         ? encodeProxyV2({
             command: "PROXY",
             source: sourceFor(rec.src, ep.address),
-            destination: { address: ep.address, port: endpointAppPort(target, ep) },
+            // For the peer, the endpoint chosen here is where the client was going.
+            destination: origDstAddr(app),
             tlvs: [{ type: PP2_TYPE_WEFT_SERVICE, value: Buffer.from(service.name, "utf8") }],
           })
         : undefined;
@@ -408,9 +414,9 @@ function lostReporter(o: OutboundOptions, lease: EndpointLease, service: string)
  * ends: a client whose family differs from the endpoint's (an IPv6 client of an explicit listener in
  * front of an IPv4 endpoint) is named by the unspecified address of the endpoint's family, its port kept.
  */
-export function sourceFor(src: SocketAddr | undefined, endpointAddress: string): SocketAddr {
+export function sourceFor(src: ClientAddr | undefined, endpointAddress: string): ClientAddr {
   const want = isIP(endpointAddress) === 6 ? 6 : 4;
-  const unspecified = { address: want === 6 ? "::" : "0.0.0.0", port: src?.port ?? 0 };
+  const unspecified = clientAddr({ address: want === 6 ? "::" : "0.0.0.0", port: src?.port ?? 0 });
   if (!src || isIP(src.address) !== want) return unspecified;
   return src;
 }

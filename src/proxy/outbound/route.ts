@@ -9,12 +9,8 @@
  *   the app want a PROXY header?
  */
 import type { SpiffeId } from "../../ca/spiffe-id.ts";
-import {
-  normalizeAddress,
-  type RouteTable,
-  type RouteTarget,
-  type SocketAddr,
-} from "../../discovery/types.ts";
+import { normalizeAddress, type RouteTable, type RouteTarget } from "../../discovery/types.ts";
+import type { OrigDstAddr } from "../addresses.ts";
 import type { LocalAddressSet } from "../tunnel/local-addresses.ts";
 import { mayReach, type PolicyConfig, type PolicyDenial } from "../tunnel/policy.ts";
 
@@ -22,12 +18,12 @@ export type OutboundDenyReason = "loop" | "no_route" | "unknown_service" | "unkn
 
 export type OutboundRoute =
   | { readonly kind: "mesh"; readonly target: RouteTarget }
-  | { readonly kind: "passthrough"; readonly dst: SocketAddr }
+  | { readonly kind: "passthrough"; readonly dst: OrigDstAddr }
   | { readonly kind: "deny"; readonly reason: OutboundDenyReason; readonly detail: string };
 
 export interface OutboundRequest {
   /** Transparent capture: the original destination the app connected to. */
-  readonly dst?: SocketAddr;
+  readonly dst?: OrigDstAddr;
   /** Explicit listener: the service it names, and which of its ports (default the first). */
   readonly explicit?: { readonly service: string; readonly port?: number };
   /** Whether `dst` points back at one of the proxy's own listeners (computed by the caller). */

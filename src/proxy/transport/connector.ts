@@ -16,7 +16,8 @@ import type { SpiffeId } from "../../ca/spiffe-id.ts";
 import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import type { WeftMetrics } from "../../core/metrics.ts";
-import { type Endpoint, formatAddr, type SocketAddr } from "../../discovery/types.ts";
+import { type Endpoint, formatAddr } from "../../discovery/types.ts";
+import type { EndpointAddr } from "../addresses.ts";
 import { upstreamFailure as failure, type SvidFailure } from "../connection/close-reasons.ts";
 import type { SpliceSide } from "../connection/splice.ts";
 import { ALPN_WEFT2, ALPN_WEFT3, peerRefusal, readStatus, statusVersion } from "./answer.ts";
@@ -76,7 +77,7 @@ function connectError(err: NodeJS.ErrnoException, where: string): WeftError {
 }
 
 /** A plain TCP connection to `addr` within the deadline of `signal`. */
-export function connectTcp(addr: SocketAddr, signal: AbortSignal): Promise<net.Socket> {
+export function connectTcp(addr: EndpointAddr, signal: AbortSignal): Promise<net.Socket> {
   const where = formatAddr(addr.address, addr.port);
   return new Promise((resolve, reject) => {
     if (signal.aborted) {
@@ -114,7 +115,7 @@ export function connectTcp(addr: SocketAddr, signal: AbortSignal): Promise<net.S
  * or `other` (the side that waits for this connection) closes first.
  */
 export async function connectWithDeadline(
-  addr: SocketAddr,
+  addr: EndpointAddr,
   o: { clock: Clock; timeoutMs: number; signal?: AbortSignal; other?: NodeJS.EventEmitter },
 ): Promise<net.Socket> {
   const ctl = new AbortController();

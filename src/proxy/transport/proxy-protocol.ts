@@ -13,6 +13,7 @@ import type { Duplex } from "node:stream";
 import { type Clock, systemClock } from "../../core/clock.ts";
 import { WeftError } from "../../core/errors.ts";
 import type { SocketAddr } from "../../discovery/types.ts";
+import { type ClientAddr, clientAddr, type OrigDstAddr, origDstAddr } from "../addresses.ts";
 
 /** The 12-byte v2 signature: `\r\n\r\n\0\r\nQUIT\n`. */
 export const PROXY_V2_SIGNATURE = Buffer.from([
@@ -48,6 +49,12 @@ export interface ProxyHeader {
   readonly source?: SocketAddr;
   readonly destination?: SocketAddr;
   readonly tlvs: readonly ProxyTlv[];
+}
+
+/** A header as read: its source is the client, its destination where the client was going. */
+export interface ParsedProxyHeader extends ProxyHeader {
+  readonly source?: ClientAddr;
+  readonly destination?: OrigDstAddr;
 }
 
 /**
@@ -208,7 +215,7 @@ export function encodeProxyV1(h: ProxyHeader): Buffer {
   return Buffer.from(`PROXY ${fam} ${src} ${dst} ${h.source.port} ${h.destination.port}\r\n`, "latin1");
 }
 
-function parseV2(buf: Buffer, maxTlvBytes: number): ProxyHeader {
+function parseV2(buf: Buffer, maxTlvBytes: number): ParsedProxyHeader {
   const verCmd = buf[12]!;
   if (verCmd >> 4 !== 2) fail("bad_version", `version nibble ${verCmd >> 4} is not 2`);
   const cmd = verCmd & 0x0f;
@@ -236,16 +243,16 @@ function parseV2(buf: Buffer, maxTlvBytes: number): ProxyHeader {
     fail("truncated_addresses", `length ${length} is too short for the addresses (${addrLen})`);
   }
   let family: ProxyFamily = "unspec";
-  let source: SocketAddr | undefined;
-  let destination: SocketAddr | undefined;
+  let source: ClientAddr | undefined;
+  let destination: OrigDstAddr | undefined;
   if (afByte === 1 && proto !== 0) {
     family = proto === 1 ? "tcp4" : "udp4";
-    source = { address: [...body.subarray(0, 4)].join("."), port: body.readUInt16BE(8) };
-    destination = { address: [...body.subarray(4, 8)].join("."), port: body.readUInt16BE(10) };
+    source = clientAddr({ address: [...body.subarray(0, 4)].join("."), port: body.readUInt16BE(8) });
+    destination = origDstAddr({ address: [...body.subarray(4, 8)].join("."), port: body.readUInt16BE(10) });
   } else if (afByte === 2 && proto !== 0) {
     family = proto === 1 ? "tcp6" : "udp6";
-    source = { address: formatIpv6(body.subarray(0, 16)), port: body.readUInt16BE(32) };
-    destination = { address: formatIpv6(body.subarray(16, 32)), port: body.readUInt16BE(34) };
+    source = clientAddr({ address: formatIpv6(body.subarray(0, 16)), port: body.readUInt16BE(32) });
+    destination = origDstAddr({ address: formatIpv6(body.subarray(16, 32)), port: body.readUInt16BE(34) });
   } else if (afByte === 3) {
     family = "unix";
   }
@@ -273,7 +280,7 @@ function parseV2(buf: Buffer, maxTlvBytes: number): ProxyHeader {
 
 const V1_LINE = /^PROXY (TCP4|TCP6|UNKNOWN)(?: ([^ ]+) ([^ ]+) (\d{1,5}) (\d{1,5}))?\r\n$/;
 
-function parseV1(line: string): ProxyHeader {
+function parseV1(line: string): ParsedProxyHeader {
   const m = V1_LINE.exec(line);
   if (!m) fail("v1_bad_line", "not a PROXY v1 line");
   if (m[1] === "UNKNOWN") return { version: 1, command: "PROXY", family: "unspec", tlvs: [] };
@@ -288,8 +295,8 @@ function parseV1(line: string): ProxyHeader {
     version: 1,
     command: "PROXY",
     family: want === 4 ? "tcp4" : "tcp6",
-    source: { address: m[2], port: sp },
-    destination: { address: m[3]!, port: dp },
+    source: clientAddr({ address: m[2], port: sp }),
+    destination: origDstAddr({ address: m[3]!, port: dp }),
     tlvs: [],
   };
 }
@@ -321,7 +328,7 @@ export class ProxyHeaderParser {
     return this.buf.length;
   }
 
-  push(chunk: Buffer): { header: ProxyHeader; rest: Buffer } | undefined {
+  push(chunk: Buffer): { header: ParsedProxyHeader; rest: Buffer } | undefined {
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     const buf = this.buf;
     const n = Math.min(buf.length, 12);
@@ -352,7 +359,7 @@ export class ProxyHeaderParser {
     fail("bad_signature", this.allowV1 ? "neither a PROXY v1 nor v2 header" : "not a PROXY v2 header");
   }
 
-  private done(length: number, header: ProxyHeader): { header: ProxyHeader; rest: Buffer } {
+  private done(length: number, header: ParsedProxyHeader): { header: ParsedProxyHeader; rest: Buffer } {
     const rest = this.buf.subarray(length);
     this.buf = Buffer.alloc(0);
     return { header, rest };
@@ -371,7 +378,7 @@ export interface ReadProxyHeaderOptions extends ProxyParserOptions {
  * `E_PROXY_HEADER` on bad bytes or when the stream ends/fails first, `E_TIMEOUT` at the deadline. It
  * never destroys the stream: the caller decides how to close.
  */
-export function readProxyHeader(stream: Duplex, opts: ReadProxyHeaderOptions): Promise<ProxyHeader> {
+export function readProxyHeader(stream: Duplex, opts: ReadProxyHeaderOptions): Promise<ParsedProxyHeader> {
   const parser = new ProxyHeaderParser(opts);
   const clock = opts.clock ?? systemClock;
   return new Promise((resolve, reject) => {

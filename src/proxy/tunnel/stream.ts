@@ -10,6 +10,7 @@ import type { Clock } from "../../core/clock.ts";
 import { isWeftError, WeftError } from "../../core/errors.ts";
 import { noop } from "../../core/noop.ts";
 import { formatAddr } from "../../discovery/types.ts";
+import { endpointAddr } from "../addresses.ts";
 import { proxyHeaderCloseReason } from "../connection/close-reasons.ts";
 import { ConnectionCloser } from "../connection/lifecycle.ts";
 import { type CloseReason, type ConnectionRecord, containFailure } from "../connection/record.ts";
@@ -20,8 +21,8 @@ import { connectWithDeadline } from "../transport/connector.ts";
 import {
   encodeProxyV1,
   encodeProxyV2,
+  type ParsedProxyHeader,
   PP2_TYPE_WEFT_SERVICE,
-  type ProxyHeader,
   readProxyHeader,
 } from "../transport/proxy-protocol.ts";
 import type { TunnelOptions } from "./tunnel.ts";
@@ -30,7 +31,7 @@ import type { TunnelOptions } from "./tunnel.ts";
 const SERVICE_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** A PROXY header that names both ends (not LOCAL). */
-type AddressedHeader = ProxyHeader & Required<Pick<ProxyHeader, "source" | "destination">>;
+type AddressedHeader = ParsedProxyHeader & Required<Pick<ParsedProxyHeader, "source" | "destination">>;
 
 /** Where the app is reached, and whether it gets a PROXY header of its own. */
 interface AppTarget {
@@ -133,7 +134,7 @@ export class TunnelStream {
       this.refuse("peer_limit", "over_limit");
       return undefined;
     }
-    let header: ProxyHeader;
+    let header: ParsedProxyHeader;
     try {
       header = await readProxyHeader(this.down.stream, {
         timeoutMs: o.timeouts.proxyHeader,
@@ -208,10 +209,11 @@ export class TunnelStream {
     let app: Socket;
     try {
       // While connecting to the app, a peer that goes away aborts the connect.
-      app = await connectWithDeadline(
-        { address: target.address, port: target.port },
-        { clock: o.clock, timeoutMs: o.timeouts.connect, other: stream },
-      );
+      app = await connectWithDeadline(endpointAddr({ address: target.address, port: target.port }), {
+        clock: o.clock,
+        timeoutMs: o.timeouts.connect,
+        other: stream,
+      });
     } catch (err) {
       if (rec.isFinished) return;
       if (isWeftError(err) && err.reason === "connect_reset") {

@@ -27,7 +27,7 @@ import { isWeftError } from "../../core/errors.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Direction, WeftMetrics } from "../../core/metrics.ts";
 import { noop } from "../../core/noop.ts";
-import { normalizeAddress } from "../../discovery/types.ts";
+import { clientOf } from "../addresses.ts";
 import type { ConnectionSlots } from "../capture/listener.ts";
 import {
   type CloseReason,
@@ -148,7 +148,7 @@ export class TunnelHandler {
   private accept(raw: Socket): void {
     const o = this.options;
     const rec = new ConnectionRecord(o.connection, o.connection.tracker.nextId(), "inbound");
-    rec.src = { address: normalizeAddress(raw.remoteAddress ?? ""), port: raw.remotePort ?? 0 };
+    rec.src = clientOf(raw);
     raw.on("error", noop);
     if (!o.tls.ready) {
       raw.destroy();
