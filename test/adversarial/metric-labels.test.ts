@@ -48,6 +48,7 @@ test(`${STREAMS} streams with random service names and ports keep /metrics under
     const closed = new Promise((r) => sock.once("close", r));
     sock.resume();
     sock.write(Buffer.concat(parts));
+    // Let the server read the streams before hanging up (a fixed wait: nothing to poll for).
     await new Promise((r) => setTimeout(r, 300));
     sock.end();
     await Promise.race([closed, new Promise((r) => setTimeout(r, 5_000))]);

@@ -26,6 +26,7 @@ import { systemClock } from "../../src/core/clock.ts";
 import { freePort } from "../../src/core/ports.ts";
 import { HttpsKubeApi, type KubeApi } from "../../src/k8s/client.ts";
 import { kubeconfigConnection } from "../../src/k8s/config.ts";
+import { eventually } from "./eventually.ts";
 
 const run = promisify(execFile);
 const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
@@ -172,16 +173,17 @@ async function waitFor(
   timeoutMs: number,
   log: string,
 ) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null || proc.signalCode !== null) {
-      const tail = existsSync(log) ? readFileSync(log, "utf8").slice(-3000) : "";
-      throw new Error(`${what} exited (${proc.exitCode ?? proc.signalCode}) before it was ready:\n${tail}`);
-    }
-    if (await check().catch(() => false)) return;
-    await sleep(200);
-  }
-  throw new Error(`${what} not ready within ${timeoutMs} ms (log: ${log})`);
+  await eventually(
+    `${what} to be ready (log: ${log})`,
+    async () => {
+      if (proc.exitCode !== null || proc.signalCode !== null) {
+        const tail = existsSync(log) ? readFileSync(log, "utf8").slice(-3000) : "";
+        throw new Error(`${what} exited (${proc.exitCode ?? proc.signalCode}) before it was ready:\n${tail}`);
+      }
+      return check().catch(() => false);
+    },
+    { timeoutMs, intervalMs: 200 },
+  );
 }
 
 async function stopProcess(proc: ChildProcess | undefined): Promise<void> {

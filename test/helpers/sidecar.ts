@@ -245,17 +245,16 @@ export async function waitForLog(
   predicate: (r: Record<string, unknown>) => boolean,
   timeoutMs = 10_000,
 ): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const hit = log.records.find(predicate);
-    if (hit) return hit;
-    if (Date.now() > deadline) {
-      throw new Error(
-        `no matching log record within ${timeoutMs} ms; last: ${JSON.stringify(log.records.slice(-5))}`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  let hit: Record<string, unknown> | undefined;
+  await eventually(
+    () => `a matching log record; last: ${JSON.stringify(log.records.slice(-5))}`,
+    () => {
+      hit = log.records.find(predicate);
+      return hit !== undefined;
+    },
+    { timeoutMs, intervalMs: 10 },
+  );
+  return hit!;
 }
 
 /** The access-log line of a finished connection, by direction. */

@@ -17,6 +17,7 @@ import { parseBundle, verifySvid } from "../../src/ca/verify.ts";
 import { splitPemCertificates } from "../../src/ca/x509.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 
 checkLeaksAtEnd();
@@ -105,13 +106,11 @@ test("a rotated CA directory is picked up without a restart", async (t) => {
 
   // The complete rotation is picked up by the timer, no restart.
   await store.save(rotated, { force: true });
-  for (let i = 0; i < 200; i++) {
-    const b = await call(server.url, rotated.bundlePem, "GET", "/v1/bundle");
-    if (splitPemCertificates(b.text).length === 2) break;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  const bundle = await call(server.url, rotated.bundlePem, "GET", "/v1/bundle");
-  assert.equal(splitPemCertificates(bundle.text).length, 2, "the two-root bundle is served");
+  const servedRoots = async () =>
+    splitPemCertificates((await call(server.url, rotated.bundlePem, "GET", "/v1/bundle")).text).length;
+  await eventually("the two-root bundle is served", async () => (await servedRoots()) === 2, {
+    intervalMs: 25,
+  });
   // The server's own certificate now comes from the new CA: a client trusting only the new root connects.
   const newRootOnly = rotated.rootCertPem;
   const after = await sign(newRootOnly);

@@ -17,9 +17,9 @@ import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { injectManifests } from "../../src/k8s/inject.ts";
 import { type JsonPatchOp, MAX_REVIEW_BYTES, startInjector } from "../../src/k8s/webhook.ts";
-import { pollUntil } from "../../src/netns/pods.ts";
 import { INJECT_OPTIONS } from "../fixtures/inject/options.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 
 checkLeaksAtEnd();
@@ -159,7 +159,8 @@ test("weft injector: patch equals the CLI's injection, fails open, reloads its c
   assert.deepEqual(injector.stats(), { reviews: 3, patched: 1, failedOpen: 1, reloads: 0 });
 
   // A pair caught half-written (the key file truncated, as a non-atomic writer leaves it for a moment)
-  // is not loaded: the injector goes on serving the current certificate through several reload ticks.
+  // is not loaded: the injector goes on serving the current certificate through several reload ticks
+  // (fixed waits: nothing may change in them).
   await writeFile(keyFile, "");
   for (let i = 0; i < 5; i++) {
     await new Promise((r) => setTimeout(r, 100));
@@ -170,13 +171,13 @@ test("weft injector: patch equals the CLI's injection, fails open, reloads its c
 
   // Certificate hot reload.
   const second = await issue();
-  await pollUntil(
+  await eventually(
     "the new certificate to be served",
     async () => {
       const r = await review(injector.url, caPem, admission("u-4", POD));
       return r.serial.replace(/^0+/, "").toUpperCase() === second.replace(/^0+/, "").toUpperCase();
     },
-    10_000,
+    { intervalMs: 100 },
   );
   assert.equal(injector.stats().reloads, 1);
 });

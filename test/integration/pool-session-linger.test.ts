@@ -85,6 +85,7 @@ test("tieSessionToSocket: an ended session's socket gets SESSION_LINGER_MS to fl
   const { sock, session } = await stalledSession(t);
   tieSessionToSocket(session, sock, clock);
   session.destroy(); // as Node does itself on a protocol error, or after a closed session's last stream
+  // A fixed wait: nothing may happen in it (the manual clock has not moved).
   await new Promise((r) => setTimeout(r, 100));
   assert.equal(sock.destroyed, false, "still flushing before the linger time");
   clock.advance(SESSION_LINGER_MS - 1);
@@ -107,6 +108,7 @@ test("a gracefully closed session stuck behind a peer that reads nothing is ende
   session.close();
   stream.destroy();
   await once(stream, "close");
+  // A fixed wait: the session must still be there after it.
   await new Promise((r) => setTimeout(r, 200));
   assert.equal(session.destroyed, false, "Node keeps the stuck session (its stream's reset never left)");
   clock.advance(10_000); // silent for an interval: PING

@@ -53,7 +53,7 @@ for (const transport of TRANSPORTS) {
           serials.push(new X509Certificate(fresh.certPem).serialNumber);
           rotations++;
         }
-        await sleep(20);
+        await sleep(20); // paced, so the rotations fall in the middle of a live stream
       }
       client.end();
       return { total, hashes };

@@ -12,7 +12,6 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { CertificateAuthority, createTrustDomain } from "../../src/ca/authority.ts";
 import { createCaServer } from "../../src/ca/server.ts";
 import { TokenStore } from "../../src/ca/tokens.ts";
@@ -20,6 +19,7 @@ import { ManualClock, systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { freePort } from "../../src/core/ports.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   adminGet,
@@ -105,15 +105,15 @@ listeners:
   await writeFile(join(dir, "web.token"), `${token}\n`);
   // The CA comes up 5 s after the sidecar was started, and not before the sidecar has tried (and
   // logged) twice: a process start slowed by a busy machine must not turn this into a race.
-  const attempts = lines.filter((l) => /first certificate request/.test(String(l.msg)));
-  for (let i = 0; i < 150 && (Date.now() - started < 5000 || attempts.length < 2); i++) {
-    await sleep(100);
-    attempts.splice(
-      0,
-      attempts.length,
-      ...lines.filter((l) => /first certificate request/.test(String(l.msg))),
-    );
-  }
+  let attempts: typeof lines = [];
+  await eventually(
+    () => `5 s without a CA and two attempts logged: ${JSON.stringify(lines.slice(-3))}`,
+    () => {
+      attempts = lines.filter((l) => /first certificate request/.test(String(l.msg)));
+      return Date.now() - started >= 5000 && attempts.length >= 2;
+    },
+    { timeoutMs: 15_000, intervalMs: 100 },
+  );
   assert.equal(child.exitCode, null, "the sidecar is still running after 5 s without a CA");
   assert.ok(attempts.length >= 2, `each attempt is logged: ${JSON.stringify(lines.slice(-3))}`);
   assert.ok(attempts.every((a) => typeof a.reason === "string" && typeof a.retry_in_ms === "number"));
@@ -134,11 +134,13 @@ listeners:
     listen: { host: "127.0.0.1", port },
   });
   t.after(() => server.close());
-  for (let i = 0; i < 100; i++) {
-    if ((await fetch(`http://${admin}/ready`)).status === 200) break;
-    await sleep(100);
-  }
-  assert.equal((await fetch(`http://${admin}/ready`)).status, 200, "serving once the CA is up");
+  await eventually(
+    "serving once the CA is up",
+    async () => (await fetch(`http://${admin}/ready`)).status === 200,
+    {
+      intervalMs: 100,
+    },
+  );
   const certs = (await (await fetch(`http://${admin}/certs`)).json()) as Record<string, unknown>;
   assert.equal(certs.spiffeId, WEB);
   const exited = new Promise((resolve) => child.once("exit", resolve));

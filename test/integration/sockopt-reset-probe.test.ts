@@ -9,6 +9,7 @@ import net, { type Socket } from "node:net";
 import { test } from "node:test";
 import { LinuxSocketErrors, NO_SOCKET_ERRORS } from "../../src/proxy/capture/sockopt.ts";
 import { wasReset } from "../../src/proxy/connection/splice.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 
 checkLeaksAtEnd();
@@ -37,10 +38,13 @@ async function pair(t: import("node:test").TestContext): Promise<{ ours: Socket;
   return { ours, theirs: peer! };
 }
 
-/** Polls the kernel until the TCP state is `want` (bounded: 200 tries). */
+/** Polls the kernel until the TCP state is `want`. */
 async function untilState(probe: LinuxSocketErrors, s: Socket, want: number): Promise<void> {
-  for (let i = 0; i < 200 && probe.tcpState(s) !== want; i++) await new Promise((r) => setTimeout(r, 5));
-  assert.equal(probe.tcpState(s), want, `TCP state ${want}`);
+  await eventually(
+    () => `TCP state ${want} (now ${probe.tcpState(s)})`,
+    () => probe.tcpState(s) === want,
+    { intervalMs: 5 },
+  );
 }
 
 test("a peer's RST after data: SO_ERROR is ECONNRESET and the state CLOSE, so wasReset is true", async (t) => {

@@ -11,6 +11,7 @@ import tls from "node:tls";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { closeKind, connect, startApp } from "../helpers/apps.ts";
 import { createTestCa } from "../helpers/ca.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 import {
   adminGet,
@@ -132,13 +133,13 @@ test("a client certificate whose EKU lacks clientAuth is refused on a live tunne
     await closeKind(s);
   }
   await refusal(server, "svid_eku_no_client_auth");
-  for (let i = 0; i < 500; i++) {
-    const n = server.log.records.filter(
-      (r) => r.msg === "connection closed" && r.reason === "svid_eku_no_client_auth",
-    );
-    if (n.length >= 2) break;
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  await eventually(
+    "both refusals logged",
+    () =>
+      server.log.records.filter(
+        (r) => r.msg === "connection closed" && r.reason === "svid_eku_no_client_auth",
+      ).length >= 2,
+  );
   await metric(
     server.sidecar,
     /weft_tls_handshake_failures_total\{direction="inbound",reason="svid_eku_no_client_auth"\} 2/,

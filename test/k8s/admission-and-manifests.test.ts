@@ -23,6 +23,7 @@ import { resourcePath } from "../../src/k8s/client.ts";
 import { injectManifests } from "../../src/k8s/inject.ts";
 import { startInjector } from "../../src/k8s/webhook.ts";
 import { INJECT_OPTIONS } from "../fixtures/inject/options.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { type KubeEnv, requireEnvtest, startKubeEnv } from "../helpers/kube-envtest.ts";
 import { createIn, createNamespace } from "../helpers/kube-objects.ts";
 
@@ -155,19 +156,22 @@ test("k8s admission and manifests: injected objects, the webhook, the kustomized
         volumes?: { name: string }[];
       };
     };
-    // The webhook may take a moment to be called once registered: retry the first create until injected.
+    // The webhook may take a moment to be called once registered: create again until injected.
     let created: PodOut | undefined;
-    for (let i = 0; i < 50 && !created?.spec.initContainers; i++) {
-      if (i > 0) {
+    await eventually(
+      "the webhook to inject the first pod",
+      async () => {
+        created = (await createIn(env, "meshed", pod("client"))) as PodOut;
+        if (created.spec.initContainers) return true;
         await env.admin.request({
           method: "DELETE",
           path: "/api/v1/namespaces/meshed/pods/client",
           query: { gracePeriodSeconds: 0 },
         });
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      created = (await createIn(env, "meshed", pod("client"))) as PodOut;
-    }
+        return false;
+      },
+      { timeoutMs: 20_000, intervalMs: 200 },
+    );
     const cli = objectsOf(
       injectManifests(JSON.stringify(pod("client")), INJECT_OPTIONS).text,
     )[0] as unknown as PodOut;

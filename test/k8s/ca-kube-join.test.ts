@@ -29,8 +29,8 @@ import { isWeftError } from "../../src/core/errors.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { HttpsKubeApi } from "../../src/k8s/client.ts";
 import { kubeconfigConnection } from "../../src/k8s/config.ts";
-import { pollUntil } from "../../src/netns/pods.ts";
 import { startTestCaServer } from "../helpers/ca-server.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { type KubeEnv, requireEnvtest, startKubeEnv } from "../helpers/kube-envtest.ts";
 import { createIn, createNamespace } from "../helpers/kube-objects.ts";
 
@@ -256,7 +256,7 @@ test("meshca kubernetes join: TokenReview-checked projected tokens, RBAC self-ch
       url = info.url;
     },
   });
-  await pollUntil("meshca serve --kubernetes to listen", async () => url !== "", 30_000);
+  await eventually("meshca serve --kubernetes to listen", () => url !== "", { timeoutMs: 30_000 });
   const viaCli = await postSign(url, readFileSync(join(caDir, "bundle.pem"), "utf8"), {
     csr: (await createCsr(BACKEND)).csrPem,
     token: await tokenFor(env, "backend-0", uid),

@@ -10,8 +10,8 @@ import { systemClock } from "../../src/core/clock.ts";
 import { MemoryLogger } from "../../src/core/log.ts";
 import { WeftMetrics } from "../../src/core/metrics.ts";
 import { createDiscovery } from "../../src/discovery/index.ts";
-import { pollUntil } from "../../src/netns/pods.ts";
 import { DISCOVERY_CASES, expected, summarize, TD } from "../fixtures/k8s-discovery.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { requireEnvtest, startKubeEnv } from "../helpers/kube-envtest.ts";
 import { applyCase } from "../helpers/kube-objects.ts";
 
@@ -89,12 +89,12 @@ test("k8s discovery: every fixture of the rule table, created in a real API serv
       spec: { serviceAccountName: "legacy", containers: [{ name: "app", image: "registry.invalid/app:1" }] },
     },
   });
-  await pollUntil(
+  await eventually(
     "the held-back endpoint to join",
     async () =>
       (discovery.service(`legacy.${held.name}`)?.endpoints ?? []).some(
         (e) => e.address === "198.18.0.53" && e.sidecar,
       ),
-    10_000,
+    { timeoutMs: 10_000 },
   );
 });

@@ -19,8 +19,8 @@ import { WeftMetrics } from "../../src/core/metrics.ts";
 import { K8sSource } from "../../src/discovery/k8s-source.ts";
 import { HttpsKubeApi } from "../../src/k8s/client.ts";
 import { kubeconfigConnection } from "../../src/k8s/config.ts";
-import { pollUntil } from "../../src/netns/pods.ts";
 import { service } from "../fixtures/k8s-discovery.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { requireEnvtest, startKubeEnv } from "../helpers/kube-envtest.ts";
 import { createIn, createNamespace } from "../helpers/kube-objects.ts";
 import { startRelay } from "../helpers/relay.ts";
@@ -64,7 +64,9 @@ test("k8s watch: events within 100 ms; API server restart and 410 re-list conver
     const name = `svc-${i}`;
     const t0 = performance.now();
     await createIn(env, NS, service(name, `198.18.129.${i + 1}`, [{ port: 80 }]));
-    await pollUntil(`${name} seen`, async () => changes.some((c) => c.key === `${NS}/${name}`), 5000);
+    await eventually(`${name} seen`, async () => changes.some((c) => c.key === `${NS}/${name}`), {
+      timeoutMs: 5000,
+    });
     latencies.push(changes.find((c) => c.key === `${NS}/${name}`)!.at - t0);
   }
   latencies.sort((a, b) => a - b);
@@ -92,10 +94,10 @@ test("k8s watch: events within 100 ms; API server restart and 410 re-list conver
   await env.startApiServer();
   await env.admin.request({ method: "DELETE", path: `/api/v1/namespaces/${NS}/services/svc-0` });
   await createIn(env, NS, service("after-restart", "198.18.129.100", [{ port: 80 }]));
-  await pollUntil(
+  await eventually(
     "the table to converge after the restart",
     async () => !names().includes("svc-0.watch") && names().includes("after-restart.watch"),
-    60_000,
+    { timeoutMs: 60_000 },
   );
 
   // 3. Cut off, missed changes, compaction, API server restart: 410 → re-list with a diff.
@@ -103,7 +105,7 @@ test("k8s watch: events within 100 ms; API server restart and 410 re-list conver
     (await metrics.value("weft_k8s_relists_total", { resource: "services", reason: "expired" })) ?? 0;
   relay.hold();
   relay.destroyAll();
-  await sleep(300);
+  await sleep(300); // the watches see the connections cut (a fixed wait: nothing to poll for)
   const mark = changes.length;
   await env.admin.request({ method: "DELETE", path: `/api/v1/namespaces/${NS}/services/svc-1` });
   await env.admin.request({
@@ -117,13 +119,13 @@ test("k8s watch: events within 100 ms; API server restart and 410 re-list conver
   await env.stopApiServer();
   await env.startApiServer();
   relay.release();
-  await pollUntil(
+  await eventually(
     "the table to converge after the 410 re-list",
     async () =>
       !names().includes("svc-1.watch") &&
       names().includes("while-cut.watch") &&
       table.find((s) => s.name === "svc-2.watch")?.balancer === "least-connections",
-    60_000,
+    { timeoutMs: 60_000 },
   );
   const relistsAfter =
     (await metrics.value("weft_k8s_relists_total", { resource: "services", reason: "expired" })) ?? 0;

@@ -11,14 +11,8 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import {
-  apps,
-  backendService,
-  createPodCluster,
-  curlFrom,
-  type Pod,
-  pollUntil,
-} from "../../src/netns/pods.ts";
+import { apps, backendService, createPodCluster, curlFrom, type Pod } from "../../src/netns/pods.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 interface EndpointView {
@@ -68,9 +62,11 @@ test("netns: connections spread over three backend pods; a killed pod is failed 
   await cluster.writeServices([backendService(vip, backends, "3s")]);
   const client = await cluster.addPod({ name: "client", sa: "frontend" });
   const url = `http://${vip}:8080/`;
-  await pollUntil("the client sidecar to know three backend endpoints", async () => {
-    return (await endpoints(client)).length === 3;
-  });
+  await eventually(
+    "the client sidecar to know three backend endpoints",
+    async () => (await endpoints(client).catch(() => [])).length === 3,
+    { timeoutMs: 30_000, intervalMs: 100 },
+  );
 
   const spread = await burst(client, url, 30);
   t.diagnostic(`30 connections → ${show(spread)}`);
@@ -104,14 +100,14 @@ test("netns: connections spread over three backend pods; a killed pod is failed 
   await dead.start();
   // Back in rotation: healthy, or on probation (the ejection ended; the next connection decides).
   let lastSeen = "";
-  await pollUntil(
+  await eventually(
     () => `backend-3 to return to rotation (last seen ${lastSeen})`,
     async () => {
-      const view = (await endpoints(client)).find((e) => e.key === deadKey);
+      const view = (await endpoints(client).catch(() => [])).find((e) => e.key === deadKey);
       lastSeen = JSON.stringify(view);
       return view?.state === "healthy" || view?.state === "probation";
     },
-    30_000,
+    { timeoutMs: 30_000, intervalMs: 100 },
   );
   const back = await burst(client, url, 30);
   t.diagnostic(`backend-3 back: 30 connections → ${show(back)}`);

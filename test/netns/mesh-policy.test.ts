@@ -12,7 +12,8 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { apps, createPodCluster, curlFrom, type Pod, pollUntil } from "../../src/netns/pods.ts";
+import { apps, createPodCluster, curlFrom, type Pod } from "../../src/netns/pods.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 const TD = "weft.local";
@@ -73,8 +74,10 @@ test("netns: only the allowed identity reaches nginx and redis; plaintext from a
     cluster.addPod({ name: "outsider" }),
   ])) as [Pod, Pod, Pod];
   for (const c of [frontend, intruder]) {
-    await pollUntil(`${c.name}'s sidecar to load the services file`, async () =>
-      (await c.admin("/endpoints")).includes(cache.ip4),
+    await eventually(
+      `${c.name}'s sidecar to load the services file`,
+      async () => (await c.admin("/endpoints").catch(() => "")).includes(cache.ip4),
+      { timeoutMs: 30_000, intervalMs: 100 },
     );
   }
 
@@ -117,8 +120,8 @@ test("netns: only the allowed identity reaches nginx and redis; plaintext from a
     .exec("redis-cli", ["-h", vips.cache, "-p", "6379", "PING"])
     .catch((e: Error) => `failed: ${e.message}`);
   assert.notEqual(redisDenied.trim(), "PONG", "intruder reached redis");
-  await pollUntil("web and cache to count the denials", async () => {
-    const [w, c] = await Promise.all([web.admin("/metrics"), cache.admin("/metrics")]);
+  await eventually("web and cache to count the denials", async () => {
+    const [w, c] = await Promise.all([web.admin("/metrics"), cache.admin("/metrics")]).catch(() => ["", ""]);
     return (
       metricValue(w, `weft_policy_denied_total{peer_identity="${INTRUDER}",port="8080",rule="rules[0]"}`) >=
         1 &&
@@ -140,8 +143,8 @@ test("netns: only the allowed identity reaches nginx and redis; plaintext from a
   assert.match(strict, /^failed/, `outsider got through to strict web: ${strict}`);
   const permissive = await curlFrom(outsider, `http://${legacy.ip4}:8080/`);
   assert.equal(permissive, "legacy", "permissive mode passes plaintext to the app");
-  await pollUntil("both plaintext decisions to be counted", async () => {
-    const [w, l] = await Promise.all([web.admin("/metrics"), legacy.admin("/metrics")]);
+  await eventually("both plaintext decisions to be counted", async () => {
+    const [w, l] = await Promise.all([web.admin("/metrics"), legacy.admin("/metrics")]).catch(() => ["", ""]);
     return (
       metricValue(w, 'weft_inbound_plaintext_total{mode="strict",decision="refused"}') === 1 &&
       metricValue(l, 'weft_inbound_plaintext_total{mode="permissive",decision="passed"}') === 1

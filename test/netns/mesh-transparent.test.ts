@@ -14,7 +14,8 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { test } from "node:test";
-import { apps, createPodCluster, pollUntil } from "../../src/netns/pods.ts";
+import { apps, createPodCluster } from "../../src/netns/pods.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 const MARKER = "weft-secret-marker-7f3a";
@@ -41,8 +42,10 @@ test("transparent capture: curl → client sidecar → mTLS on the wire → back
     cluster.addPod({ name: "client", sa: "frontend", extraYaml: ["outboundPolicy: registry-only"] }),
     cluster.addPod({ name: "outsider" }),
   ]);
-  await pollUntil("the client sidecar to load the services file", async () =>
-    (await client.admin("/endpoints")).includes(backend.ip4),
+  await eventually(
+    "the client sidecar to load the services file",
+    async () => (await client.admin("/endpoints").catch(() => "")).includes(backend.ip4),
+    { timeoutMs: 30_000, intervalMs: 100 },
   );
 
   // Capture the bridge while the client talks to the backend.
@@ -66,6 +69,7 @@ test("transparent capture: curl → client sidecar → mTLS on the wire → back
     `http://${backend.ip4}:8080/hello-${MARKER}`,
   ]);
   assert.equal(answer, `${MARKER} from backend /hello-${MARKER}\n`);
+  // Let tcpdump write out the last packets before it stops (a fixed wait: nothing to poll for).
   await new Promise((r) => setTimeout(r, 500));
   await dump.kill("SIGINT");
 
@@ -105,9 +109,12 @@ test("transparent capture: curl → client sidecar → mTLS on the wire → back
     ])
     .catch((e: Error) => `failed: ${e.message}`);
   assert.ok(!refused.startsWith("200"), `outsider got through: ${refused}`);
-  await pollUntil("the refusal to be counted", async () =>
-    /weft_inbound_plaintext_total\{mode="strict",decision="refused"\} 1/.test(
-      await backend.exec("curl", ["-s", "http://127.0.0.1:15000/metrics"]),
-    ),
+  await eventually(
+    "the refusal to be counted",
+    async () =>
+      /weft_inbound_plaintext_total\{mode="strict",decision="refused"\} 1/.test(
+        await backend.exec("curl", ["-s", "http://127.0.0.1:15000/metrics"]).catch(() => ""),
+      ),
+    { timeoutMs: 30_000, intervalMs: 100 },
   );
 });

@@ -15,8 +15,9 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { promisify } from "node:util";
-import { apps, createPodCluster, pollUntil, WEFT_HOME } from "../../src/netns/pods.ts";
+import { apps, createPodCluster, WEFT_HOME } from "../../src/netns/pods.ts";
 import { weftCli } from "../helpers/cli.ts";
+import { eventually } from "../helpers/eventually.ts";
 import { namespacesOf, requireRoot } from "../helpers/netns.ts";
 
 const run = promisify(execFile);
@@ -118,7 +119,7 @@ test("netns: the transparent recipe with file identities and an app on its pod I
   await cluster.writeServices([{ name: "db", ports: [6379], endpoints: [{ address: db.ip4 }] }]);
   const client = await cluster.addPod({ name: "client", sa: "client" });
   let last = "";
-  await pollUntil(
+  await eventually(
     () =>
       `the client to reach redis on the db pod's IP through the mesh (redis-cli: ${last}; client sidecar: ${client.sidecar?.output().slice(-1500)}; db sidecar: ${db.sidecar?.output().slice(-1500)})`,
     async () => {
@@ -127,7 +128,7 @@ test("netns: the transparent recipe with file identities and an app on its pod I
       ).trim();
       return last === "PONG";
     },
-    30_000,
+    { timeoutMs: 30_000, intervalMs: 100 },
   );
   assert.equal(
     (await client.exec("redis-cli", ["-h", db.ip4, "-p", "6379", "SET", "recipe", "ok"])).trim(),

@@ -41,7 +41,7 @@ test("a lock holder killed mid-write leaves no stale lock and never two holders"
   const waiter = child("contend", dir, "1");
   let waiterDone: string | undefined;
   void waiter.exit.then((code) => (waiterDone = `exit code ${code}: ${waiter.err()}`));
-  await sleep(400);
+  await sleep(400); // a fixed wait: the waiter must not finish in it
   assert.equal(waiterDone, undefined, "the waiter must not get the lock while the holder is alive");
   // ...and gets it once the holder dies without any clean-up.
   holder.proc.kill("SIGKILL");
