@@ -15,7 +15,7 @@ import { closeKind, connect, readBytes, startEchoServer } from "../helpers/apps.
 import { startTestCaServer } from "../helpers/ca-server.ts";
 import { eventually } from "../helpers/eventually.ts";
 import { checkLeaksAtEnd } from "../helpers/leaks.ts";
-import { adminGet, identityDir, metricValue, startSidecarPair, waitForLog } from "../helpers/sidecar.ts";
+import { adminGet, identityDir, startSidecarPair, waitForLog, waitForMetric } from "../helpers/sidecar.ts";
 
 checkLeaksAtEnd();
 
@@ -66,15 +66,11 @@ for (const transport of ["per-connection", "pooled"] as const) {
     await waitForLog(pair.serverLog, (r) => r.msg === "revocation list applied" && r.revoked === 1, 5_000);
 
     if (transport === "pooled") {
-      await eventually("the pooled session from the revoked client to end", async () => {
-        const m = (await adminGet(pair.server, "/metrics")).body;
-        return (
-          metricValue(
-            m,
-            'weft_pooled_sessions_ended_total\\{direction="inbound",reason="peer_revoked"\\}',
-          ) === 1
-        );
-      });
+      await waitForMetric(
+        pair.server,
+        'weft_pooled_sessions_ended_total\\{direction="inbound",reason="peer_revoked"\\}',
+        (v) => v === 1,
+      );
     }
     // A new connection needs a new handshake, which the server refuses.
     const refused = await connect(pair.explicitPort);
@@ -85,13 +81,11 @@ for (const transport of ["per-connection", "pooled"] as const) {
     refused.write("after");
     const how = await closeKind(refused);
     assert.equal(echoed, 0, `nothing reaches the app (closed: ${how})`);
-    await eventually("the refusal to be counted", async () => {
-      const m = (await adminGet(pair.server, "/metrics")).body;
-      return (
-        metricValue(m, 'weft_tls_handshake_failures_total\\{direction="inbound",reason="svid_revoked"\\}') >=
-        1
-      );
-    });
+    await waitForMetric(
+      pair.server,
+      'weft_tls_handshake_failures_total\\{direction="inbound",reason="svid_revoked"\\}',
+      (v) => v >= 1,
+    );
     running.destroy();
     const certs = JSON.parse((await adminGet(pair.server, "/certs")).body) as {
       source?: { revokedSerials?: number };
