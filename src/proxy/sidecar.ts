@@ -152,10 +152,10 @@ export class Sidecar {
     });
     this.identity.onChange((id) => {
       this.metrics.info.reset();
-      this.metrics.info.set({ local_identity: id.id, trust_domain: config.trustDomain }, 1);
+      this.metrics.info.set({ local_identity: id.id.toString(), trust_domain: config.trustDomain }, 1);
       try {
         this.tls.update(id);
-        this.logger.info({ spiffe_id: id.id, serial: id.serial }, "tunnel TLS context updated");
+        this.logger.info({ spiffe_id: id.id.toString(), serial: id.serial }, "tunnel TLS context updated");
       } catch (err) {
         this.logger.error({ err: errorMessage(err) }, "cannot build a TLS context from the new identity");
       }
@@ -261,7 +261,8 @@ export class Sidecar {
       perPeerLimits: () => this.config.limits.perPeer,
       servesService: (name) => {
         const me = this.tls.current()?.id;
-        return me !== undefined && this.routes?.service(name)?.identity === me;
+        const identity = this.routes?.service(name)?.identity;
+        return me !== undefined && identity !== undefined && me.equals(identity);
       },
     });
     this.listeners = set.all;
@@ -356,7 +357,7 @@ export class Sidecar {
         routes: this.routes,
         inbound: this.live.inbound,
         listenerAddrs: this.listeners.map((l) => l.address).filter((a): a is ListenAddr => a !== undefined),
-        localIdentity: this.identity.current()?.id,
+        localIdentity: this.identity.current()?.id.toString(),
         tracker: this.tracker,
       },
       q,
@@ -370,7 +371,7 @@ export class Sidecar {
     if (!id) return { ready: false, ...source };
     return {
       ready: true,
-      spiffeId: id.id,
+      spiffeId: id.id.toString(),
       serial: id.serial,
       notBefore: new Date(id.notBefore).toISOString(),
       notAfter: new Date(id.notAfter).toISOString(),

@@ -39,15 +39,16 @@ export class ExpiryWatch {
     o.onCheck?.();
     const id = o.current();
     if (id) {
-      if (this.lastId !== undefined && this.lastId !== id.id)
+      const identity = id.id.toString();
+      if (this.lastId !== undefined && this.lastId !== identity)
         o.metrics.certExpiry.remove({ identity: this.lastId });
-      this.lastId = id.id;
-      o.metrics.certExpiry.set({ identity: id.id }, Math.floor(id.notAfter / 1000));
+      this.lastId = identity;
+      o.metrics.certExpiry.set({ identity }, Math.floor(id.notAfter / 1000));
       const now = o.clock.now();
       const life = Math.max(1, id.notAfter - id.notBefore);
       const left = id.notAfter - now;
       const fields = {
-        spiffe_id: id.id,
+        spiffe_id: identity,
         serial: id.serial,
         not_after: new Date(id.notAfter).toISOString(),
         seconds_left: Math.round(left / 1000),

@@ -133,7 +133,7 @@ export class FileIdentitySource implements IdentitySource {
     this.reloads++;
     log.info(
       {
-        spiffe_id: identity.id,
+        spiffe_id: identity.id.toString(),
         serial: identity.serial,
         not_after: new Date(identity.notAfter).toISOString(),
       },

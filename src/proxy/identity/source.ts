@@ -62,7 +62,7 @@ export function loadIdentity(
     });
   }
   const verifier = new SvidVerifier(parseBundle(material.bundlePem, trustDomain), { clock });
-  const id = verifier.verify(chain).toString();
+  const id = verifier.verify(chain);
   return {
     id,
     keyPem: material.keyPem,

@@ -31,8 +31,8 @@ const MAX_VERIFIED = 4096;
 
 /** The workload identity in use, as the proxy needs it. */
 export interface Identity {
-  /** SPIFFE ID (string form). */
-  readonly id: string;
+  /** Its SPIFFE ID, as the verifier read it from the leaf. */
+  readonly id: SpiffeId;
   readonly keyPem: string;
   /** Leaf first, then intermediates. */
   readonly chainPem: string;
