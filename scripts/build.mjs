@@ -11,6 +11,7 @@
 // (`exports`) and meshca stay on tsc's one-file-per-module output.
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
+import { builtinModules } from "node:module";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -63,29 +64,36 @@ function prune(dir) {
 prune(dist);
 
 /**
- * `import ... from "node:http"` in an ES module makes Node build an ES facade of the module, which reads
- * every export, and three of them (WebSocket, CloseEvent, MessageEvent) are getters that load undici:
- * 106 ms and 12 MiB of RSS in a bare Node 24, against 6 ms and 1.6 MiB for
- * `process.getBuiltinModule("node:http")`. So the bundle gets node:http from the latter, through this
- * small module re-exporting its plain (non-getter) properties; importing one of the getters would fail
- * the build ("No matching export"), not run.
+ * `import ... from "node:<module>"` in an ES module makes Node build an ES facade of the built-in module,
+ * which reads every export, getters included, and several getters load more of Node: node:http's
+ * WebSocket, CloseEvent and MessageEvent load undici (106 ms and 12 MiB of RSS in a bare Node 24),
+ * node:fs's `promises` loads fs/promises and readline, node:crypto's `webcrypto` and `subtle` the Web
+ * Crypto implementation, node:process and node:util their own lazy parts (measured in a bare Node 24:
+ * +2.9 MiB for the fs facade, +4.1 for process, +3.2 for util, +1.2 for tls over
+ * `process.getBuiltinModule`). So the bundle gets every built-in module from
+ * `process.getBuiltinModule`, through a small module re-exporting its plain (non-getter) properties;
+ * importing one of the getters fails the build ("No matching export"), it does not run.
  */
-const httpWithoutFacade = {
-  name: "node-http-without-es-facade",
+const builtinsWithoutFacade = {
+  name: "node-builtins-without-es-facade",
   setup(b) {
-    b.onResolve({ filter: /^(node:)?http$/ }, (args) =>
-      args.kind === "import-statement" ? { path: "node:http", namespace: "weft-builtin" } : undefined,
-    );
-    b.onLoad({ filter: /.*/, namespace: "weft-builtin" }, () => {
-      const http = process.getBuiltinModule("node:http");
-      const names = Object.keys(http).filter(
-        (k) => /^[A-Za-z_$][\w$]*$/.test(k) && !Object.getOwnPropertyDescriptor(http, k)?.get,
+    const builtins = new Set(builtinModules.filter((m) => !m.startsWith("_")));
+    b.onResolve({ filter: /^(node:)?[a-z_/0-9]+$/ }, (args) => {
+      const name = args.path.replace(/^node:/, "");
+      if (args.kind !== "import-statement" || !builtins.has(name)) return undefined;
+      return { path: `node:${name}`, namespace: "weft-builtin" };
+    });
+    b.onLoad({ filter: /.*/, namespace: "weft-builtin" }, (args) => {
+      const mod = process.getBuiltinModule(args.path);
+      const names = Object.keys(mod).filter(
+        (k) =>
+          /^[A-Za-z_$][\w$]*$/.test(k) && k !== "default" && !Object.getOwnPropertyDescriptor(mod, k)?.get,
       );
       return {
         contents: [
-          'const http = process.getBuiltinModule("node:http");',
-          "export default http;",
-          ...names.map((n) => `export const ${n} = http.${n};`),
+          `const m = process.getBuiltinModule(${JSON.stringify(args.path)});`,
+          "export default m;",
+          ...names.map((n) => `export const ${n} = m.${n};`),
         ].join("\n"),
         loader: "js",
       };
@@ -112,6 +120,6 @@ await build({
     js: 'import { createRequire as __weftRequire } from "node:module"; const require = __weftRequire(import.meta.url);',
   },
   chunkNames: "chunk-[hash]",
-  plugins: [httpWithoutFacade],
+  plugins: [builtinsWithoutFacade],
   logLevel: "warning",
 });

@@ -5,11 +5,11 @@
  * (key usage flags, EKU purposes, PEM splitting, serials) are re-exported here for the CA code.
  */
 import "reflect-metadata";
-import { randomBytes, webcrypto } from "node:crypto";
+import nodeCrypto, { randomBytes, type webcrypto } from "node:crypto";
 import * as x509 from "@peculiar/x509";
 import { WeftError } from "../core/errors.ts";
 
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+x509.cryptoProvider.set(nodeCrypto.webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 /** WebCrypto key type (the project compiles without the DOM library). */
 export type CryptoKey = webcrypto.CryptoKey;
@@ -20,7 +20,7 @@ type EcKeyGenParams = webcrypto.EcKeyGenParams;
 type RsaHashedKeyGenParams = webcrypto.RsaHashedKeyGenParams;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
-const subtle = webcrypto.subtle;
+const subtle = nodeCrypto.webcrypto.subtle;
 
 import { KEY_ALGORITHMS, type KeyAlgorithm } from "./key-policy.ts";
 
