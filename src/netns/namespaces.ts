@@ -147,15 +147,17 @@ class NamespaceProcess implements Spawned {
     child.stdout?.on("data", onData);
     child.stderr?.on("data", onData);
     this.exited = new Promise<number | string>((resolve) => {
-      child.on("exit", (code, signal) => {
-        resolve(code ?? signal ?? "unknown");
-        for (const w of this.waiters) w();
-      });
+      child.on("exit", (code, signal) => resolve(code ?? signal ?? "unknown"));
       child.on("error", () => resolve("spawn_error"));
     });
-    void this.exited.then(() => {
+    // Once the process is gone and its output read to the end ("close"; "error" when it never
+    // started), the pending waits fail at once instead of waiting for their timeout.
+    const gone = () => {
       this.gone = true;
-    });
+      for (const w of this.waiters) w();
+    };
+    child.on("close", gone);
+    child.on("error", gone);
     track.add(this);
   }
 
