@@ -24,7 +24,7 @@ import { ALPN_WEFT2, ALPN_WEFT3, peerRefusal, readStatus, statusVersion } from "
 import {
   ALPN_WEFT,
   type KeptSession,
-  leafNotAfter,
+  leafFacts,
   type PeerProof,
   peerChain,
   type TunnelTls,
@@ -328,9 +328,22 @@ function serverProof(
   o: { where: string; expected: string; kept: KeptSession | undefined; context: tls.SecureContext },
 ): ServerProof {
   if (sock.isSessionReused() && o.kept) {
-    // A resumed session carries no server certificate; it was verified in the full handshake.
-    const peerNotAfter = state.sessionNotAfter(o.where) ?? Number.POSITIVE_INFINITY;
-    return { peer: o.kept.peer, proof: undefined, peerNotAfter };
+    // A resumed session carries no server certificate; it was verified in the full handshake, and what
+    // may have changed since the dial took it is checked again here.
+    const refused = state.resumedRefusal(o.kept);
+    if (refused === "trust_changed") {
+      throw failure(
+        "handshake_failed",
+        `${o.where}: resumed a session while a new identity or trust bundle was installed; dial again for a full handshake`,
+      );
+    }
+    if (refused) {
+      throw failure(
+        `svid_${refused}`,
+        `${o.where} resumed a session, but its certificate (serial ${o.kept.serial}) is ${refused} now`,
+      );
+    }
+    return { peer: o.kept.peer, proof: undefined, peerNotAfter: o.kept.notAfter };
   }
   const proof: PeerProof = { chain: peerChain(sock), role: "server" };
   let peer: SpiffeId;
@@ -343,7 +356,7 @@ function serverProof(
   if (!peer.equals(o.expected)) {
     throw failure("identity_mismatch", `${o.where} presented ${peer}, expected ${o.expected}`);
   }
-  const notAfter = leafNotAfter(proof.chain);
-  sock.once("session", (session: Buffer) => state.keepSession(o.where, peer, session, notAfter, o.context));
-  return { peer, proof, peerNotAfter: notAfter };
+  const leaf = leafFacts(proof.chain);
+  sock.once("session", (session: Buffer) => state.keepSession(o.where, peer, session, leaf, o.context));
+  return { peer, proof, peerNotAfter: leaf.notAfter };
 }

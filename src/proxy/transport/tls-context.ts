@@ -48,8 +48,15 @@ export interface Identity {
 export interface KeptSession {
   readonly session: Buffer;
   readonly peer: SpiffeId;
+  /** The server's leaf: until when it is valid, and its serial (normalised hex), for revocation. */
   readonly notAfter: number;
+  readonly serial: string;
+  /** The trust generation it was kept under (see `resumedRefusal`). */
+  readonly generation: number;
 }
+
+/** Why a resumed session may not be used: see `TunnelTls.resumedRefusal`. */
+export type ResumedRefusal = "revoked" | "expired" | "trust_changed";
 
 interface Verified {
   readonly id: SpiffeId;
@@ -73,6 +80,8 @@ export class TunnelTls {
   private readonly verified = new Map<string, Verified>();
   private revoked: ReadonlySet<string> = new Set();
   private revokedKey = "";
+  /** Bumped by each `update` (a new identity or bundle); revocations are checked by serial instead. */
+  private generation = 0;
   private readonly trustListeners: Array<() => void> = [];
 
   constructor(
@@ -107,6 +116,7 @@ export class TunnelTls {
     this.ctx = ctx;
     this.identity = identity;
     this.sessions.clear();
+    this.generation++;
     this.verified.clear();
     if (bundleChanged) this.trustChanged();
   }
@@ -227,14 +237,14 @@ export class TunnelTls {
   }
 
   /**
-   * Keep a session ticket from `endpointKey`, whose server proved `peer` (valid until `notAfter`),
-   * received on a connection made with `context` (ignored unless that is still the current context).
+   * Keep a session ticket from `endpointKey`, whose server proved `peer` with the leaf `leaf`, received
+   * on a connection made with `context` (ignored unless that is still the current context).
    */
   keepSession(
     endpointKey: string,
     peer: SpiffeId,
     session: Buffer,
-    notAfter: number,
+    leaf: LeafFacts,
     context: tls.SecureContext,
   ): void {
     // A ticket that arrives late on a connection made before a rotation carries the old certificate.
@@ -243,12 +253,21 @@ export class TunnelTls {
       const oldest = this.sessions.keys().next().value;
       if (oldest !== undefined) this.sessions.delete(oldest);
     }
-    this.sessions.set(endpointKey, { session, peer, notAfter });
+    this.sessions.set(endpointKey, { session, peer, ...leaf, generation: this.generation });
   }
 
-  /** When the server whose session is kept for `endpointKey` stops being valid (its leaf's notAfter). */
-  sessionNotAfter(endpointKey: string): number | undefined {
-    return this.sessions.get(endpointKey)?.notAfter;
+  /**
+   * Whether a dial that resumed `kept` may use it now. A resumed handshake shows no certificate, so
+   * what was true when the dial took the session is checked again at its end: the server's serial
+   * revoked since, its leaf expired, or a new identity or bundle installed while it was in flight
+   * (after the running sessions were checked again, `onTrustChange`, so nothing would check this one).
+   * Undefined: it may be used.
+   */
+  resumedRefusal(kept: KeptSession): ResumedRefusal | undefined {
+    if (this.revoked.has(kept.serial)) return "revoked";
+    if (this.options.clock.now() >= kept.notAfter) return "expired";
+    if (kept.generation !== this.generation) return "trust_changed";
+    return undefined;
   }
 
   /** Forget the session of an endpoint (after it failed). */
@@ -260,6 +279,19 @@ export class TunnelTls {
 /** When the leaf of `chain` (DER, leaf first) expires, milliseconds since the epoch. */
 export function leafNotAfter(chain: readonly Buffer[]): number {
   return chain[0] ? Date.parse(new X509Certificate(chain[0]).validTo) : 0;
+}
+
+/** What a kept session remembers of the server's leaf. */
+export interface LeafFacts {
+  readonly notAfter: number;
+  readonly serial: string;
+}
+
+/** The leaf of `chain` (DER, leaf first): its notAfter (ms since the epoch) and serial (normalised). */
+export function leafFacts(chain: readonly Buffer[]): LeafFacts {
+  if (!chain[0]) return { notAfter: 0, serial: "" };
+  const leaf = new X509Certificate(chain[0]);
+  return { notAfter: Date.parse(leaf.validTo), serial: normalizeSerial(leaf.serialNumber) };
 }
 
 /** The certificates a TLS peer presented, DER, leaf first (at most 9; a loop in the issuer links ends it). */
