@@ -116,8 +116,9 @@ export interface PeerPair {
   /** Weft only: the admin (/metrics) ports, in the order of `pids`. */
   readonly adminPorts?: readonly number[];
   /**
-   * Milliseconds from spawning both proxies (at once) until both are ready: every port listening, and
-   * for Weft each sidecar's /ready answering 200 (first certificate loaded, listeners up).
+   * Milliseconds from a proxy's spawn until it is ready (its ports listening; for Weft its /ready
+   * answering 200: first certificate loaded, listeners up), the two started one after the other: the
+   * slower of the two.
    */
   readonly readyMs: number;
   stop(graceMs?: number): Promise<void>;
@@ -257,31 +258,47 @@ function pairOf(
   };
 }
 
-/** Start both children, wait for their ports; on any failure kill both and rethrow. */
+/** One proxy process of a pair: what to run, the ports it listens on, Weft's /ready URL. */
+interface ProxySpec {
+  readonly label: string;
+  readonly cmd: string;
+  readonly args: readonly string[];
+  readonly ports: readonly number[];
+  readonly readyUrl?: string;
+}
+
+/**
+ * Start the children one after the other, each timed from its spawn until it is ready (its ports
+ * listening, and its /ready answering 200 for Weft): a proxy starts alone in its pod, so the pair's
+ * `readyMs` is the slower of the two, not the time two processes need when they share the cores. On any
+ * failure kill what was started and rethrow.
+ */
 async function launch(
   name: string,
   version: string,
-  specs: ReadonlyArray<{ label: string; cmd: string; args: readonly string[] }>,
-  ports: readonly number[],
+  specs: readonly ProxySpec[],
   o: PeerOptions,
   listenPorts: Record<string, number>,
   tunnelPorts: Record<string, number>,
-  readyUrls?: readonly string[],
 ): Promise<PeerPair> {
   const say = o.onMessage ?? ((m: string) => console.error(m));
-  const t0 = performance.now();
-  const children = specs.map((s) => spawnChild(s.label, s.cmd, s.args, say));
-  const pair = pairOf(name, version, children, listenPorts, tunnelPorts);
+  const children: Child[] = [];
+  let readyMs = 0;
   try {
-    await waitListening(children, ports, o.readyTimeoutMs ?? 20_000);
-    if (readyUrls) await waitReady(readyUrls, o.readyTimeoutMs ?? 20_000);
+    for (const s of specs) {
+      const t0 = performance.now();
+      const child = spawnChild(s.label, s.cmd, s.args, say);
+      children.push(child);
+      await waitListening([child], s.ports, o.readyTimeoutMs ?? 20_000);
+      if (s.readyUrl) await waitReady([s.readyUrl], o.readyTimeoutMs ?? 20_000);
+      readyMs = Math.max(readyMs, performance.now() - t0);
+    }
   } catch (err) {
-    pair.kill();
+    pairOf(name, version, children, listenPorts, tunnelPorts).kill();
     throw err;
   }
-  const readyMs = performance.now() - t0;
   for (const c of children) c.quiet = false;
-  return { ...pair, readyMs };
+  return { ...pairOf(name, version, children, listenPorts, tunnelPorts), readyMs };
 }
 
 /** Polls each URL until it answers 200 (Weft's /ready). */
@@ -390,14 +407,15 @@ async function haproxyAttempt(o: PeerOptions, bin: string): Promise<PeerPair> {
         label: "haproxy (server side)",
         cmd: bin,
         args: ["-db", "-f", join(o.workDir, "haproxy-server.cfg")],
+        ports: Object.values(tunnel),
       },
       {
         label: "haproxy (client side)",
         cmd: bin,
         args: ["-db", "-f", join(o.workDir, "haproxy-client.cfg")],
+        ports: Object.values(listen),
       },
     ],
-    [...Object.values(tunnel), ...Object.values(listen)],
     o,
     listen,
     tunnel,
@@ -460,10 +478,19 @@ async function stunnelAttempt(o: PeerOptions, bin: string): Promise<PeerPair> {
     "stunnel",
     `stunnel ${versionOf(bin, ["-version"], /stunnel (\d\S*) on/)}`,
     [
-      { label: "stunnel (server side)", cmd: bin, args: [join(o.workDir, "stunnel-server.conf")] },
-      { label: "stunnel (client side)", cmd: bin, args: [join(o.workDir, "stunnel-client.conf")] },
+      {
+        label: "stunnel (server side)",
+        cmd: bin,
+        args: [join(o.workDir, "stunnel-server.conf")],
+        ports: Object.values(tunnel),
+      },
+      {
+        label: "stunnel (client side)",
+        cmd: bin,
+        args: [join(o.workDir, "stunnel-client.conf")],
+        ports: Object.values(listen),
+      },
     ],
-    [...Object.values(tunnel), ...Object.values(listen)],
     o,
     listen,
     tunnel,
@@ -551,14 +578,24 @@ async function weftAttempt(o: WeftPairOptions): Promise<PeerPair> {
     "Weft",
     `Weft ${pkg.version ?? "unknown"}`,
     [
-      { label: "weft (server side)", cmd: process.execPath, args: args("server") },
-      { label: "weft (client side)", cmd: process.execPath, args: args("client") },
+      {
+        label: "weft (server side)",
+        cmd: process.execPath,
+        args: args("server"),
+        ports: [tunnelS!],
+        readyUrl: `http://127.0.0.1:${adminS}/ready`,
+      },
+      {
+        label: "weft (client side)",
+        cmd: process.execPath,
+        args: args("client"),
+        ports: Object.values(listen),
+        readyUrl: `http://127.0.0.1:${adminC}/ready`,
+      },
     ],
-    [tunnelS!, ...Object.values(listen)],
     o,
     listen,
     tunnel,
-    [adminS!, adminC!].map((p) => `http://127.0.0.1:${p}/ready`),
   );
   return { ...pair, adminPorts: [adminS!, adminC!] };
 }
