@@ -76,6 +76,11 @@ const WEFT_NODE_FLAGS =
   process.env.BENCH_WEFT_NODE_FLAGS === undefined
     ? undefined
     : process.env.BENCH_WEFT_NODE_FLAGS.split(" ").filter(Boolean);
+/**
+ * BENCH_QUIET_SECONDS=S: S seconds of quiet before every round but the first, so that each later round
+ * starts after the sidecars' idle reclaim (20 s of quiet) and shows what a burst costs after it.
+ */
+const QUIET_SECONDS = Number(process.env.BENCH_QUIET_SECONDS ?? 0);
 /** Seconds of quiet before the "after" RSS is read (what a sidecar holds once traffic has stopped). */
 const SETTLE_SECONDS = Number(process.env.BENCH_SETTLE_SECONDS ?? 30);
 const BULK_BYTES = (QUICK ? 256 : 1024) * 1024 * 1024;
@@ -738,6 +743,7 @@ async function main(): Promise<void> {
   }
   const samples = new Map<string, Map<Metric, number[]>>(contenders.map((c) => [c.name, new Map()]));
   for (let round = 1; round <= ROUNDS; round++) {
+    if (round > 1 && QUIET_SECONDS > 0) await sleep(QUIET_SECONDS * 1000);
     // Memory runs once, after the rounds: later rounds would mostly measure allocators reusing what it
     // freed (HAProxy's pools fell from 64 to 2 KiB per connection), and its aftermath slows a Node
     // sidecar for a while (glibc's malloc fragmented by 3000 connections' native state: _int_malloc went

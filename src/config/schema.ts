@@ -301,10 +301,10 @@ export const configSchema = z.strictObject({
     .strictObject({
       /**
        * What the sidecar gives back after 20 s without traffic (src/runtime/idle-reclaim.ts). `light`: one
-       * full GC and malloc_trim(0). `deep`: V8's last-resort collection instead, the lowest RSS after
-       * traffic (82 against 104 MiB after 1 GiB and 1,000 connections), but V8 keeps a lower heap limit
-       * afterwards: 24-32 full GCs and +20-27 % CPU per GiB in later bursts (docs/benchmarks.md). `off`:
-       * nothing is given back.
+       * full GC, malloc_trim(0) and V8's moderate memory-pressure signal (its page pool goes back; 85 MiB
+       * after 1 GiB and 1,000 connections, no CPU cost measured in later bursts). `deep`: V8's last-resort
+       * collection instead of the plain one, which also keeps a lower heap limit afterwards: 24-32 full
+       * GCs and +20-27 % CPU per GiB in later bursts (docs/benchmarks.md). `off`: nothing is given back.
        */
       idleReclaim: z.enum(IDLE_RECLAIM_MODES).default("light"),
     })

@@ -1,6 +1,7 @@
 /**
  * libc through koffi, loaded on first use: the one loader for the socket options the proxy reads
- * (src/proxy/capture/sockopt.ts) and for mallopt at sidecar start (malloc-tuning.ts).
+ * (src/proxy/capture/sockopt.ts), for mallopt at sidecar start (malloc-tuning.ts), and of koffi itself
+ * for V8's memory-pressure signal (v8-pressure.ts).
  */
 import { createRequire } from "node:module";
 import { WeftError } from "../core/errors.ts";
