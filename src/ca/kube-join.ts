@@ -25,6 +25,9 @@ export const DEFAULT_KUBE_AUDIENCE = "weft-ca";
 export const DEFAULT_REVIEW_CACHE_MS = 60_000;
 const MAX_CACHE_ENTRIES = 10_000;
 const POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name";
+/** How long a denied permission check is asked again before it counts, and how often. */
+export const RBAC_SETTLE_MS = 5_000;
+const RBAC_RETRY_MS = 250;
 
 export interface KubeJoinOptions {
   readonly api: KubeApi;
@@ -173,10 +176,34 @@ export class KubeJoin {
 
   /**
    * Whether this CA may create TokenReviews, asked of the API server (SelfSubjectAccessReview); throws
-   * E_KUBE_RBAC naming the missing rule, or E_KUBE_UNREACHABLE.
+   * E_KUBE_RBAC naming the missing rule, or E_KUBE_UNREACHABLE. A denial is asked again for
+   * `RBAC_SETTLE_MS` before it counts: the API server's authorizer learns of a ClusterRoleBinding from
+   * its own watch, so a binding applied together with the CA (one `kubectl apply`) can be denied for
+   * a moment after it was created.
    */
   async checkPermissions(): Promise<void> {
     const rule = { group: "authentication.k8s.io", resource: "tokenreviews", verb: "create" };
+    const deadline = this.o.clock.now() + RBAC_SETTLE_MS;
+    for (let asked = 1; !(await this.mayReviewTokens(rule)); asked++) {
+      if (this.o.clock.now() >= deadline) {
+        throw new WeftError(
+          "E_KUBE_RBAC",
+          `missing RBAC rule: apiGroups ["${rule.group}"], resources ["${rule.resource}"], verbs ["${rule.verb}"] (bind the weft-ca ClusterRole to this service account)`,
+          { reason: "rbac" },
+        );
+      }
+      if (asked === 1) {
+        this.o.logger.info(
+          { rule, settleMs: RBAC_SETTLE_MS },
+          "kubernetes join: not allowed yet; asking again while RBAC settles",
+        );
+      }
+      await new Promise<void>((resolve) => this.o.clock.setTimeout(resolve, RBAC_RETRY_MS));
+    }
+    this.o.logger.info({ rule }, "kubernetes join: permissions checked");
+  }
+
+  private async mayReviewTokens(rule: { group: string; resource: string; verb: string }): Promise<boolean> {
     let answer: { status?: { allowed?: boolean; reason?: string } };
     try {
       answer = await this.o.api.request({
@@ -195,14 +222,7 @@ export class KubeJoin {
         cause: err,
       });
     }
-    if (!answer.status?.allowed) {
-      throw new WeftError(
-        "E_KUBE_RBAC",
-        `missing RBAC rule: apiGroups ["${rule.group}"], resources ["${rule.resource}"], verbs ["${rule.verb}"] (bind the weft-ca ClusterRole to this service account)`,
-        { reason: "rbac" },
-      );
-    }
-    this.o.logger.info({ rule }, "kubernetes join: permissions checked");
+    return answer.status?.allowed === true;
   }
 }
 
