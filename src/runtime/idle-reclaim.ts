@@ -158,6 +158,7 @@ export function reclaimProcessMemory(options: { lastResort?: boolean } = {}): Re
     rss_after_mib: mib(process.memoryUsage.rss()),
     ms: Math.round(performance.now() - t0),
     malloc_trim: mallocTrim ? "yes" : "unavailable",
-    v8_pressure: pressure ? "moderate" : "unavailable",
+    // The signal is queued here; V8 collects a moment later on this thread.
+    v8_pressure: options.lastResort ? "skipped" : pressure ? "requested" : "unavailable",
   };
 }

@@ -6,20 +6,24 @@
 import { createRequire } from "node:module";
 import { WeftError } from "../core/errors.ts";
 
-/** koffi and libc.so.6 loaded through it; throws E_ORIGINAL_DST (reason no_koffi) when koffi is missing. */
-export function loadKoffiLibc(): {
-  koffi: typeof import("koffi");
-  lib: ReturnType<typeof import("koffi").load>;
-} {
+/** koffi itself; throws E_ORIGINAL_DST (reason no_koffi) when it is missing. */
+export function loadKoffi(): typeof import("koffi") {
   const require = createRequire(import.meta.url);
-  let koffi: typeof import("koffi");
   try {
-    koffi = require("koffi");
+    return require("koffi");
   } catch (err) {
     throw new WeftError("E_ORIGINAL_DST", "koffi is not installed; transparent mode needs it (npm ci)", {
       reason: "no_koffi",
       cause: err,
     });
   }
+}
+
+/** koffi and libc.so.6 loaded through it; throws E_ORIGINAL_DST (reason no_koffi) when koffi is missing. */
+export function loadKoffiLibc(): {
+  koffi: typeof import("koffi");
+  lib: ReturnType<typeof import("koffi").load>;
+} {
+  const koffi = loadKoffi();
   return { koffi, lib: koffi.load("libc.so.6") };
 }

@@ -12,7 +12,7 @@
  * from the main thread would run V8's collector on koffi's call stack, which V8 refuses by aborting the
  * process (checked with the critical level: "Check failed: isolate_->IsOnCentralStack()").
  */
-import { loadKoffiLibc } from "./libc.ts";
+import { loadKoffi } from "./libc.ts";
 
 const GET_CURRENT = "_ZN2v87Isolate10GetCurrentEv";
 const PRESSURE = "_ZN2v87Isolate26MemoryPressureNotificationENS_19MemoryPressureLevelE";
@@ -32,7 +32,7 @@ export function v8PressureSignal(): (() => Promise<void>) | null {
   if (signal !== undefined) return signal;
   signal = null;
   try {
-    const { koffi } = loadKoffiLibc();
+    const koffi = loadKoffi();
     // The program itself (dlopen of no file): the node binary and the V8 API it exports.
     const self = koffi.load(null as unknown as string);
     const isolate = (self.func(`void* ${GET_CURRENT}()`) as () => unknown)();

@@ -94,14 +94,18 @@ test("memory.idleReclaim: light collects plainly, deep asks for the last-resort 
   }
 });
 
-test("the light reclaim has V8 give back its young generation's pages, which a plain collection keeps", async () => {
+test("the light reclaim has V8 give back its young generation's pages, which a plain collection keeps", async (t) => {
+  if (process.platform !== "linux") {
+    t.skip("the signal is called through the node binary's exported V8 symbols, checked on Linux");
+    return;
+  }
   const youngMiB = () =>
     getHeapSpaceStatistics().find((s) => s.space_name === "new_space")!.physical_space_size / 1048576;
   setFlagsFromString("--expose-gc");
   const gc = runInNewContext("gc") as () => void;
   // A burst's worth of short-lived objects with a window of survivors grows the young generation.
   let window: unknown[] = [];
-  for (let i = 0; i < 3_000_000 && youngMiB() < 32; i++) {
+  for (let i = 0; i < 3_000_000 && (i % 10_000 !== 0 || youngMiB() < 32); i++) {
     window.push({ i, b: Buffer.allocUnsafe(64), pair: [i, i] });
     if (window.length > 20_000) window = [];
   }
@@ -110,10 +114,12 @@ test("the light reclaim has V8 give back its young generation's pages, which a p
   gc();
   assert.ok(youngMiB() >= 16, `a plain full collection keeps it (${youngMiB()} MiB)`);
   const done = reclaimProcessMemory();
-  assert.equal(done.v8_pressure, "moderate", "the pressure signal is available on this platform");
+  assert.equal(done.v8_pressure, "requested", "the pressure signal is available on this platform");
   // An idle process: no allocation, so nothing but the reclaim's signal shrinks the young generation
   // (polling here would allocate, and V8 shrinks a young generation that sees little allocation by
   // itself, as its memory reducer does about 8 s after a collection). One look after 5 s of quiet.
   await sleep(5_000);
   assert.ok(youngMiB() <= 4, `V8 gave the young generation back (${youngMiB()} MiB)`);
+  // The deep reclaim's last-resort collection empties the pool itself; it sends no signal.
+  assert.equal(reclaimProcessMemory({ lastResort: true }).v8_pressure, "skipped");
 });
