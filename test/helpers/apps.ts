@@ -139,9 +139,22 @@ export interface ReadOutcome {
 const kernel = platformSocketErrors();
 
 /**
+ * How an EOF on `s` ended: `reset` when the kernel says the connection was reset (libuv reports EOF
+ * when the last bytes and an RST arrive in one poll; the splice asks the kernel the same way), else `eof`.
+ */
+export function eofEnd(s: Socket): string {
+  return wasReset(kernel, { stream: s, raw: s }) ? "reset" : "eof";
+}
+
+/** How a socket error ended a read: `reset` for ECONNRESET, else `error:<code>`. */
+export function errorEnd(err: NodeJS.ErrnoException): string {
+  return err.code === "ECONNRESET" ? "reset" : `error:${err.code ?? err.message}`;
+}
+
+/**
  * Read `s` to its end, counting and hashing (`onProgress` sees the count grow); never rejects. An EOF is
- * checked against the kernel before it counts as a FIN, as the splice does: libuv reports EOF when the
- * last bytes and an RST arrive in one poll.
+ * checked against the kernel before it counts as a FIN (`eofEnd`). A socket that has already errored or
+ * ended answers at once.
  */
 export function readOutcome(s: Socket, onProgress: (bytes: number) => void = () => {}): Promise<ReadOutcome> {
   return new Promise((resolve) => {
@@ -153,15 +166,15 @@ export function readOutcome(s: Socket, onProgress: (bytes: number) => void = () 
       done = true;
       resolve({ end, bytes, sha256: hash.digest("hex") });
     };
+    if (s.errored) return finish(errorEnd(s.errored as NodeJS.ErrnoException));
+    if (s.readableEnded) return finish("eof");
     s.on("data", (d: Buffer) => {
       bytes += d.length;
       hash.update(d);
       onProgress(bytes);
     });
-    s.once("end", () => finish(wasReset(kernel, { stream: s, raw: s }) ? "reset" : "eof"));
-    s.on("error", (err: NodeJS.ErrnoException) =>
-      finish(err.code === "ECONNRESET" ? "reset" : `error:${err.code ?? err.message}`),
-    );
+    s.once("end", () => finish(eofEnd(s)));
+    s.on("error", (err: NodeJS.ErrnoException) => finish(errorEnd(err)));
     s.once("close", () => finish("close without end"));
   });
 }

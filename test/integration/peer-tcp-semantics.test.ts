@@ -25,9 +25,14 @@ import {
   startWeftPair,
   writePeerCerts,
 } from "../../bench/peers.ts";
-import { platformSocketErrors } from "../../src/proxy/capture/sockopt.ts";
-import { wasReset } from "../../src/proxy/connection/splice.ts";
-import { PatternSource, writePattern } from "../helpers/apps.ts";
+import {
+  eofEnd,
+  errorEnd,
+  PatternSource,
+  type ReadOutcome,
+  readOutcome,
+  writePattern,
+} from "../helpers/apps.ts";
 import { checkLeaksAtEnd } from "../helpers/leaks.ts";
 
 checkLeaksAtEnd();
@@ -49,12 +54,8 @@ function pattern(n: number): { buf: Buffer; sha256: string } {
 const P4 = pattern(4 * MiB);
 const P8 = pattern(8 * MiB);
 
-/** How a read side finished: `eof` (FIN), `reset` (ECONNRESET), `error:<code>` or `closed`. */
-interface ReadResult {
-  readonly bytes: number;
-  readonly sha256: string;
-  readonly end: string;
-}
+/** How a read side finished: `eof` (FIN), `reset`, `error:<code>` or `close without end`. */
+type ReadResult = ReadOutcome;
 
 /** Shared by the client and the app of one scenario run: what each side has seen so far. */
 interface Run {
@@ -78,43 +79,15 @@ function deferred(): Deferred {
   return { promise, resolve };
 }
 
-function endKind(err: NodeJS.ErrnoException): string {
-  return err.code === "ECONNRESET" ? "reset" : `error:${err.code ?? err.message}`;
-}
-
-/**
- * The test's own sockets are Node sockets too: when a proxy's last bytes and its RST arrive in one poll,
- * libuv reports EOF. Ask the kernel (as the sidecar's splice does) so that a reset is scored as a reset
- * whichever proxy sent it, and the table measures the proxies rather than the test's event loop.
- */
-const kernel = platformSocketErrors();
-function eofKind(s: Socket): string {
-  return wasReset(kernel, { stream: s, raw: s }) ? "reset" : "eof";
-}
-
-/** Read to the first terminal event, counting and hashing; never rejects. */
+/** Read to the first terminal event, counting and hashing (helpers/apps.ts `readOutcome`); never rejects. */
 function readToEnd(s: Socket, run: Run, who: string): Promise<ReadResult> {
-  return new Promise((resolve) => {
-    const hash = createHash("sha256");
-    let bytes = 0;
-    let done = false;
-    const finish = (end: string): void => {
-      if (done) return;
-      done = true;
-      run.note[who] = `${bytes} B, ${end}`;
-      resolve({ bytes, sha256: hash.digest("hex"), end });
-    };
-    if (s.errored) return finish(endKind(s.errored as NodeJS.ErrnoException));
-    if (s.readableEnded) return finish("eof");
-    s.on("data", (d: Buffer) => {
-      hash.update(d);
-      bytes += d.length;
-      run.note[who] = `${bytes} B read, no end yet`;
-    });
-    s.once("end", () => finish(eofKind(s)));
-    s.once("error", (err) => finish(endKind(err)));
-    s.once("close", () => finish("closed"));
-    s.resume();
+  const out = readOutcome(s, (bytes) => {
+    run.note[who] = `${bytes} B read, no end yet`;
+  });
+  s.resume();
+  return out.then((r) => {
+    run.note[who] = `${r.bytes} B, ${r.end}`;
+    return r;
   });
 }
 
@@ -139,8 +112,8 @@ function readExactly(s: Socket, n: number, run: Run, who: string): Promise<{ dat
       run.note[who] = `${got} of ${n} B`;
       if (got >= n) stop();
     };
-    const onEnd = (): void => stop(eofKind(s));
-    const onError = (err: NodeJS.ErrnoException): void => stop(endKind(err));
+    const onEnd = (): void => stop(eofEnd(s));
+    const onError = (err: NodeJS.ErrnoException): void => stop(errorEnd(err));
     s.on("data", onData);
     s.once("end", onEnd);
     s.once("error", onError);
