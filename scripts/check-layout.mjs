@@ -61,33 +61,20 @@ for (const file of sources(root).sort()) {
           `${rel}:${first + 1} ${nameOf(node, sf)} is ${n} lines (at most ${MAX_FUNCTION_LINES})`,
         );
     }
-    if (ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) {
-      const spec = node.moduleSpecifier;
-      if (spec && ts.isStringLiteral(spec) && spec.text.startsWith(".")) {
-        const target = relative(root, resolve(dirname(file), spec.text));
-        for (const rule of FORBIDDEN_IMPORTS) {
-          if (!inSrc.startsWith(rule.from) || rule.except?.some((e) => inSrc.startsWith(e))) continue;
-          const hit = rule.to.find((t) => target.startsWith(t));
-          if (hit)
-            breaches.push(
-              `${rel} imports ${spec.text}: ${rule.from || "library code"} must not import ${hit}`,
-            );
-        }
-      }
-    }
-    // import("...") expressions count too.
-    if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword) {
-      const arg = node.arguments[0];
-      if (arg && ts.isStringLiteral(arg) && arg.text.startsWith(".")) {
-        const target = relative(root, resolve(dirname(file), arg.text));
-        for (const rule of FORBIDDEN_IMPORTS) {
-          if (!inSrc.startsWith(rule.from) || rule.except?.some((e) => inSrc.startsWith(e))) continue;
-          const hit = rule.to.find((t) => target.startsWith(t));
-          if (hit)
-            breaches.push(
-              `${rel} imports ${arg.text}: ${rule.from || "library code"} must not import ${hit}`,
-            );
-        }
+    // import/export ... from "...", and import("...") expressions.
+    const spec =
+      ts.isImportDeclaration(node) || ts.isExportDeclaration(node)
+        ? node.moduleSpecifier
+        : ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword
+          ? node.arguments[0]
+          : undefined;
+    if (spec && ts.isStringLiteral(spec) && spec.text.startsWith(".")) {
+      const target = relative(root, resolve(dirname(file), spec.text));
+      for (const rule of FORBIDDEN_IMPORTS) {
+        if (!inSrc.startsWith(rule.from) || rule.except?.some((e) => inSrc.startsWith(e))) continue;
+        const hit = rule.to.find((t) => target.startsWith(t));
+        if (hit)
+          breaches.push(`${rel} imports ${spec.text}: ${rule.from || "library code"} must not import ${hit}`);
       }
     }
     ts.forEachChild(node, visit);
