@@ -24,10 +24,10 @@ import { ALPN_WEFT2, ALPN_WEFT3, peerRefusal, readStatus, statusVersion } from "
 import {
   ALPN_WEFT,
   type KeptSession,
-  leafFacts,
   type PeerProof,
   peerChain,
   type TunnelTls,
+  type VerifiedLeaf,
 } from "./tls-context.ts";
 
 /** A connected upstream, ready for the PROXY header and the splice. */
@@ -346,17 +346,17 @@ function serverProof(
     return { peer: o.kept.peer, proof: undefined, peerNotAfter: o.kept.notAfter };
   }
   const proof: PeerProof = { chain: peerChain(sock), role: "server" };
-  let peer: SpiffeId;
+  let leaf: VerifiedLeaf;
   try {
-    peer = state.verifyChain(proof.chain, "server");
+    leaf = state.verifyLeaf(proof.chain, "server");
   } catch (err) {
     const reason: SvidFailure = isWeftError(err) ? `svid_${err.reason}` : "svid_invalid";
     throw failure(reason, `${o.where} presented an unusable certificate: ${(err as Error).message}`, err);
   }
+  const peer = leaf.id;
   if (!peer.equals(o.expected)) {
     throw failure("identity_mismatch", `${o.where} presented ${peer}, expected ${o.expected}`);
   }
-  const leaf = leafFacts(proof.chain);
   sock.once("session", (session: Buffer) => state.keepSession(o.where, peer, session, leaf, o.context));
   return { peer, proof, peerNotAfter: leaf.notAfter };
 }

@@ -58,9 +58,11 @@ export interface KeptSession {
 /** Why a resumed session may not be used: see `TunnelTls.resumedRefusal`. */
 export type ResumedRefusal = "revoked" | "expired" | "trust_changed";
 
-interface Verified {
+/** What a verified peer leaf proved: its SPIFFE ID, until when (its notAfter), and its serial. */
+export interface VerifiedLeaf {
   readonly id: SpiffeId;
   readonly notAfter: number;
+  /** Normalised hex, as the revocation list holds it. */
   readonly serial: string;
 }
 
@@ -77,7 +79,7 @@ export class TunnelTls {
   private verifier: SvidVerifier | undefined;
   private bundlePem: string | undefined;
   private readonly sessions = new Map<string, KeptSession>();
-  private readonly verified = new Map<string, Verified>();
+  private readonly verified = new Map<string, VerifiedLeaf>();
   private revoked: ReadonlySet<string> = new Set();
   private revokedKey = "";
   /** Bumped by each `update` (a new identity or bundle); revocations are checked by serial instead. */
@@ -185,6 +187,11 @@ export class TunnelTls {
    * they expire or the bundle changes; the revocation list is checked on every call.
    */
   verifyChain(chain: readonly Buffer[], role: PeerRole): SpiffeId {
+    return this.verifyLeaf(chain, role).id;
+  }
+
+  /** `verifyChain`, with the leaf's notAfter and serial it read (for session watches and kept tickets). */
+  verifyLeaf(chain: readonly Buffer[], role: PeerRole): VerifiedLeaf {
     if (chain.length === 0) {
       throw new WeftError("E_SVID", "the peer presented no certificate", { reason: "no_peer_certificate" });
     }
@@ -200,7 +207,7 @@ export class TunnelTls {
       // Keep recently used entries at the end (Map order = eviction order).
       this.verified.delete(key);
       this.verified.set(key, hit);
-      return hit.id;
+      return hit;
     }
     if (!this.verifier) {
       throw new WeftError("E_NOT_READY", "no trust bundle yet", { reason: "no_bundle" });
@@ -211,12 +218,9 @@ export class TunnelTls {
       const oldest = this.verified.keys().next().value;
       if (oldest !== undefined) this.verified.delete(oldest);
     }
-    this.verified.set(key, {
-      id,
-      notAfter: Date.parse(leaf.validTo),
-      serial: normalizeSerial(leaf.serialNumber),
-    });
-    return id;
+    const verified = { id, notAfter: Date.parse(leaf.validTo), serial: normalizeSerial(leaf.serialNumber) };
+    this.verified.set(key, verified);
+    return verified;
   }
 
   /** Check a running session's peer again (after `onTrustChange`); throws like `verifyChain`. */
@@ -244,7 +248,7 @@ export class TunnelTls {
     endpointKey: string,
     peer: SpiffeId,
     session: Buffer,
-    leaf: LeafFacts,
+    leaf: Pick<VerifiedLeaf, "notAfter" | "serial">,
     context: tls.SecureContext,
   ): void {
     // A ticket that arrives late on a connection made before a rotation carries the old certificate.
@@ -274,24 +278,6 @@ export class TunnelTls {
   forgetSession(endpointKey: string): void {
     this.sessions.delete(endpointKey);
   }
-}
-
-/** When the leaf of `chain` (DER, leaf first) expires, milliseconds since the epoch. */
-export function leafNotAfter(chain: readonly Buffer[]): number {
-  return chain[0] ? Date.parse(new X509Certificate(chain[0]).validTo) : 0;
-}
-
-/** What a kept session remembers of the server's leaf. */
-export interface LeafFacts {
-  readonly notAfter: number;
-  readonly serial: string;
-}
-
-/** The leaf of `chain` (DER, leaf first): its notAfter (ms since the epoch) and serial (normalised). */
-export function leafFacts(chain: readonly Buffer[]): LeafFacts {
-  if (!chain[0]) return { notAfter: 0, serial: "" };
-  const leaf = new X509Certificate(chain[0]);
-  return { notAfter: Date.parse(leaf.validTo), serial: normalizeSerial(leaf.serialNumber) };
 }
 
 /** The certificates a TLS peer presented, DER, leaf first (at most 9; a loop in the issuer links ends it). */

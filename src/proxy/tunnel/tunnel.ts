@@ -52,10 +52,10 @@ import {
 } from "../transport/h2/pool.ts";
 import {
   ALPN_WEFT,
-  leafNotAfter,
   type PeerProof,
   peerChain,
   type TunnelTls,
+  type VerifiedLeaf,
 } from "../transport/tls-context.ts";
 import type { LocalAddressSet } from "./local-addresses.ts";
 import type { PeerLimit, PeerLimits } from "./peer-limits.ts";
@@ -270,15 +270,16 @@ class TunnelConnection {
       return;
     }
     const chain = peerChain(sock);
-    let peer: SpiffeId;
+    let leaf: VerifiedLeaf;
     try {
-      peer = o.tls.verifyChain(chain, "client");
+      leaf = o.tls.verifyLeaf(chain, "client");
     } catch (err) {
       const why = isWeftError(err) ? err.reason : "invalid";
       if (why === "no_peer_certificate") this.refuse("no_client_cert", "no_client_cert", err);
       else this.refuse(`svid_${why}`, `svid_${why}`, err);
       return;
     }
+    const peer = leaf.id;
     rec.peerSerial = sock.getPeerX509Certificate()?.serialNumber;
     rec.tlsResumed = sock.isSessionReused();
     o.metrics.tlsHandshakeDuration.observe(
@@ -291,7 +292,7 @@ class TunnelConnection {
     if (alpn === ALPN_H2) {
       // A pooled session: its streams are the connections; this TLS connection is not one.
       rec.discard();
-      this.servePooled(peer, { chain, role: "client" });
+      this.servePooled(peer, { chain, role: "client" }, leaf.notAfter);
       return;
     }
     const side: SpliceSide = { stream: sock, raw: this.raw, framed: alpn === ALPN_WEFT3 };
@@ -312,7 +313,7 @@ class TunnelConnection {
   }
 
   /** An HTTP/2 session from a peer sidecar that pools its connections: one TunnelStream per CONNECT. */
-  private servePooled(peer: SpiffeId, proof: PeerProof): void {
+  private servePooled(peer: SpiffeId, proof: PeerProof, notAfter: number): void {
     const { o, sock, rec } = this;
     sock.on("error", noop);
     // A server-side TLSSocket made by hand (not by tls.Server) keeps secureConnecting true after its
@@ -339,7 +340,7 @@ class TunnelConnection {
     }
     session.once("connect", () => session.setLocalWindowSize(SESSION_WINDOW));
     if (this.draining()) session.close();
-    o.certWatch?.watch(session, peer, leafNotAfter(proof.chain), proof, () => session.close());
+    o.certWatch?.watch(session, peer, notAfter, proof, () => session.close());
     // A peer that vanished without a FIN must not hold a session forever: after `timeouts.idle` with no
     // frames, GOAWAY (live streams may still finish; the peer opens a new session for new ones).
     if (o.timeouts.idle > 0) session.setTimeout(o.timeouts.idle, () => session.close());
